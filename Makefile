@@ -1,0 +1,37 @@
+# The two commands of the README's Quickstart. Each sets up what it needs on a fresh machine:
+# a .venv with medzero and its dependencies, and (for the tests) the apt tools that make test audio.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.medzero-installed
+APT_PACKAGES := espeak-ng sox ffmpeg
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: app test bench system-deps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: $(STAMP) system-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+app: $(STAMP)
+	$(VENV)/bin/medzero app
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_audio.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,352 @@
+"""Tasks (prompt sets): the YAML schema, loading, validation and template expansion.
+
+A task is data, not code. It names a modality, a scoring mode, prompt templates, labels with their
+prompts (and, for multilabel tasks, negatives), thresholds and polarity, optional waveform-metric
+rules, and the verdicts a result can get. Shipped tasks live in the top-level ``prompts/`` folder of
+the repository, which is installed as the ``medzero.prompts`` package so that the same files are
+found from an editable install and from a wheel.
+
+Example (see ``prompts/voice_quality.yaml`` for a full one)::
+
+    name: voice_quality
+    modality: audio
+    mode: multilabel
+    templates: ["{}"]
+    labels:
+      - id: background_noise
+        name: {en: Strong background noise, zh: 背景强干扰}
+        prompts: [speech with loud background noise]
+        negatives: [a person speaking in a quiet room]
+        threshold: 0.5
+        polarity: bad
+        advice: {en: Re-record in a quiet place., zh: 请换安静环境重新录制。}
+"""
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import TaskError
+
+__all__ = [
+    "Localized",
+    "Label",
+    "MetricRule",
+    "Verdict",
+    "Task",
+    "load_task",
+    "list_tasks",
+    "task_from_labels",
+    "DEFAULT_TEMPLATES",
+    "DEFAULT_VERDICTS",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: Template used for ad-hoc labels when the user gives none, per modality.
+DEFAULT_TEMPLATES = {"audio": "This is a sound of {}.", "image": "a photo of {}."}
+#: Neutral negative for ad-hoc multilabel scoring, per modality (before templating).
+DEFAULT_NEGATIVES = {"audio": "other sounds", "image": "something else"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Localized(_Strict):
+    """A display text in English and Chinese. A plain string in YAML is used for both."""
+
+    en: str = Field(min_length=1)
+    zh: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"en": value, "zh": value}
+        return value
+
+    def get(self, lang: str = "en") -> str:
+        if lang == "zh" and self.zh:
+            return self.zh
+        return self.en
+
+
+class Verdict(_Strict):
+    """One outcome of a task, e.g. ``accept`` / ``re-record`` or ``routine`` / ``review`` / ``urgent``."""
+
+    id: str = Field(min_length=1)
+    name: Localized | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"id": value}
+        return value
+
+    def display(self, lang: str = "en") -> str:
+        return self.name.get(lang) if self.name else self.id
+
+
+class Label(_Strict):
+    id: str = Field(min_length=1)
+    name: Localized | None = None
+    prompts: list[str] = Field(min_length=1)
+    negatives: list[str] = Field(default_factory=list)
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: ``bad``: a score at or above the threshold is a problem; ``good``: a score below it is a
+    #: problem; ``info``: reported, never changes the verdict.
+    polarity: Literal["bad", "good", "info"] = "bad"
+    #: The verdict this label triggers when it is a problem; default: the task's worst verdict.
+    verdict: str | None = None
+    advice: Localized | None = None
+
+    @field_validator("prompts", "negatives")
+    @classmethod
+    def _non_empty_strings(cls, value: list[str]) -> list[str]:
+        for text in value:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("prompts must be non-empty strings")
+        return value
+
+    def display(self, lang: str = "en") -> str:
+        return self.name.get(lang) if self.name else self.id
+
+
+class MetricRule(_Strict):
+    """A limit on a directly computed measurement (e.g. ``snr_db``), checked beside the labels."""
+
+    min: float | None = None
+    max: float | None = None
+    name: Localized | None = None
+    unit: str | None = None
+    verdict: str | None = None
+    advice: Localized | None = None
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> "MetricRule":
+        if self.min is None and self.max is None:
+            raise ValueError("a metric rule needs min or max")
+        return self
+
+
+#: Verdicts of a task that does not name its own: accept, else re-record.
+DEFAULT_VERDICTS = (
+    Verdict(id="accept", name=Localized(en="Accept", zh="可以接受")),
+    Verdict(id="re-record", name=Localized(en="Re-record", zh="建议复录")),
+)
+
+
+class Task(_Strict):
+    name: str = Field(min_length=1)
+    modality: Literal["audio", "image"]
+    mode: Literal["multiclass", "multilabel"] = "multiclass"
+    description: Localized | None = None
+    templates: list[str] = Field(default_factory=lambda: ["{}"], min_length=1)
+    #: Negative used by multilabel labels that list none (templated like the prompts).
+    default_negative: str | None = None
+    labels: list[Label] = Field(min_length=1)
+    metrics: dict[str, MetricRule] = Field(default_factory=dict)
+    #: Ordered from best to worst. Empty: the result's verdict is the top-scoring label.
+    verdicts: list[Verdict] = Field(default_factory=lambda: list(DEFAULT_VERDICTS))
+    #: Where the task came from (a file path, ``builtin:NAME`` or ``ad-hoc``); not part of the YAML.
+    source: str = "ad-hoc"
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot(cls, value: list[str]) -> list[str]:
+        for template in value:
+            if template.count("{}") != 1:
+                raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Task":
+        ids = [label.id for label in self.labels]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate label ids: {', '.join(dupes)}")
+        verdict_ids = {v.id for v in self.verdicts}
+        for label in self.labels:
+            if label.verdict is not None and label.verdict not in verdict_ids:
+                raise ValueError(f"label {label.id!r}: verdict {label.verdict!r} is not one of the task's verdicts")
+            if self.mode == "multilabel" and not label.negatives and self.default_negative is None:
+                raise ValueError(
+                    f"label {label.id!r}: a multilabel task needs negatives for every label or a default_negative"
+                )
+        for metric, rule in self.metrics.items():
+            if rule.verdict is not None and rule.verdict not in verdict_ids:
+                raise ValueError(f"metric {metric!r}: verdict {rule.verdict!r} is not one of the task's verdicts")
+        if self.metrics:
+            known = _known_metrics(self.modality)
+            unknown = sorted(set(self.metrics) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"unknown metric(s) {', '.join(unknown)} for {self.modality}; known: {', '.join(known)}"
+                )
+        return self
+
+    # -- helpers used by scoring -------------------------------------------------------------
+    def expand(self, texts: list[str]) -> list[str]:
+        """Every text in every template (``str.replace``, so braces inside prompts are safe)."""
+        return [template.replace("{}", text) for text in texts for template in self.templates]
+
+    def positive_texts(self, label: Label) -> list[str]:
+        return self.expand(label.prompts)
+
+    def negative_texts(self, label: Label) -> list[str]:
+        negatives = label.negatives or ([self.default_negative] if self.default_negative else [])
+        return self.expand(negatives)
+
+    def label_ids(self) -> list[str]:
+        return [label.id for label in self.labels]
+
+    def verdict_rank(self, verdict_id: str) -> int:
+        return [v.id for v in self.verdicts].index(verdict_id)
+
+    def worst_verdict(self) -> str | None:
+        return self.verdicts[-1].id if self.verdicts else None
+
+    def verdict(self, verdict_id: str) -> Verdict:
+        for v in self.verdicts:
+            if v.id == verdict_id:
+                return v
+        return Verdict(id=verdict_id)
+
+
+def _known_metrics(modality: str) -> tuple[str, ...]:
+    if modality == "audio":
+        from ..audio.quality import METRIC_NAMES
+
+        return tuple(METRIC_NAMES)
+    return ()
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def _format_validation_error(error: ValidationError, raw: dict, where: str) -> str:
+    """``file: label 'x': field 'threshold': message`` for the first error pydantic reports."""
+    first = error.errors()[0]
+    loc = list(first.get("loc", ()))
+    parts = [where]
+    if len(loc) >= 2 and loc[0] == "labels" and isinstance(loc[1], int):
+        labels = raw.get("labels") or []
+        label_id = labels[loc[1]].get("id") if loc[1] < len(labels) and isinstance(labels[loc[1]], dict) else None
+        parts.append(f"label {label_id!r}" if label_id else f"label #{loc[1] + 1}")
+        loc = loc[2:]
+    elif len(loc) >= 2 and loc[0] == "metrics":
+        parts.append(f"metric {loc[1]!r}")
+        loc = loc[2:]
+    field = ".".join(str(p) for p in loc if not isinstance(p, int))
+    if field:
+        parts.append(f"field {field!r}")
+    message = first.get("msg", "invalid").removeprefix("Value error, ")
+    return ": ".join(parts + [message])
+
+
+def parse_task(raw: Any, *, where: str) -> Task:
+    if not isinstance(raw, dict):
+        raise TaskError(f"{where}: a prompt set must be a YAML mapping with name, modality and labels")
+    data = dict(raw)
+    data["source"] = where
+    try:
+        return Task.model_validate(data)
+    except ValidationError as exc:
+        raise TaskError(_format_validation_error(exc, raw, where)) from None
+
+
+def load_task_file(path: str | os.PathLike) -> Task:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TaskError(f"prompt set not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskError(f"cannot read prompt set {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise TaskError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    return parse_task(raw, where=str(path))
+
+
+def _builtin_files() -> dict[str, Any]:
+    root = importlib.resources.files("medzero.prompts")
+    return {
+        entry.name[: -len(".yaml")]: entry
+        for entry in root.iterdir()
+        if entry.name.endswith(".yaml") and not entry.name.startswith(".")
+    }
+
+
+@lru_cache(maxsize=None)
+def _builtin(name: str) -> Task:
+    entry = _builtin_files()[name]
+    raw = yaml.safe_load(entry.read_text(encoding="utf-8"))
+    return parse_task(raw, where=f"builtin:{name}")
+
+
+def list_tasks() -> list[Task]:
+    """The shipped prompt sets, sorted by name."""
+    return [_builtin(name) for name in sorted(_builtin_files())]
+
+
+def load_task(task: "str | os.PathLike | Task") -> Task:
+    """A shipped task by name (``voice_quality``), or a YAML file by path, or a Task as it is."""
+    if isinstance(task, Task):
+        return task
+    ref = os.fspath(task)
+    if ref.endswith((".yaml", ".yml")) or os.sep in ref or Path(ref).is_file():
+        return load_task_file(ref)
+    files = _builtin_files()
+    if ref not in files:
+        raise TaskError(f"unknown task {ref!r}; shipped tasks: {', '.join(sorted(files))} (or pass a YAML file)")
+    return _builtin(ref)
+
+
+def task_from_labels(
+    labels: "str | list[str]",
+    *,
+    modality: str,
+    template: str | None = None,
+    multilabel: bool = False,
+    threshold: float = 0.5,
+) -> Task:
+    """An ad-hoc task from typed labels. The label id is the label text as typed.
+
+    Multiclass by default, as in the Hugging Face zero-shot pipelines; with ``multilabel`` each
+    label is scored against a neutral negative. Ad-hoc tasks have no verdict scheme: a result's
+    verdict is its top-scoring label.
+    """
+    if isinstance(labels, str):
+        labels = labels.split(",")
+    names = [label.strip() for label in labels if label.strip()]
+    if not names:
+        raise TaskError("no labels given; pass them comma-separated, e.g. --labels 'speech,music,noise'")
+    if len(set(names)) != len(names):
+        raise TaskError(f"duplicate labels in {', '.join(names)}")
+    if modality not in DEFAULT_TEMPLATES:
+        raise TaskError(f"unknown modality {modality!r}; expected audio or image")
+    if not multilabel and len(names) < 2:
+        raise TaskError("multiclass scoring needs at least two labels (or use --multilabel)")
+    data = {
+        "name": "ad-hoc",
+        "modality": modality,
+        "mode": "multilabel" if multilabel else "multiclass",
+        "templates": [template or DEFAULT_TEMPLATES[modality]],
+        "default_negative": DEFAULT_NEGATIVES[modality] if multilabel else None,
+        "labels": [{"id": n, "prompts": [n], "threshold": threshold, "polarity": "info"} for n in names],
+        "verdicts": [],
+    }
+    return parse_task(data, where="ad-hoc labels")

@@ -1,0 +1,151 @@
+"""Zero-shot scoring: class embeddings, multiclass and multilabel probabilities, verdicts.
+
+- A label's class embedding is the mean of the L2-normalised embeddings of all its prompts in all
+  templates, re-normalised (open_clip's ``build_zero_shot_classifier``).
+- Multiclass: ``p = softmax(logit_scale · e·Cᵀ)`` across the labels.
+- Multilabel (the CheXzero method): for each label on its own,
+  ``p = softmax(logit_scale · [e·pos, e·neg])[0]``, so labels do not compete.
+- Each label (and each waveform metric with a rule) is compared with its limit and polarity; the
+  verdict is the worst verdict any of them triggers, else the task's first (best) verdict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .cache import TextEmbeddingCache, text_cache
+from .encoder import Encoder
+from .prompts import Task
+from .results import Reason
+
+__all__ = ["TaskHead", "build_head", "class_embeddings", "evaluate"]
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def class_embeddings(
+    encoder: Encoder, groups: list[list[str]], *, cache: TextEmbeddingCache | None = None
+) -> np.ndarray:
+    """(len(groups), dim): per group, the re-normalised mean of its texts' normalised embeddings."""
+    cache = cache or text_cache()
+    flat = [text for group in groups for text in group]
+    vectors = _normalise(cache.get_or_compute(encoder.fingerprint, flat, encoder.embed_text))
+    out, start = [], 0
+    for group in groups:
+        out.append(vectors[start : start + len(group)].mean(axis=0))
+        start += len(group)
+    return _normalise(np.stack(out))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class TaskHead:
+    """A task's text side, computed once per (encoder, task) and applied to any number of embeddings."""
+
+    task: Task
+    fingerprint: str
+    logit_scale: float
+    positives: np.ndarray  # (labels, dim)
+    negatives: np.ndarray | None  # (labels, dim), multilabel only
+
+    def scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, labels) probabilities for (n, dim) normalised embeddings."""
+        e = np.asarray(embeddings, dtype=np.float64)
+        if e.ndim == 1:
+            e = e[None]
+        pos = self.logit_scale * (e @ self.positives.astype(np.float64).T)
+        if self.negatives is None:
+            return _softmax(pos)
+        neg = self.logit_scale * (e @ self.negatives.astype(np.float64).T)
+        return _softmax(np.stack([pos, neg], axis=-1))[..., 0]
+
+    def as_dict(self, row: np.ndarray) -> dict[str, float]:
+        return {label_id: float(p) for label_id, p in zip(self.task.label_ids(), row)}
+
+
+def build_head(task: Task, encoder: Encoder, *, cache: TextEmbeddingCache | None = None) -> TaskHead:
+    positives = class_embeddings(encoder, [task.positive_texts(label) for label in task.labels], cache=cache)
+    negatives = None
+    if task.mode == "multilabel":
+        negatives = class_embeddings(encoder, [task.negative_texts(label) for label in task.labels], cache=cache)
+    return TaskHead(task, encoder.fingerprint, float(encoder.logit_scale), positives, negatives)
+
+
+def _names(localized, fallback: str) -> dict[str, str]:
+    if localized is None:
+        return {"en": fallback, "zh": fallback}
+    return {"en": localized.en, "zh": localized.zh or localized.en}
+
+
+def evaluate(
+    task: Task,
+    scores: Mapping[str, float],
+    metrics: Mapping[str, float] | None = None,
+    metric_info: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[str | None, list[Reason]]:
+    """The verdict and its reasons, worst first.
+
+    Tasks with no verdicts (ad-hoc labels) get their top-scoring label as the verdict.
+    """
+    if not task.verdicts:
+        top = max(scores, key=scores.get) if scores else None
+        return top, []
+    worst = task.worst_verdict()
+    reasons: list[Reason] = []
+    for label in sorted(task.labels, key=lambda lb: -scores.get(lb.id, 0.0)):
+        value = scores.get(label.id)
+        if value is None or label.polarity == "info":
+            continue
+        problem = value >= label.threshold if label.polarity == "bad" else value < label.threshold
+        if problem:
+            reasons.append(
+                Reason(
+                    kind="label",
+                    id=label.id,
+                    name=_names(label.name, label.id),
+                    value=float(value),
+                    limit=float(label.threshold),
+                    direction="above" if label.polarity == "bad" else "below",
+                    verdict=label.verdict or worst,
+                    advice=_names(label.advice, "") if label.advice else None,
+                )
+            )
+    for metric, rule in task.metrics.items():
+        value = (metrics or {}).get(metric)
+        if value is None:
+            continue
+        info = (metric_info or {}).get(metric, {})
+        name = _names(rule.name, metric) if rule.name else {"en": info.get("en", metric), "zh": info.get("zh", metric)}
+        unit = rule.unit if rule.unit is not None else info.get("unit", "")
+        for limit, direction, problem in (
+            (rule.min, "below", rule.min is not None and value < rule.min),
+            (rule.max, "above", rule.max is not None and value > rule.max),
+        ):
+            if problem:
+                reasons.append(
+                    Reason(
+                        kind="metric",
+                        id=metric,
+                        name=name,
+                        value=float(value),
+                        limit=float(limit),
+                        direction=direction,
+                        verdict=rule.verdict or worst,
+                        unit=unit,
+                        advice=_names(rule.advice, "") if rule.advice else None,
+                    )
+                )
+    if not reasons:
+        return task.verdicts[0].id, []
+    reasons.sort(key=lambda r: -task.verdict_rank(r.verdict))
+    return reasons[0].verdict, reasons
