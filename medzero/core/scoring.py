@@ -74,11 +74,14 @@ class TaskHead:
 
 
 def build_head(task: Task, encoder: Encoder, *, cache: TextEmbeddingCache | None = None) -> TaskHead:
-    positives = class_embeddings(encoder, [task.positive_texts(label) for label in task.labels], cache=cache)
-    negatives = None
+    groups = [task.positive_texts(label) for label in task.labels]
     if task.mode == "multilabel":
-        negatives = class_embeddings(encoder, [task.negative_texts(label) for label in task.labels], cache=cache)
-    return TaskHead(task, encoder.fingerprint, float(encoder.logit_scale), positives, negatives)
+        groups += [task.negative_texts(label) for label in task.labels]
+    # One pass over all the texts, so the encoder sees every new prompt in a single batch.
+    embeddings = class_embeddings(encoder, groups, cache=cache)
+    n = len(task.labels)
+    negatives = embeddings[n:] if task.mode == "multilabel" else None
+    return TaskHead(task, encoder.fingerprint, float(encoder.logit_scale), embeddings[:n], negatives)
 
 
 def _names(localized, fallback: str) -> dict[str, str]:

@@ -1,0 +1,266 @@
+"""Tell the modality and container format of an input from its first bytes.
+
+File names and extensions are never consulted: a phone recording saved as ``notes.wav`` may hold
+AMR, and a screenshot may be named ``.dcm``. :func:`sniff` looks only at the leading
+:data:`HEAD_BYTES` bytes and answers ``(modality, format)``:
+
+========  ==================================================================================
+audio     ``wav`` (RIFF/RIFX/RF64/BW64/Wave64), ``flac``, ``ogg`` (Opus, Vorbis, FLAC, Speex),
+          ``mp3``, ``aac`` (ADTS), ``m4a`` (any ISO-BMFF/QuickTime ``ftyp`` that is not an image
+          brand), ``amr`` (NB and WB), ``aiff``, ``webm`` and ``mkv`` (EBML)
+image     ``dicom`` (with or without the 128-byte preamble), ``png``, ``jpeg``, ``tiff``,
+          ``jpeg2000``, ``gif``, ``webp``, ``heif``, ``avif``
+========  ==================================================================================
+
+Anything else is ``(None, None)``. Video containers (MP4, MOV, WebM, Matroska) are reported as
+audio because the audio loader decodes their first audio stream.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+import struct
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import BadInputError
+
+__all__ = ["HEAD_BYTES", "AUDIO_FORMATS", "IMAGE_FORMATS", "read_head", "sniff", "sniff_source"]
+
+#: How many leading bytes :func:`sniff` needs; callers must pass at least this many when the
+#: input is that long (DICOM's magic sits at offset 128).
+HEAD_BYTES = 512
+
+AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3", "aac", "m4a", "amr", "aiff", "webm", "mkv")
+IMAGE_FORMATS = ("dicom", "png", "jpeg", "tiff", "jpeg2000", "gif", "webp", "heif", "avif")
+
+Sniffed = tuple[Optional[str], Optional[str]]
+
+_UNKNOWN: Sniffed = (None, None)
+
+# Wave64 identifies its chunks by GUID instead of FourCC.
+_W64_RIFF_GUID = bytes.fromhex("726966662e91cf11a5d628db04c10000")
+_W64_WAVE_GUID = bytes.fromhex("77617665f3acd3118cd100c04f8edb8a")
+
+_JP2_SIGNATURE = bytes.fromhex("0000000c6a5020200d0a870a")
+_J2K_CODESTREAM = bytes.fromhex("ff4fff51")
+
+# ISO-BMFF major/compatible brands that mean a still image rather than audio or video.
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+# DICOM value representations; an explicit-VR element must carry one of these.
+_DICOM_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+}
+# VRs whose explicit-VR header is 12 bytes (2 reserved bytes and a 4-byte length).
+_DICOM_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def sniff(head: bytes) -> Sniffed:
+    """Return ``(modality, format)`` for content starting with ``head``, or ``(None, None)``.
+
+    ``modality`` is ``"audio"`` or ``"image"``; ``format`` is one of :data:`AUDIO_FORMATS` or
+    :data:`IMAGE_FORMATS`. Pass the first :data:`HEAD_BYTES` bytes (fewer if the input is shorter).
+    """
+    head = bytes(head[:HEAD_BYTES])
+    for check in (_sniff_image, _sniff_audio):
+        found = check(head)
+        if found is not None:
+            return found
+    return _UNKNOWN
+
+
+def sniff_source(source: Any) -> Sniffed:
+    """Sniff a path, a byte string, a binary file-like object or a numpy array.
+
+    Arrays answer ``("array", None)``. A file-like object is read from its current position and
+    put back there. A path that does not exist raises :class:`BadInputError`.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return sniff(bytes(memoryview(source)[:HEAD_BYTES]))
+    if isinstance(source, (str, os.PathLike)):
+        return sniff(read_head(source))
+    if _is_array(source):
+        return ("array", None)
+    if isinstance(source, tuple) and len(source) == 2 and _is_array(source[0]):
+        return ("array", None)  # (samples, sample_rate)
+    if isinstance(source, Mapping):
+        if "array" in source:
+            return ("array", None)  # Hugging Face datasets: {"array": ..., "sampling_rate": ...}
+        if source.get("bytes") is not None or source.get("path") is not None:
+            return sniff_source(source["bytes"] if source.get("bytes") is not None else source["path"])
+    if hasattr(source, "read"):
+        return sniff(_peek(source))
+    raise BadInputError(
+        f"cannot read a {type(source).__name__}; pass a path, bytes, a binary file or an (array, sample_rate) pair"
+    )
+
+
+def read_head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
+    """Read the first ``n`` bytes of ``path``, raising :class:`BadInputError` if it is not a file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return f.read(n)
+    except FileNotFoundError:
+        raise BadInputError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path} is a directory, not a file") from None
+    except PermissionError:
+        raise BadInputError(f"cannot read {path}: permission denied") from None
+
+
+def _peek(stream: Any) -> bytes:
+    """Read :data:`HEAD_BYTES` from a binary stream and seek back to where it was."""
+    if not (getattr(stream, "seekable", lambda: False)()):
+        raise BadInputError("cannot sniff a stream that cannot seek; pass a path or bytes instead")
+    pos = stream.tell()
+    try:
+        head = stream.read(HEAD_BYTES)
+    finally:
+        stream.seek(pos)
+    if isinstance(head, str):
+        raise BadInputError("the stream is open in text mode; open the file with mode 'rb'")
+    return bytes(head)
+
+
+def _is_array(obj: Any) -> bool:
+    # Checked by type name so that importing numpy is not needed to sniff bytes.
+    return type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray"
+
+
+def _sniff_image(head: bytes) -> Sniffed | None:
+    if head[128:132] == b"DICM" or _looks_like_bare_dicom(head):
+        return ("image", "dicom")
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return ("image", "png")
+    if head.startswith(b"\xff\xd8\xff"):
+        return ("image", "jpeg")
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return ("image", "tiff")
+    if head.startswith(_JP2_SIGNATURE) or head.startswith(_J2K_CODESTREAM):
+        return ("image", "jpeg2000")
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return ("image", "gif")
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return ("image", "webp")
+    if head[4:8] == b"ftyp":
+        brands = _ftyp_brands(head)
+        if brands & _AVIF_BRANDS:
+            return ("image", "avif")
+        if brands & _HEIF_BRANDS and not brands & {b"M4A ", b"M4B ", b"mp41", b"mp42", b"isom"}:
+            return ("image", "heif")
+    return None
+
+
+def _sniff_audio(head: bytes) -> Sniffed | None:
+    tag4 = head[:4]
+    if tag4 in (b"RIFF", b"RIFX", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return ("audio", "wav")
+    if head[:16] == _W64_RIFF_GUID and head[24:40] == _W64_WAVE_GUID:
+        return ("audio", "wav")
+    if tag4 == b"fLaC":
+        return ("audio", "flac")
+    if tag4 == b"OggS":
+        return ("audio", "ogg")
+    if tag4 == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return ("audio", "aiff")
+    if head.startswith(b"#!AMR"):  # "#!AMR\n", "#!AMR-WB\n", "#!AMR_MC1.0\n"
+        return ("audio", "amr")
+    if tag4 == b"\x1a\x45\xdf\xa3":
+        return ("audio", "webm" if b"webm" in head[:64] else "mkv")
+    if head[4:8] == b"ftyp":
+        return ("audio", "m4a")
+    if head.startswith(b"ID3"):
+        # ID3v2 tags also precede FLAC and ADTS streams now and then; look past the tag if we can.
+        after = _skip_id3(head)
+        if after is not None and after.startswith(b"fLaC"):
+            return ("audio", "flac")
+        if after is not None and _is_adts(after):
+            return ("audio", "aac")
+        return ("audio", "mp3")
+    if _is_adts(head):
+        return ("audio", "aac")
+    if _is_mpeg_audio_frame(head):
+        return ("audio", "mp3")
+    return None
+
+
+def _skip_id3(head: bytes) -> bytes | None:
+    """The bytes after an ID3v2 tag, or ``None`` if the tag runs past ``head``."""
+    if len(head) < 10:
+        return None
+    size = 0
+    for b in head[6:10]:  # "syncsafe" integer: 7 bits per byte
+        size = (size << 7) | (b & 0x7F)
+    end = 10 + size + (10 if head[5] & 0x10 else 0)  # footer flag
+    return head[end:] if end < len(head) else None
+
+
+def _is_adts(head: bytes) -> bool:
+    """ADTS (raw AAC): 12-bit sync, layer bits 00, a valid sampling-frequency index."""
+    if len(head) < 7 or head[0] != 0xFF or (head[1] & 0xF6) != 0xF0:
+        return False
+    return ((head[2] >> 2) & 0x0F) < 13
+
+
+def _is_mpeg_audio_frame(head: bytes) -> bool:
+    """MPEG-1/2/2.5 audio frame header (MP3 without an ID3 tag), validated field by field."""
+    if len(head) < 4 or head[0] != 0xFF or (head[1] & 0xE0) != 0xE0:
+        return False
+    version = (head[1] >> 3) & 0x03  # 01 is reserved
+    layer = (head[1] >> 1) & 0x03  # 00 is reserved (and marks ADTS)
+    bitrate = head[2] >> 4  # 1111 is invalid
+    rate = (head[2] >> 2) & 0x03  # 11 is reserved
+    emphasis = head[3] & 0x03  # 10 is reserved
+    return version != 1 and layer != 0 and bitrate != 15 and rate != 3 and emphasis != 2
+
+
+def _ftyp_brands(head: bytes) -> set[bytes]:
+    """Major and compatible brands of a leading ISO-BMFF ``ftyp`` box."""
+    (size,) = struct.unpack(">I", head[:4])
+    end = min(max(size, 16), len(head))
+    brands = {head[8:12]}
+    brands.update(head[i : i + 4] for i in range(16, end - 3, 4))
+    return brands
+
+
+def _looks_like_bare_dicom(head: bytes) -> bool:
+    """A DICOM data set without the preamble and ``DICM`` (as some old PACS exports write).
+
+    Conservative: the first three elements must parse as little-endian group 0x0002 or 0x0008
+    elements (explicit or implicit VR), in ascending tag order, with lengths that fit.
+    """
+    pos, previous, parsed = 0, -1, 0
+    explicit = head[4:6] in _DICOM_VRS
+    while parsed < 3:
+        if pos + 8 > len(head):
+            return parsed > 0 and pos == len(head)
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group not in (0x0002, 0x0008) or (group << 16 | element) <= previous:
+            return False
+        previous = group << 16 | element
+        if explicit:
+            vr = head[pos + 4 : pos + 6]
+            if vr not in _DICOM_VRS:
+                return False
+            if vr in _DICOM_LONG_VRS:
+                if pos + 12 > len(head):
+                    return False
+                (length,) = struct.unpack_from("<I", head, pos + 8)
+                pos += 12
+            else:
+                (length,) = struct.unpack_from("<H", head, pos + 6)
+                pos += 8
+        else:
+            (length,) = struct.unpack_from("<I", head, pos + 4)
+            pos += 8
+        if length == 0xFFFFFFFF or length > 1024 or length % 2:
+            return False
+        pos += length
+        parsed += 1
+    return True
+

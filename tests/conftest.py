@@ -1,0 +1,62 @@
+"""Shared fixtures: real recordings made once per session (see ``audio_samples.py``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import audio_samples
+
+
+@pytest.fixture(scope="session")
+def audio_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """espeak-ng speech and variants of it, keyed by what they are.
+
+    ``speech`` (22050 Hz WAV), ``noisy_0db`` / ``noisy_10db`` / ``noisy_20db`` (pink noise mixed
+    in at that SNR), ``telephone`` (300-3400 Hz, 8 kHz) and ``telephone_48k`` (the same saved at
+    48 kHz), ``clipped`` (+24 dB, hard-clipped), ``noise`` (3 s of pink noise), and the speech
+    encoded as ``wav``, ``flac``, ``ogg`` (Opus), ``mp3``, ``m4a`` (AAC) and ``amr`` (AMR-NB).
+    """
+    missing = audio_samples.missing_tools()
+    if missing:
+        pytest.fail(f"making test audio needs {', '.join(missing)} (make test installs them with apt)")
+    out = tmp_path_factory.mktemp("audio")
+    speech = audio_samples.speech_wav(out)
+    clips = {
+        "speech": speech,
+        "noisy_0db": audio_samples.mix_noise(speech, out, 0),
+        "noisy_10db": audio_samples.mix_noise(speech, out, 10),
+        "noisy_20db": audio_samples.mix_noise(speech, out, 20),
+        "telephone": audio_samples.telephone(speech, out),
+        "telephone_48k": audio_samples.telephone(speech, out, rate=48000),
+        "clipped": audio_samples.clipped(speech, out),
+        "noise": audio_samples.noise_only(out, 3),
+    }
+    for fmt in ("wav", "flac", "ogg", "mp3", "m4a", "amr"):
+        clips[fmt] = audio_samples.convert(speech, out, fmt)
+    return clips
+
+
+# -- models and environment ------------------------------------------------------------------------
+import os  # noqa: E402
+
+from fixtures_clap import build_tiny_clap, tiny_clap_dir  # noqa: E402,F401
+
+try:  # the image fixtures arrive with the image path
+    from fixtures_image import *  # noqa: E402,F401,F403
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Every test session gets its own medzero cache directory; nothing reads ~/.cache."""
+    path = tmp_path_factory.mktemp("medzero-cache")
+    old = os.environ.get("MEDZERO_CACHE_DIR")
+    os.environ["MEDZERO_CACHE_DIR"] = str(path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    yield path
+    if old is None:
+        os.environ.pop("MEDZERO_CACHE_DIR", None)
+    else:
+        os.environ["MEDZERO_CACHE_DIR"] = old
