@@ -117,6 +117,8 @@ class Classifier:
         if window_s <= 0 or hop_s <= 0:
             raise BadInputError("window and hop must be positive numbers of seconds")
         self._task = load_task(task) if task is not None else None
+        if labels is not None:  # fail on bad labels now, not once per file
+            task_from_labels(labels, modality="audio", template=template, multilabel=multilabel)
         self._labels = labels
         self._template = template
         self._multilabel = multilabel
