@@ -44,6 +44,16 @@ __all__ = [
     "TaskError",
     "ModelUnavailableError",
     "CaseIndexError",
+    "CaseIndex",
 ]
+
+
+def __getattr__(name: str):
+    # The case index imports faiss; load it only when it is asked for.
+    if name == "CaseIndex":
+        from .retrieval import CaseIndex
+
+        return CaseIndex
+    raise AttributeError(f"module 'medzero' has no attribute {name!r}")
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -22,7 +22,7 @@ from .core.results import Result, Segment
 from .core.scoring import TaskHead, build_head, evaluate
 from .core.sniff import sniff_source
 
-__all__ = ["Classifier", "classify", "expand_sources", "DEFAULT_TASKS"]
+__all__ = ["Classifier", "Loaded", "classify", "expand_sources", "sniff_modality", "DEFAULT_TASKS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -65,9 +65,24 @@ def _name(source: Any) -> str:
     return getattr(source, "name", None) or "<file>"
 
 
+def sniff_modality(source: Any, name: str | None = None) -> str:
+    """``"audio"``, ``"image"`` or ``"array"`` from the content; anything else is a one-line error."""
+    modality, _ = sniff_source(source)
+    if modality is None:
+        raise BadInputError(
+            f"{name or _name(source)} is neither audio nor an image (unrecognised content; expected WAV, FLAC, "
+            "Ogg, MP3, M4A/AAC, AMR, DICOM, PNG, JPEG or TIFF)"
+        )
+    return modality
+
+
 @dataclass
-class _Prepared:
-    """A source loaded and ready to embed, or the one-line error that stopped it."""
+class Loaded:
+    """A source decoded and ready to embed, or the one-line error that stopped it.
+
+    ``item`` is an AudioClip at the audio model's rate or a LoadedImage; ``metrics`` are the
+    waveform metrics of a recording; ``metadata`` is PHI-safe.
+    """
 
     name: str
     modality: str | None = None
@@ -159,20 +174,17 @@ class Classifier:
         return self._heads[modality]
 
     # -- loading ----------------------------------------------------------------------------
-    def _prepare(self, source: Any) -> _Prepared:
+    def load(self, source: Any, *, check_task: bool = True) -> Loaded:
+        """Sniff and decode one source for its modality's encoder; errors land in ``Loaded.error``."""
         name = _name(source)
-        prepared = _Prepared(name)
+        prepared = Loaded(name)
         try:
-            modality, fmt = sniff_source(source)
+            modality = sniff_modality(source, name)
             if modality == "array":
                 modality = "image" if self._task is not None and self._task.modality == "image" else "audio"
-            if modality is None:
-                raise BadInputError(
-                    f"{name} is neither audio nor an image (unrecognised content; expected WAV, FLAC, Ogg, MP3, "
-                    "M4A/AAC, AMR, DICOM, PNG, JPEG or TIFF)"
-                )
             prepared.modality = modality
-            self.task_for(modality)  # a task of the other modality fails before any decoding
+            if check_task:
+                self.task_for(modality)  # a task of the other modality fails before any decoding
             if modality == "audio":
                 self._prepare_audio(source, prepared)
             else:
@@ -181,7 +193,7 @@ class Classifier:
             prepared.error = exc
         return prepared
 
-    def _prepare_audio(self, source: Any, prepared: _Prepared) -> None:
+    def _prepare_audio(self, source: Any, prepared: Loaded) -> None:
         from .audio.io import AudioLimits, load_audio
         from .audio.quality import compute_metrics
 
@@ -196,7 +208,7 @@ class Classifier:
         }
         prepared.item = clip.resampled(self.encoder("audio").sample_rate)
 
-    def _prepare_image(self, source: Any, prepared: _Prepared) -> None:
+    def _prepare_image(self, source: Any, prepared: Loaded) -> None:
         from .image import ImageLimits, read_image
 
         limits = self._image_limits or ImageLimits.from_env()
@@ -204,16 +216,16 @@ class Classifier:
         prepared.metadata = dict(image.metadata)
         prepared.item = image
 
-    def _prepared_stream(self, sources: Sequence[Any]) -> Iterator[list[_Prepared]]:
+    def _prepared_stream(self, sources: Sequence[Any]) -> Iterator[list[Loaded]]:
         """Chunks of prepared sources; the next chunk decodes in threads while the caller embeds this one."""
         chunks = [sources[i : i + self.batch_size] for i in range(0, len(sources), self.batch_size)]
         if not chunks:
             return
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="medzero-load") as pool:
-            pending: list[Future] = [pool.submit(self._prepare, s) for s in chunks[0]]
+            pending: list[Future] = [pool.submit(self.load, s) for s in chunks[0]]
             for index in range(len(chunks)):
                 ready = [f.result() for f in pending]
-                pending = [pool.submit(self._prepare, s) for s in chunks[index + 1]] if index + 1 < len(chunks) else []
+                pending = [pool.submit(self.load, s) for s in chunks[index + 1]] if index + 1 < len(chunks) else []
                 yield ready
 
     # -- classification ---------------------------------------------------------------------
@@ -234,7 +246,7 @@ class Classifier:
                 progress(len(chunk))
         return results
 
-    def _classify_chunk(self, chunk: list[_Prepared]) -> list[Result]:
+    def _classify_chunk(self, chunk: list[Loaded]) -> list[Result]:
         by_modality: dict[str, list[int]] = {}
         for i, p in enumerate(chunk):
             if p.error is None:
@@ -259,7 +271,7 @@ class Classifier:
                 results.append(Result.failed(p.name, exc, modality=p.modality))
         return results
 
-    def _result(self, p: _Prepared, embedding: np.ndarray) -> Result:
+    def _result(self, p: Loaded, embedding: np.ndarray) -> Result:
         from .audio.quality import METRIC_INFO
 
         head = self.head(p.modality)

@@ -206,6 +206,135 @@ def models(modality):
         click.echo(f"{mark} {cfg.name:<22} {cfg.modality:<6} {cfg.hub_id}{rev}  {cfg.description}")
 
 
+@cli.group()
+def index():
+    """Case search: a persistent FAISS index with SQLite metadata."""
+
+
+_model_options = [
+    click.option("--audio-model", metavar="ID|DIR", envvar="MEDZERO_AUDIO_MODEL", help="CLAP model (default: the index's own)."),
+    click.option("--image-model", metavar="ID|DIR", envvar="MEDZERO_IMAGE_MODEL", help="open_clip model (default: the index's own)."),
+    click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
+]
+
+
+def _with_models(command):
+    for option in reversed(_model_options):
+        command = option(command)
+    return command
+
+
+def _open_index(path, audio_model=None, image_model=None, device="auto", readonly=False):
+    from .retrieval import CaseIndex
+
+    return CaseIndex(path, audio_model=audio_model, image_model=image_model, device=device, readonly=readonly)
+
+
+@index.command("add")
+@click.argument("index_path", metavar="INDEX", type=click.Path(file_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--task", metavar="NAME|FILE", help="Also store this task's zero-shot scores with each case.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]))
+@_with_models
+def index_add(index_path, paths, task, batch_size, fmt, audio_model, image_model, device):
+    """Add recordings and images (files or folders) to INDEX, creating it if needed."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .api import expand_sources
+
+    try:
+        with _open_index(index_path, audio_model, image_model, device) as idx:
+            sources = expand_sources(list(paths))
+            console = Console(stderr=True)
+            with Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), console=console,
+                          transient=True, disable=not console.is_terminal) as bar:
+                job = bar.add_task("add", total=len(sources))
+                report = idx.add(sources, task=task, batch_size=batch_size, progress=lambda n: bar.advance(job, n))
+            total = len(idx)
+    except MedzeroError as exc:
+        raise _fail(str(exc))
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(f"added {len(report.added)}, skipped {len(report.duplicates)} duplicate(s), "
+                   f"{len(report.errors)} error(s); {total} case(s) in {index_path}")
+        for path in report.duplicates:
+            click.echo(f"  duplicate: {path}")
+    for path, message in report.errors:
+        click.echo(f"medzero: error: {message}", err=True)
+    if report.errors:
+        raise click.exceptions.Exit(1)
+
+
+@index.command("search")
+@click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
+@click.argument("query", required=False)
+@click.option("--like", "like", type=click.Path(exists=True, dir_okay=False), help="Search by an example file instead of text.")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--modality", type=click.Choice(["audio", "image"]))
+@click.option("--where", "where", multiple=True, metavar="EXPR", help="Filter, e.g. 'ViewPosition=PA' or 'score.pleural_effusion>0.5' (repeatable).")
+@click.option("--exact", is_flag=True, help="Brute-force search even when the index is approximate.")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]))
+@_with_models
+def index_search(index_path, query, like, k, modality, where, exact, fmt, audio_model, image_model, device):
+    """Find the cases closest to a text QUERY or to an example file (--like)."""
+    from pathlib import Path
+
+    if (query is None) == (like is None):
+        raise _fail("give a text query or --like FILE (one of them)", 2)
+    try:
+        with _open_index(index_path, audio_model, image_model, device, readonly=True) as idx:
+            hits = idx.search(Path(like) if like else query, k=k, modality=modality, where=list(where) or None, exact=exact)
+    except MedzeroError as exc:
+        raise _fail(str(exc))
+    if fmt == "json":
+        click.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    for column in ("id", "score", "modality", "path", "metadata"):
+        table.add_column(column, overflow="fold")
+    for h in hits:
+        meta = ", ".join(f"{key}={value}" for key, value in h.metadata.items() if key not in ("scores",))
+        table.add_row(str(h.id), f"{h.score:.3f}", h.modality, h.path, meta)
+    console = Console(file=io.StringIO(), width=160, color_system=None)
+    console.print(table if hits else "no matching cases")
+    click.echo(console.file.getvalue(), nl=False)
+
+
+@index.command("remove")
+@click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
+@click.argument("cases", nargs=-1, required=True, metavar="ID|PATH...")
+def index_remove(index_path, cases):
+    """Remove cases by id or by path."""
+    refs = [int(c) if c.isdigit() else c for c in cases]
+    try:
+        with _open_index(index_path) as idx:
+            removed = idx.remove(refs)
+            total = len(idx)
+    except MedzeroError as exc:
+        raise _fail(str(exc))
+    if not removed:
+        raise _fail(f"none of {', '.join(cases)} is in {index_path}")
+    click.echo(f"removed {len(removed)} case(s); {total} left")
+
+
+@index.command("stats")
+@click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
+def index_stats(index_path):
+    """What an index holds: spaces, models, counts, index types and sizes (JSON)."""
+    try:
+        with _open_index(index_path, readonly=True) as idx:
+            stats = idx.stats()
+    except MedzeroError as exc:
+        raise _fail(str(exc))
+    click.echo(json.dumps(stats, ensure_ascii=False, indent=2, default=str))
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 127.0.0.1 keeps the app on this machine.")
 @click.option("--port", default=8501, show_default=True, type=int)

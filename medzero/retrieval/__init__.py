@@ -1,0 +1,13 @@
+"""Case retrieval: find earlier recordings and X-rays like a case, by text or by example.
+
+    from medzero.retrieval import CaseIndex
+    with CaseIndex("cases/") as index:
+        index.add(["recordings/", "xrays/"], task="chest_xray_findings")
+        hits = index.search("left pleural effusion", k=5, where="ViewPosition=PA")
+"""
+from __future__ import annotations
+
+from .index import AddReport, CaseIndex, space_key
+from .store import parse_where
+
+__all__ = ["CaseIndex", "AddReport", "parse_where", "space_key"]

@@ -1,0 +1,208 @@
+"""The case index under faults: a writer killed with SIGKILL, FAISS and database out of step, two writers."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from medzero import CaseIndexError
+from medzero.retrieval import CaseIndex
+from test_retrieval import brute, db_vectors, unit
+
+N, DIM, BATCH = 40_000, 32, 500
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from medzero.retrieval import CaseIndex
+
+    path, pause = sys.argv[1], float(sys.argv[2])
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(({n}, {dim})).astype(np.float32)
+    rows = [{{"path": f"/cases/{{i}}.wav", "metadata": {{"odd": i % 2}}}} for i in range(len(x))]
+    with CaseIndex(path, checkpoint_s=0.3) as index:
+        report = index.add_vectors(x, rows, modality="audio", fingerprint="gen@1", batch_size={batch},
+                                   progress=lambda n: time.sleep(pause))
+    print(len(report.added), len(report.duplicates))
+    """
+).format(n=N, dim=DIM, batch=BATCH)
+
+
+def data() -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((N, DIM)).astype(np.float32)
+
+
+def committed(path) -> int:
+    try:
+        db = sqlite3.connect(str(path / "cases.sqlite"), timeout=30)
+        try:
+            return db.execute("SELECT count(*) FROM cases").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def start_writer(tmp_path, path, pause: float) -> subprocess.Popen:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    return subprocess.Popen([sys.executable, str(script), str(path), str(pause)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, proc, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"writer exited early: {proc.stderr.read()}")
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_sigkill_mid_add_keeps_committed_batches(tmp_path, caplog):
+    path = tmp_path / "index"
+    proc = start_writer(tmp_path, path, pause=0.05)
+    try:
+        wait_for(lambda: committed(path) >= 3 * BATCH, proc)
+        # While it writes: readers are not blocked, a second writer is refused with the holder's pid.
+        with CaseIndex(path, readonly=True) as reader:
+            assert len(reader.search(data()[0], k=5)) == 5
+        with CaseIndex(path) as other:
+            with pytest.raises(CaseIndexError, match=rf"being written by another process \(pid {proc.pid}\); try again"):
+                other.add_vectors(unit(np.random.default_rng(0), 2, DIM), modality="audio")
+            with pytest.raises(CaseIndexError, match="being written by another process"):
+                other.remove([1])
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    rows = committed(path)
+    assert rows % BATCH == 0 and 0 < rows < N  # whole batches only, and it was killed mid-way
+
+    with CaseIndex(path) as index:
+        assert len(index) == rows
+        ids, _ = db_vectors(path)
+        for q in unit(np.random.default_rng(8), 10, DIM):
+            assert [h.id for h in index.search(q, k=10)] == brute(path, q, 10)
+            assert [h.id for h in index.search(q, k=3, where="odd=1")] == brute(path, q, 3, "json_extract(metadata, '$.odd') = 1")
+        # the FAISS file on disk is now in step: a fresh reader finds nothing to repair
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
+        with CaseIndex(path, readonly=True) as index:
+            assert len(index) == rows
+    assert not caplog.records
+
+    # Re-running the same add adds only what is missing.
+    proc = start_writer(tmp_path, path, pause=0.0)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    added, duplicates = map(int, out.split())
+    assert (added, duplicates) == (N - rows, rows)
+    with CaseIndex(path, readonly=True) as index:
+        assert len(index) == N
+        q = data()[123]
+        top = index.search(q, k=1)[0]
+        assert top.path == "/cases/123.wav" and top.score == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.fixture
+def small(tmp_path):
+    path = tmp_path / "index"
+    x = unit(np.random.default_rng(9), 400, 24)
+    with CaseIndex(path) as index:
+        index.add_vectors(x, [{"path": f"c{i}"} for i in range(len(x))], modality="image", fingerprint="img@1", batch_size=100)
+    return path, x
+
+
+def test_faiss_file_deleted_is_rebuilt_on_open(small, caplog):
+    path, x = small
+    (faiss_file,) = path.glob("space-*.faiss")
+    faiss_file.unlink()
+    with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
+        with CaseIndex(path) as index:
+            assert len(index) == 400
+            for q in x[:5]:
+                assert [h.id for h in index.search(q, k=5)] == brute(path, q, 5)
+    assert len([r for r in caplog.records if "rebuilt" in r.getMessage()]) == 1
+    assert faiss_file.exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
+        CaseIndex(path, readonly=True).close()
+    assert not caplog.records
+
+
+def test_database_row_deleted_behind_its_back(small, caplog):
+    path, x = small
+    db = sqlite3.connect(str(path / "cases.sqlite"))
+    gone = db.execute("SELECT id FROM cases WHERE path = 'c7'").fetchone()[0]
+    db.execute("DELETE FROM cases WHERE id = ?", (gone,))
+    db.commit()
+    db.close()
+    with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
+        with CaseIndex(path, readonly=True) as index:
+            assert len(index) == 399
+            hits = index.search(x[7], k=5)
+            assert gone not in {h.id for h in hits}
+            assert [h.id for h in hits] == brute(path, x[7], 5)
+            assert index.stats()["spaces"][0]["count"] == 399
+    assert len([r for r in caplog.records if "did not match the database" in r.getMessage()]) == 1
+
+
+def test_corrupt_faiss_file_is_rebuilt(small, caplog):
+    path, x = small
+    (faiss_file,) = path.glob("space-*.faiss")
+    faiss_file.write_bytes(b"not a faiss index")
+    with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
+        with CaseIndex(path) as index:
+            assert [h.id for h in index.search(x[3], k=5)] == brute(path, x[3], 5)
+    assert caplog.records
+
+
+def test_two_writers_in_one_process(small):
+    path, x = small
+    first, second = CaseIndex(path), CaseIndex(path)
+    seen = []
+
+    def during(n):
+        with pytest.raises(CaseIndexError, match=rf"pid {os.getpid()}"):
+            second.add_vectors(x[:1] * -1, modality="image")
+        with CaseIndex(path, readonly=True) as reader:  # not blocked
+            seen.append(len(reader.search(x[0], k=3)))
+
+    first.add_vectors(unit(np.random.default_rng(10), 20, 24), modality="image", batch_size=10, progress=during)
+    assert seen == [3, 3]
+    # Once the first is done the second may write, and it sees the first's cases.
+    report = second.add_vectors(unit(np.random.default_rng(11), 5, 24), modality="image")
+    assert len(report.added) == 5 and len(second) == 425
+    assert [h.id for h in second.search(x[9], k=5)] == brute(path, x[9], 5)
+    first.close()
+    second.close()
+
+
+def test_reader_follows_another_writer(small):
+    path, x = small
+    with CaseIndex(path, readonly=True) as reader, CaseIndex(path) as writer:
+        assert len(reader.search(x[0], k=500)) == 400
+        new = unit(np.random.default_rng(12), 3, 24)
+        ids = writer.add_vectors(new, modality="image").added
+        writer.remove(["c0"])
+        assert reader.search(new[1], k=1)[0].id == ids[1]
+        assert "c0" not in {h.path for h in reader.search(x[0], k=10)}
+
+
+def test_readonly_refuses_writes(small):
+    path, x = small
+    with CaseIndex(path, readonly=True) as index:
+        with pytest.raises(CaseIndexError, match="read-only"):
+            index.remove(["c1"])
+    with pytest.raises(CaseIndexError, match="not a case index"):
+        CaseIndex(path.parent / "nothing-here", readonly=True)
