@@ -166,13 +166,13 @@ def test_duplicates_skipped_and_remove(tmp_path):
 
 @pytest.fixture(scope="module")
 def approximate(tmp_path_factory):
-    path = tmp_path_factory.mktemp("hnsw") / "index"
+    path = tmp_path_factory.mktemp("approximate") / "index"
     rng = np.random.default_rng(4)
     x = unit(rng, 50_000, 64)
     rows = [{"metadata": {"half": i % 2, "rare": int(i % 1000 == 0)}} for i in range(len(x))]
     with CaseIndex(path, approx_threshold=10_000) as index:
-        index.add_vectors(x, rows, modality="image", fingerprint="hnsw@1", batch_size=25_000)
-        assert index.stats()["spaces"][0]["index_type"].startswith("IDMap2,HNSW32")
+        index.add_vectors(x, rows, modality="image", fingerprint="approx@1", batch_size=25_000)
+        assert index.stats()["spaces"][0]["index_type"].startswith("IDMap2,PQ32x4fs,RFlat")
     return path, x
 
 
@@ -190,12 +190,12 @@ def test_approximate_recall_and_exact_switch(approximate):
         assert _recall(index, path, queries) >= 0.95
         for q in queries[:10]:
             assert [h.id for h in index.search(q, k=10, exact=True)] == brute(path, q, 10)
-        # A wide filter walks the graph with an IDSelector; a narrow one is searched exactly.
+        # A wide filter over-fetches and drops what it excludes; a narrow one is searched exactly.
         assert _recall(index, path, queries[:40], where="half=1", sql="json_extract(metadata, '$.half') = 1") >= 0.95
         assert _recall(index, path, queries[:10], where="rare=1", sql="json_extract(metadata, '$.rare') = 1") == 1.0
 
 
-def test_remove_from_hnsw_keeps_tombstones_out_of_results(approximate, tmp_path, caplog):
+def test_remove_from_approximate_index_keeps_tombstones_out_of_results(approximate, tmp_path, caplog):
     import shutil
 
     src, _ = approximate

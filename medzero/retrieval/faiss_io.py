@@ -1,12 +1,23 @@
 """FAISS helpers for the case index: build, save atomically, load, and search exactly or approximately.
 
-Every index is an ``IndexIDMap2`` whose ids are the SQLite row ids of the cases. The inner index is
-``IndexFlatIP`` (exact) below the approximate threshold and ``IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT)``
-above it. Vectors are L2-normalised, so the inner product is the cosine similarity.
+Every index is an ``IndexIDMap2`` whose ids are the SQLite row ids of the cases. Vectors are
+L2-normalised, so the inner product is the cosine similarity. The inner index is
 
-HNSW cannot delete vectors. A removed case of an HNSW space stays in the graph as a *tombstone*:
-its id is no longer in the database, and every search excludes it with an ``IDSelectorNot``. When
-tombstones make up more than :data:`TOMBSTONE_REBUILD` of the graph the index is rebuilt.
+- ``IndexFlatIP`` (exact) below the approximate threshold;
+- above it, ``IndexRefineFlat(IndexPQFastScan(d, d/2, 4, METRIC_INNER_PRODUCT))``: a 4-bit product
+  quantiser over pairs of dimensions (d/4 bytes a vector) scanned with SIMD "fast-scan" kernels
+  picks ``k · REFINE_K_FACTOR`` candidates, and those are re-ranked with exact inner products
+  over the full vectors. The scan reads 16× less memory than brute force, which is what a
+  one-query search on CPU is bound by; the exact re-ranking keeps recall@10 near 1 even on
+  isotropic random vectors, where graph indexes (HNSW) lose most of their recall. Training the
+  quantiser needs a sample (``TRAIN_SAMPLE`` vectors), after which new vectors are only encoded:
+  adding to an existing index never rebuilds it.
+
+Neither approximate index can delete vectors or take an ``IDSelector``. A removed case stays as a
+*tombstone*: its id is no longer in the database, and searches over-fetch and drop it. When
+tombstones make up more than :data:`TOMBSTONE_REBUILD` of the index it is rebuilt. Filtered
+searches over-fetch in proportion to how much the filter removes, and fall back to an exact scan
+of the allowed vectors when that does not give ``k`` results.
 """
 from __future__ import annotations
 
@@ -18,9 +29,8 @@ import faiss
 import numpy as np
 
 __all__ = [
-    "HNSW_M",
-    "HNSW_EF_CONSTRUCTION",
-    "HNSW_EF_SEARCH",
+    "REFINE_K_FACTOR",
+    "TRAIN_SAMPLE",
     "TOMBSTONE_REBUILD",
     "new_index",
     "is_approximate",
@@ -37,12 +47,14 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 40
-#: efSearch used for approximate searches (raised to ``2 * k`` when k is larger).
-HNSW_EF_SEARCH = 256
-#: Rebuild an HNSW space when this fraction of its graph is removed cases.
+#: Candidates re-ranked exactly per result wanted (k · factor from the quantised scan).
+REFINE_K_FACTOR = 32
+#: Vectors the product quantiser is trained on (a fixed-seed sample of the space).
+TRAIN_SAMPLE = 65_536
+#: Rebuild an approximate space when this fraction of it is removed cases.
 TOMBSTONE_REBUILD = 0.1
+#: Most candidates one approximate search fetches before it falls back to an exact scan.
+MAX_FETCH = 4096
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -56,14 +68,30 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors / norms, dtype=np.float32)
 
 
-def new_index(dim: int, approximate: bool) -> faiss.IndexIDMap2:
+def _pq_subquantisers(dim: int) -> int:
+    return dim // 2 if dim % 2 == 0 else dim
+
+
+def new_index(dim: int, approximate: bool, train: np.ndarray | None = None) -> faiss.IndexIDMap2:
+    """An empty index; an approximate one is trained on ``train`` (a sample of the space's vectors)."""
     if approximate:
-        inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        inner.hnsw.efSearch = HNSW_EF_SEARCH
+        if train is None or len(train) == 0:
+            raise ValueError("an approximate index needs vectors to train on")
+        base = faiss.IndexPQFastScan(dim, _pq_subquantisers(dim), 4, faiss.METRIC_INNER_PRODUCT)
+        inner = faiss.IndexRefineFlat(base)
+        inner.k_factor = REFINE_K_FACTOR
+        inner.train(np.ascontiguousarray(train, dtype=np.float32))
     else:
         inner = faiss.IndexFlatIP(dim)
-    return faiss.IndexIDMap2(inner)  # the wrapper keeps a reference to ``inner``
+    return faiss.IndexIDMap2(inner)  # faiss's Python wrappers keep references to their sub-indexes
+
+
+def training_sample(vectors: np.ndarray, size: int = TRAIN_SAMPLE) -> np.ndarray:
+    """A fixed-seed sample of rows (all of them when there are fewer than ``size``)."""
+    if len(vectors) <= size:
+        return vectors
+    rows = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))
+    return vectors[rows]
 
 
 def _inner(index: faiss.IndexIDMap2):
@@ -71,13 +99,14 @@ def _inner(index: faiss.IndexIDMap2):
 
 
 def is_approximate(index: faiss.IndexIDMap2) -> bool:
-    return isinstance(_inner(index), faiss.IndexHNSW)
+    return isinstance(_inner(index), faiss.IndexRefine)
 
 
 def index_type(index: faiss.IndexIDMap2) -> str:
     inner = _inner(index)
-    if isinstance(inner, faiss.IndexHNSW):
-        return f"IDMap2,HNSW{inner.hnsw.nb_neighbors(1)},Flat,IP"
+    if isinstance(inner, faiss.IndexRefine):
+        base = faiss.downcast_index(inner.base_index)
+        return f"IDMap2,PQ{base.pq.M}x4fs,RFlat,IP (k_factor {inner.k_factor:g})"
     return "IDMap2,Flat,IP"
 
 
@@ -92,7 +121,7 @@ def add(index: faiss.IndexIDMap2, vectors: np.ndarray, ids: np.ndarray) -> None:
 
 
 def remove(index: faiss.IndexIDMap2, ids: Iterable[int]) -> bool:
-    """Remove ``ids`` from a flat index; ``False`` for HNSW (the caller keeps them as tombstones)."""
+    """Remove ``ids`` from a flat index; ``False`` for an approximate one (the caller keeps tombstones)."""
     ids = np.fromiter(ids, dtype=np.int64)
     if is_approximate(index):
         return False
@@ -104,7 +133,7 @@ def remove(index: faiss.IndexIDMap2, ids: Iterable[int]) -> bool:
 def _storage(index: faiss.IndexIDMap2) -> np.ndarray:
     """A zero-copy (ntotal, d) view of the stored vectors (valid while ``index`` lives and is not modified)."""
     inner = _inner(index)
-    flat = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+    flat = faiss.downcast_index(inner.refine_index) if isinstance(inner, faiss.IndexRefine) else inner
     n, d = flat.ntotal, flat.d
     if n == 0:
         return np.zeros((0, d), dtype=np.float32)
@@ -165,49 +194,58 @@ def search(
     *,
     allowed: np.ndarray | None = None,
     tombstones: np.ndarray | None = None,
-    ef_search: int | None = None,
     exact_below: int = 20_000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The index's own search: exact for a flat index, HNSW otherwise.
+    """The index's own search: exact for a flat index, quantised scan + exact re-ranking otherwise.
 
-    A filter that leaves fewer than ``exact_below`` candidates is searched exactly among them (an HNSW
-    walk restricted to a few allowed nodes loses recall); a wider filter walks the graph with an
-    ``IDSelector`` and an efSearch raised in proportion to how much it filters out.
+    A filter that leaves fewer than ``exact_below`` candidates is searched exactly among them.
+    Otherwise the approximate search over-fetches (in proportion to the share the filter and the
+    tombstones remove), drops what is not allowed, and falls back to an exact scan of the allowed
+    vectors for any query that is left with fewer than ``k`` results.
     """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     if not is_approximate(index):
         return search_exact(index, queries, k, allowed=allowed, tombstones=tombstones)
     if allowed is not None and len(allowed) < exact_below:
         return search_exact(index, queries, k, allowed=allowed, tombstones=tombstones)
-    ef_search = ef_search or HNSW_EF_SEARCH
-    ef = max(ef_search, 2 * k)
-    sel = None
+    dead = tombstones if tombstones is not None and len(tombstones) else None
+    if allowed is None and dead is None:
+        return index.search(queries, k)
+    live = max(1, index.ntotal - (len(dead) if dead is not None else 0))
+    share = (len(allowed) / live) if allowed is not None else 1.0
+    fetch = int(min(MAX_FETCH, max(2 * k, np.ceil(2 * k / max(share, 1e-9)) + (len(dead) if dead is not None else 0))))
+    fetch = min(fetch, index.ntotal)
+    scores, ids = index.search(queries, fetch)
+    keep = ids >= 0
     if allowed is not None:
-        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-        ef = int(min(max(ef, ef * index.ntotal / max(1, len(allowed))), 4 * ef_search + 2 * k))
-        if tombstones is not None and len(tombstones):
-            allowed = np.setdiff1d(allowed, tombstones)
-            sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-    elif tombstones is not None and len(tombstones):
-        sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(tombstones, dtype=np.int64)))
-    params = faiss.SearchParametersHNSW(efSearch=int(ef))
-    if sel is not None:
-        params.sel = sel
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+        keep &= np.isin(ids, allowed)
+    if dead is not None:
+        keep &= ~np.isin(ids, dead)
+    out_d = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for row in range(len(queries)):
+        got = np.flatnonzero(keep[row])[:k]
+        if len(got) < k and fetch < index.ntotal:
+            d, i = search_exact(index, queries[row : row + 1], k, allowed=allowed, tombstones=dead)
+            out_d[row], out_i[row] = d[0], i[0]
+        else:
+            out_d[row, : len(got)], out_i[row, : len(got)] = scores[row, got], ids[row, got]
+    return out_d, out_i
 
 
 def rebuild(dim: int, vectors: np.ndarray, ids: np.ndarray, approximate: bool) -> faiss.IndexIDMap2:
-    index = new_index(dim, approximate)
+    index = new_index(dim, approximate, training_sample(vectors) if approximate else None)
     add(index, vectors, ids)
     return index
 
 
 def copy_as(index: faiss.IndexIDMap2, approximate: bool, tombstones: np.ndarray | None = None) -> faiss.IndexIDMap2:
-    """The same live vectors in a flat or HNSW index (dropping tombstones)."""
+    """The same live vectors in a flat or an approximate index (dropping tombstones; retrains the quantiser)."""
     xb, ids = _storage(index), ids_of(index)
     if tombstones is not None and len(tombstones):
         keep = ~np.isin(ids, tombstones)
         xb, ids = xb[keep], ids[keep]
-    return rebuild(index.d, np.array(xb, copy=True), ids, approximate)
+    return rebuild(index.d, np.array(xb, copy=True), ids, approximate and len(ids) > 0)
 
 
 def save_atomic(index: faiss.IndexIDMap2, path: str | os.PathLike) -> None:
