@@ -310,3 +310,26 @@ def test_other_model_for_a_space_is_refused(real, tmp_path):
     # Without naming a model the index's own is used.
     with CaseIndex(path, readonly=True) as remembered:
         assert remembered.encoder("audio").fingerprint == index.encoder("audio").fingerprint
+
+
+def test_small_add_to_a_large_space_defers_rewriting_its_file(approximate, tmp_path, caplog):
+    """Adding a few cases does not rewrite a large FAISS file; the next open reads them from the database."""
+    import shutil
+
+    src, _ = approximate
+    path = tmp_path / "copy"
+    shutil.copytree(src, path)
+    [faiss_file] = path.glob("space-*.faiss")
+    before = faiss_file.stat().st_mtime_ns
+    new = unit(np.random.default_rng(7), 200, 64)
+    with CaseIndex(path, approx_threshold=10_000) as index:
+        added = index.add_vectors(new, modality="image").added
+        assert [h.id for h in index.search(new[3], k=1)] == [added[3]]
+    assert faiss_file.stat().st_mtime_ns == before
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
+        with CaseIndex(path, readonly=True) as index:
+            assert len(index) == 50_000 + 200
+            assert [h.id for h in index.search(new[3], k=1)] == [added[3]]
+            assert [h.id for h in index.search(new[150], k=10)] == brute(path, new[150], 10)
+    assert not caplog.records

@@ -55,6 +55,10 @@ _logger = logging.getLogger(__name__)
 
 DB_NAME = "cases.sqlite"
 LOCK_NAME = "write.lock"
+#: Spaces with fewer vectors than this are saved after every add (their files are cheap to write).
+SMALL_SPACE = 50_000
+#: A larger space defers rewriting its FAISS file until the cases added since reach this share of it.
+CHECKPOINT_SHARE = 0.25
 _MODALITIES = ("audio", "image")
 
 
@@ -81,6 +85,10 @@ class _Space:
     index: Any  # faiss.IndexIDMap2
     tombstones: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     dirty: bool = False
+    #: Set by anything but an append (remove, repair, conversion): the next save may not be deferred.
+    must_save: bool = False
+    #: Vectors in the FAISS file as last read or written.
+    saved_ntotal: int = 0
     saved_at: float = field(default_factory=time.monotonic)
 
 
@@ -162,7 +170,7 @@ class CaseIndex:
         if any(s.dirty for s in self._spaces.values()) and not self.readonly:
             try:
                 with self._writing():  # catches up with any other writer first, so we save committed state
-                    self._save(force=True)
+                    self._save(force=True, tail_ok=True)
             except CaseIndexError:
                 pass  # another writer holds the lock and will save; the database has everything
         self._store.close()
@@ -266,7 +274,7 @@ class CaseIndex:
             space = self._spaces.get(key)
             if space is None:
                 index = faiss_io.load(self._faiss_path(key))
-                space = _Space(row, index)
+                space = _Space(row, index, saved_ntotal=index.ntotal if index is not None else 0)
                 self._spaces[key] = space
             note = self._catch_up(space)
             if note:
@@ -297,14 +305,14 @@ class CaseIndex:
         if index is None or index.d != row.dim:
             space.index = self._rebuild(row, len(db_ids))
             space.tombstones = np.zeros(0, dtype=np.int64)
-            space.dirty = True
+            space.dirty = space.must_save = True
             return "FAISS file missing or unreadable" if index is None else f"dimension {index.d} instead of {row.dim}"
         f_ids = faiss_io.ids_of(index)
         unique = np.unique(f_ids)
         if len(unique) != len(f_ids):
             space.index = self._rebuild(row, len(db_ids))
             space.tombstones = np.zeros(0, dtype=np.int64)
-            space.dirty = True
+            space.dirty = space.must_save = True
             return "repeated ids"
         missing = np.setdiff1d(db_ids, unique, assume_unique=True)
         extra = np.setdiff1d(unique, db_ids, assume_unique=True)
@@ -324,11 +332,19 @@ class CaseIndex:
                     _logger.debug("%d removed cases kept as tombstones", len(new_extra))
             if note:
                 space.dirty = True
+        if note:
+            space.must_save = True
         if len(missing):
             for ids, vectors in store.vectors(row.space, row.dim, missing):
                 faiss_io.add(index, vectors, ids)
             space.dirty = True
-            note.append(f"{len(missing)} cases missing from the FAISS file")
+            if len(unique) and missing[0] > unique[-1]:
+                # Cases added after the file was last written: adds defer rewriting a large FAISS
+                # file (see _save), so a tail of newer cases is read from the database by design.
+                _logger.debug("%s space: %d newer cases read from the database", row.modality, len(missing))
+            else:
+                space.must_save = True
+                note.append(f"{len(missing)} cases missing from the FAISS file")
         self._maybe_convert(space)
         return "; ".join(note) or None
 
@@ -344,15 +360,26 @@ class CaseIndex:
         if not faiss_io.is_approximate(space.index) and space.index.ntotal >= self.approx_threshold:
             _logger.info("%s space of %s has %d vectors; switching to the approximate index", space.row.modality, self.path, space.index.ntotal)
             space.index = faiss_io.copy_as(space.index, True)
-            space.dirty = True
+            space.dirty = space.must_save = True
 
-    def _save(self, force: bool = False) -> None:
-        """Write dirty FAISS files (only while holding the lock, and only for committed state)."""
+    def _save(self, force: bool = False, *, tail_ok: bool = False) -> None:
+        """Write dirty FAISS files (only while holding the lock, and only for committed state).
+
+        With ``tail_ok``, a space that has only been appended to keeps its file as it is while the
+        new cases are at most :data:`CHECKPOINT_SHARE` of what the file holds: rewriting a large
+        file for a small add would cost more than the add, and the next open reads the newer
+        cases from the database (ids only grow, so they are exactly those above the file's last).
+        """
         now = time.monotonic()
         for key, space in self._spaces.items():
-            if space.dirty and (force or now - space.saved_at >= self.checkpoint_s):
-                faiss_io.save_atomic(space.index, self._faiss_path(key))
-                space.dirty, space.saved_at = False, time.monotonic()
+            if not space.dirty or not (force or now - space.saved_at >= self.checkpoint_s):
+                continue
+            tail = space.index.ntotal - space.saved_ntotal
+            if tail_ok and not space.must_save and space.saved_ntotal >= SMALL_SPACE and tail <= CHECKPOINT_SHARE * space.saved_ntotal:
+                continue
+            faiss_io.save_atomic(space.index, self._faiss_path(key))
+            space.dirty, space.must_save = False, False
+            space.saved_ntotal, space.saved_at = space.index.ntotal, time.monotonic()
 
     # -- models ----------------------------------------------------------------------------------------
     def _space_for(self, modality: str) -> _Space | None:
@@ -434,7 +461,7 @@ class CaseIndex:
                     self._commit_items(items, task, report)
                     if progress is not None:
                         progress(len(chunk))
-            self._save(force=True)
+            self._save(force=True, tail_ok=True)
         return report
 
     def _hash(self, source: Any) -> _Item:
@@ -559,7 +586,7 @@ class CaseIndex:
             faiss_io.add(space.index, np.stack([v for _, v in mine]), np.array([i for i, _ in mine], dtype=np.int64))
             space.dirty = True
             self._maybe_convert(space)
-        self._save()
+        self._save(tail_ok=True)
         return [i for _, i, _ in added]
 
     def add_vectors(
@@ -625,7 +652,7 @@ class CaseIndex:
                     report.added.extend(self._insert(batch))
                 if progress is not None:
                     progress(len(chunk))
-            self._save(force=True)
+            self._save(force=True, tail_ok=True)
         return report
 
     # -- removing ------------------------------------------------------------------------------------------
@@ -656,7 +683,7 @@ class CaseIndex:
                     if len(tomb) > faiss_io.TOMBSTONE_REBUILD * max(1, space.index.ntotal):
                         space.index, tomb = faiss_io.copy_as(space.index, True, tomb), np.zeros(0, dtype=np.int64)
                     space.tombstones = tomb
-                space.dirty = True
+                space.dirty = space.must_save = True
             self._save(force=True)
         return [i for i, _ in found]
 
