@@ -4,7 +4,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medzero-installed
-APT_PACKAGES := espeak-ng sox ffmpeg
+# espeak-ng, sox, ffmpeg make test audio; chromium drives the browser tests; the CJK font renders
+# the Chinese labels in their screenshots.
+APT_PACKAGES := espeak-ng sox ffmpeg chromium fonts-noto-cjk
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: app test bench system-deps venv clean
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -30,8 +32,11 @@ test: $(STAMP) system-deps
 app: $(STAMP)
 	$(VENV)/bin/medzero app
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_audio.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_image.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_retrieval.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_app.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,284 @@
+"""What the pages share: cached models and classifiers, the language switch, and result rendering.
+
+Nothing here loads files or scores them: models come from :func:`medzero.core.encoder.create`,
+classification from :class:`medzero.Classifier`, and what is drawn comes from :class:`medzero.Result`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+import medzero
+from medzero.core import encoder as encoders
+from medzero.audio.quality import METRIC_INFO
+
+LANGS = {"en": "English", "zh": "中文"}
+CUSTOM_TASK = "__custom__"
+#: Colours of a task's verdicts, best to worst (Streamlit's named markdown colours).
+_VERDICT_COLOURS = ("green", "orange", "red")
+
+
+def lang() -> str:
+    """The display language chosen in the sidebar (``en`` or ``zh``)."""
+    return st.session_state.get("lang", "en")
+
+
+def named_buffer(data: bytes, name: str) -> io.BytesIO:
+    """Bytes as a file object that carries the upload's name, so results and errors name the file."""
+    buf = io.BytesIO(data)
+    buf.name = name
+    return buf
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def _model_log() -> dict[str, dict[str, Any]]:
+    """Per modality: the last load attempt (the encoder, or the one-line error), for the Models page."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False)
+def _load(modality: str, ref: str, device: str) -> medzero.Encoder:
+    return encoders.create(ref, modality=modality, device=device)
+
+
+def model_ref(modality: str) -> str:
+    """The model the library would pick: ``MEDZERO_AUDIO_MODEL`` / ``MEDZERO_IMAGE_MODEL`` or the default."""
+    return encoders.default_model(modality)
+
+
+def device() -> str:
+    return encoders.resolve_device("auto")
+
+
+def load_encoder(modality: str) -> medzero.Encoder:
+    """The modality's encoder, loaded once per process (keyed on model ref and device), with a spinner.
+
+    Raises :class:`medzero.ModelUnavailableError` (one line) when the weights are not available.
+    """
+    ref, dev = model_ref(modality), device()
+    log = _model_log()
+    with st.spinner(f"Loading the {modality} model {ref} on {dev} (first use only)…"):
+        try:
+            enc = _load(modality, ref, dev)
+        except medzero.MedzeroError as exc:
+            log[modality] = {"ref": ref, "device": dev, "error": str(exc)}
+            raise
+    log[modality] = {"ref": ref, "device": dev, "encoder": enc}
+    return enc
+
+
+def model_status() -> dict[str, dict[str, Any]]:
+    return dict(_model_log())
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _classifier(task: str | None, labels: str | None, template: str | None, multilabel: bool,
+                audio_ref: str, image_ref: str, dev: str) -> medzero.Classifier:
+    return medzero.Classifier(task, labels=labels, template=template, multilabel=multilabel,
+                              audio_model=audio_ref, image_model=image_ref, device=dev)
+
+
+def classifier(task: str | None = None, *, labels: str | None = None, template: str | None = None,
+               multilabel: bool = False) -> medzero.Classifier:
+    """A Classifier kept for the process, so task heads (label embeddings) are built once."""
+    return _classifier(task, labels, template, multilabel, model_ref("audio"), model_ref("image"), device())
+
+
+def classify_upload(clf: medzero.Classifier, modality: str, data: bytes, name: str) -> medzero.Result:
+    """Load the model (spinner), then classify the uploaded bytes; raises MedzeroError for a bad file."""
+    load_encoder(modality)
+    with st.spinner(f"Classifying {name}…"):
+        start = time.perf_counter()
+        result = clf.classify(named_buffer(data, name))
+        st.session_state[f"{modality}_seconds"] = time.perf_counter() - start
+        return result
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+
+
+def tasks_for(modality: str) -> list[medzero.Task]:
+    return [t for t in medzero.list_tasks() if t.modality == modality]
+
+
+def task_label(task: medzero.Task) -> str:
+    desc = task.description.get(lang()) if task.description else ""
+    return f"{task.name} — {desc}" if desc else task.name
+
+
+# -- formatting -----------------------------------------------------------------------------------
+
+
+def fmt_value(value: float, unit: str) -> str:
+    if unit == "%":
+        return f"{value * 100:.1f} %"
+    if unit in ("dB", "dBFS"):
+        return f"{value:.1f} {unit}"
+    if unit == "Hz":
+        return f"{value:,.0f} Hz"
+    if unit == "s":
+        return f"{value:.1f} s"
+    if float(value).is_integer():
+        return f"{value:.0f}"
+    return f"{value:.3f}"
+
+
+def verdict_colour(task: medzero.Task, verdict: str | None) -> str:
+    if not task.verdicts or verdict is None:
+        return "blue"
+    rank = task.verdict_rank(verdict) if verdict in [v.id for v in task.verdicts] else len(task.verdicts) - 1
+    if len(task.verdicts) == 1:
+        return _VERDICT_COLOURS[0]
+    step = rank / (len(task.verdicts) - 1)
+    return _VERDICT_COLOURS[0] if step == 0 else _VERDICT_COLOURS[2] if step == 1 else _VERDICT_COLOURS[1]
+
+
+# -- result rendering -----------------------------------------------------------------------------
+
+
+def show_verdict(result: medzero.Result, task: medzero.Task, *, heading: str) -> None:
+    """The verdict in large type, then each reason with its advice."""
+    lg = lang()
+    name = (result.verdict_name or {}).get(lg) or result.verdict or "—"
+    colour = verdict_colour(task, result.verdict)
+    seconds = st.session_state.get(f"{result.modality}_seconds")
+    st.caption(heading + (f" · classified in {seconds:.2f} s on {device()}" if seconds is not None else ""))
+    st.markdown(f"# :{colour}[{name}]")
+    if not task.verdicts:
+        st.caption("Typed labels have no verdict scheme: the verdict is the top-scoring label.")
+    if result.reasons:
+        st.markdown("**Why**" if lg == "en" else "**原因**")
+        for reason in result.reasons:
+            advice = (reason.advice or {}).get(lg) or (reason.advice or {}).get("en")
+            line = f"- {reason.text(lg)}"
+            if advice:
+                line += f"  \n  *{advice}*"
+            st.markdown(line)
+    elif task.verdicts:
+        st.markdown("No label or measurement is past its limit." if lg == "en" else "所有标签和测量值均在限值内。")
+
+
+def label_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
+    """One row per label, best score first: name, score, threshold, positive, and the verdict it set."""
+    lg = lang()
+    set_by = {r.id: r for r in result.reasons if r.kind == "label"}
+    rows = []
+    for label in task.labels:
+        score = float(result.scores.get(label.id, float("nan")))
+        threshold = float(result.thresholds.get(label.id, label.threshold))
+        reason = set_by.get(label.id)
+        rows.append(
+            {
+                "id": label.id,
+                "label": result.label_names.get(label.id, {}).get(lg) or label.id,
+                "score": score,
+                "threshold": threshold,
+                "positive": score >= threshold,
+                "polarity": label.polarity,
+                "problem": reason is not None,
+                "sets": (task.verdict(reason.verdict).display(lg) if reason is not None and reason.verdict else ""),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def score_chart(frame: pd.DataFrame) -> alt.LayerChart:
+    """Horizontal bars sorted by score, each label's threshold drawn as a black tick."""
+    data = frame.assign(
+        status=frame.apply(lambda r: "sets the verdict" if r.problem else ("above threshold" if r.positive else "below threshold"), axis=1)
+    )
+    order = list(data["label"])
+    y = alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=260, labelOverlap=False))
+    bars = alt.Chart(data).mark_bar().encode(
+        x=alt.X("score:Q", scale=alt.Scale(domain=[0, 1]), title="score"),
+        y=y,
+        color=alt.Color(
+            "status:N",
+            scale=alt.Scale(domain=["sets the verdict", "above threshold", "below threshold"], range=["#d62728", "#ff9f1c", "#7f9cc6"]),
+            legend=alt.Legend(orient="bottom", title=None),
+        ),
+        tooltip=[alt.Tooltip("label:N"), alt.Tooltip("score:Q", format=".3f"), alt.Tooltip("threshold:Q", format=".2f")],
+    )
+    ticks = alt.Chart(data).mark_tick(color="black", thickness=2, size=18).encode(x="threshold:Q", y=y)
+    return (bars + ticks).properties(height=alt.Step(26))
+
+
+def score_table(frame: pd.DataFrame, *, title: str = "Label"):
+    """The label rows as a styled table: positives highlighted, the ones that set the verdict in red."""
+    shown = pd.DataFrame(
+        {
+            title: frame["label"],
+            "Score": frame["score"].map(lambda v: f"{v:.3f}"),
+            "Threshold": frame["threshold"].map(lambda v: f"{v:.2f}"),
+            "Positive": frame["positive"].map(lambda v: "yes" if v else "no"),
+            "Sets verdict": frame["sets"],
+        }
+    )
+
+    def colour(row: pd.Series) -> list[str]:
+        f = frame.loc[row.name]
+        if f.problem:
+            style = "background-color: #fde2e1; font-weight: 600"
+        elif f.positive:
+            style = "background-color: #fff3d6"
+        else:
+            style = ""
+        return [style] * len(row)
+
+    return shown.style.apply(colour, axis=1).hide(axis="index")
+
+
+def download_json(result: medzero.Result, *, key: str) -> None:
+    stem = Path(result.source).stem or "result"
+    st.download_button(
+        "Download JSON",
+        data=json.dumps(result.to_dict(), ensure_ascii=False, indent=2),
+        file_name=f"{stem}.medzero.json",
+        mime="application/json",
+        key=key,
+        on_click="ignore",
+    )
+
+
+def metric_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
+    """Waveform metrics with the task's limits and whether each is within them."""
+    lg = lang()
+    problems = {r.id for r in result.reasons if r.kind == "metric"}
+    rows = []
+    for metric, value in result.metrics.items():
+        info = METRIC_INFO.get(metric, {"en": metric, "zh": metric, "unit": ""})
+        unit = info.get("unit", "")
+        rule = task.metrics.get(metric)
+        limits = []
+        if rule is not None and rule.min is not None:
+            limits.append(f"≥ {fmt_value(rule.min, unit)}")
+        if rule is not None and rule.max is not None:
+            limits.append(f"≤ {fmt_value(rule.max, unit)}")
+        if rule is None:
+            status = ""
+        elif metric in problems:
+            status = "outside the limit" if lg == "en" else "超出限值"
+        else:
+            status = "ok" if lg == "en" else "正常"
+        rows.append({"Measurement": info.get(lg) or info["en"], "Value": fmt_value(float(value), unit),
+                     "Limit": " and ".join(limits), "Status": status})
+    return pd.DataFrame(rows)
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+
+
+def lock_for(key: str) -> threading.Lock:
+    """One lock per key for the process (e.g. one writer per case index)."""
+    return _LOCKS.setdefault(key, threading.Lock())

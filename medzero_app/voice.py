@@ -1,0 +1,176 @@
+"""Voice quality: is a recording good enough for a clinician to hear, or should it be recorded again?"""
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import medzero
+from medzero.core.prompts import DEFAULT_TEMPLATES
+from medzero_app import common
+
+AUDIO_TYPES = ["wav", "mp3", "flac", "ogg", "m4a", "amr"]
+_MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg", "m4a": "audio/mp4", "amr": "audio/amr"}
+#: Waveform and spectrogram are drawn from a copy at this rate (display only; scoring uses the library's own).
+_DISPLAY_RATE = 16000
+
+st.title("Voice quality")
+st.caption(
+    "Upload or record a patient's voice message. CLAP scores how it sounds (noise, music, crowd, wind, hum…) "
+    "and the waveform is measured directly (SNR, clipping, silence, bandwidth). It does not understand the words."
+)
+
+mode = st.radio("Recording", ["Upload a file", "Record in the browser"], horizontal=True, label_visibility="collapsed")
+if mode == "Upload a file":
+    upload = st.file_uploader("Recording (WAV, MP3, FLAC, Ogg, M4A, AMR; up to 200 MB)", type=AUDIO_TYPES, key="voice_file")
+else:
+    upload = st.audio_input("Record a voice message", sample_rate=48000, key="voice_mic")
+
+tasks = common.tasks_for("audio")
+names = [t.name for t in tasks]
+options = names + [common.CUSTOM_TASK]
+by_name = {t.name: t for t in tasks}
+choice = st.selectbox(
+    "Task",
+    options,
+    index=options.index(medzero.DEFAULT_TASKS["audio"]) if medzero.DEFAULT_TASKS["audio"] in options else 0,
+    format_func=lambda n: "Type my own labels…" if n == common.CUSTOM_TASK else common.task_label(by_name[n]),
+    key="voice_task",
+)
+labels = template = None
+multilabel = False
+if choice == common.CUSTOM_TASK:
+    labels = st.text_input("Labels, comma-separated", "a person speaking, background noise, music, silence", key="voice_labels")
+    template = st.text_input("Template ({} is replaced by each label)", DEFAULT_TEMPLATES["audio"], key="voice_template")
+    multilabel = st.checkbox("Score each label on its own (multilabel)", key="voice_multilabel")
+
+if upload is not None:
+    ext = upload.name.rsplit(".", 1)[-1].lower()
+    st.audio(upload.getvalue(), format=upload.type or _MIME.get(ext, "audio/wav"))
+
+clicked = st.button("Classify", type="primary", disabled=upload is None, key="voice_classify")
+request = (getattr(upload, "file_id", None), choice, labels, template, multilabel)
+
+if clicked and upload is not None:
+    st.session_state.pop("voice_result", None)
+    try:
+        clf = common.classifier(None if choice == common.CUSTOM_TASK else choice, labels=labels, template=template, multilabel=multilabel)
+        result = common.classify_upload(clf, "audio", upload.getvalue(), upload.name)
+        st.session_state["voice_result"] = (request, result, clf.task_for("audio"))
+    except medzero.MedzeroError as exc:
+        st.error(f"**Could not classify {upload.name}.** {exc}", icon=":material/error:")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _display_audio(file_id: str, _data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """A mono copy at the display rate, through the library's loader (cached per upload)."""
+    from medzero.audio.io import load_audio
+
+    clip = load_audio(common.named_buffer(_data, name), sample_rate=_DISPLAY_RATE, name=name)
+    return clip.samples, clip.sample_rate
+
+
+def _waveform_chart(samples: np.ndarray, rate: int, segments: pd.DataFrame) -> alt.LayerChart:
+    bins = max(1, min(1500, len(samples)))
+    edges = np.linspace(0, len(samples), bins + 1).astype(int)
+    lo = np.array([samples[a:b].min() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+    hi = np.array([samples[a:b].max() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+    wave = pd.DataFrame({"t": edges[:-1] / rate, "lo": lo, "hi": hi})
+    x = alt.X("t:Q", title="seconds", scale=alt.Scale(domain=[0, len(samples) / rate], nice=False))
+    chart = alt.Chart(wave).mark_area(color="#4c78a8").encode(x=x, y=alt.Y("lo:Q", title="amplitude", scale=alt.Scale(domain=[-1, 1])), y2="hi:Q")
+    if len(segments):
+        shade = alt.Chart(segments).mark_rect(opacity=0.25, color="#d62728").encode(
+            x=alt.X("start:Q"), x2="end:Q", tooltip=["label:N", alt.Tooltip("score:Q", format=".3f"), "start:Q", "end:Q"]
+        )
+        chart = shade + chart
+    return chart.properties(height=160)
+
+
+def _viridis(values: np.ndarray) -> np.ndarray:
+    anchors = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
+    pos = np.clip(values, 0, 1) * (len(anchors) - 1)
+    i = np.minimum(pos.astype(int), len(anchors) - 2)
+    frac = (pos - i)[..., None]
+    return (anchors[i] * (1 - frac) + anchors[i + 1] * frac).astype(np.uint8)
+
+
+def _mel_image(samples: np.ndarray, rate: int, segments: pd.DataFrame):
+    """A mel spectrogram (librosa) as an image, the shaded segments drawn over it."""
+    import librosa
+    from PIL import Image, ImageDraw
+
+    hop = max(256, len(samples) // 1200)
+    mel = librosa.feature.melspectrogram(y=samples, sr=rate, n_fft=1024, hop_length=hop, n_mels=80, fmax=rate / 2)
+    db = librosa.power_to_db(mel, ref=np.max(mel) if mel.size and mel.max() > 0 else 1.0, top_db=80.0)
+    unit = (db + 80.0) / 80.0
+    image = Image.fromarray(_viridis(unit[::-1])).resize((1000, 240), Image.BILINEAR).convert("RGBA")
+    if len(segments):
+        overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(overlay)
+        duration = len(samples) / rate
+        for seg in segments.itertuples():
+            x0, x1 = (int(1000 * seg.start / duration), int(1000 * seg.end / duration))
+            draw.rectangle([x0, 0, max(x0 + 1, x1 - 1), 239], fill=(255, 255, 255, 50), outline=(214, 39, 40, 255), width=2)
+        image = Image.alpha_composite(image, overlay)
+    return image.convert("RGB")
+
+
+stored = st.session_state.get("voice_result")
+if stored is not None and stored[0] == request and upload is not None:
+    _, result, task = stored
+    lg = common.lang()
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        common.show_verdict(result, task, heading=f"{result.source} · task {result.task}")
+        common.download_json(result, key="voice_json")
+    frame = common.label_frame(result, task)
+    with right:
+        st.subheader("Label scores")
+        st.altair_chart(common.score_chart(frame), width="stretch")
+        st.caption("Black tick: the label's threshold. Red: the label set the verdict.")
+    st.table(common.score_table(frame))
+
+    st.subheader("Waveform measurements")
+    st.table(common.metric_frame(result, task).style.hide(axis="index"))
+
+    st.subheader("Waveform and mel spectrogram")
+    try:
+        samples, rate = _display_audio(upload.file_id, upload.getvalue(), upload.name)
+    except medzero.MedzeroError as exc:
+        st.error(str(exc))
+    else:
+        segs = pd.DataFrame([s.to_dict() for s in result.segments], columns=["label", "start", "end", "score"])
+        if len(segs):
+            label_ids = list(dict.fromkeys(segs["label"]))
+            first_problem = next((r.id for r in result.reasons if r.kind == "label" and r.id in label_ids), None)
+            default = first_problem or result.top(1)[0][0]
+            shade = st.selectbox(
+                "Shade the top windows of",
+                label_ids,
+                index=label_ids.index(default) if default in label_ids else 0,
+                format_func=lambda i: result.label_names.get(i, {}).get(lg, i),
+                key="voice_shade",
+            )
+            segs = segs[segs["label"] == shade].assign(label=lambda d: d["label"].map(lambda i: result.label_names.get(i, {}).get(lg, i)))
+        else:
+            st.caption(
+                "Recordings longer than the model's 10 s input are scored in windows; their top windows are shaded here. "
+                "This one fits in a single window."
+            )
+        st.altair_chart(_waveform_chart(samples, rate, segs), width="stretch")
+        st.image(_mel_image(samples, rate, segs), caption=f"Mel spectrogram (0–{rate // 2000} kHz, display copy at {rate} Hz)", width="stretch")
+        if result.timeline:
+            tl = result.timeline
+            rows = [
+                {"start": s, "label": result.label_names.get(lab, {}).get(lg, lab), "score": v}
+                for lab, values in tl["scores"].items()
+                for s, v in zip(tl["start"], values)
+            ]
+            st.markdown(f"**Timeline** ({tl['window_s']:g} s windows every {tl['hop_s']:g} s)")
+            st.altair_chart(
+                alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
+                    x=alt.X("start:Q", title="window start (s)"), y=alt.Y("score:Q", scale=alt.Scale(domain=[0, 1])), color="label:N"
+                ).properties(height=220),
+                width="stretch",
+            )
