@@ -569,10 +569,14 @@ class CaseIndex:
         added: list[tuple[SpaceRow, int, np.ndarray]] = []
         store.begin()
         try:
+            by_space: dict[str, tuple[SpaceRow, list[dict[str, Any]]]] = {}
             for row, case in rows:
+                by_space.setdefault(row.space, (row, []))[1].append(case)
+            for row, cases in by_space.values():
                 if row.space not in self._spaces:
                     store.insert_space(row)
-                added.append((row, store.insert_case(row, **case), case["vector"]))
+                ids = store.insert_cases(row, cases)
+                added += [(row, i, case["vector"]) for i, case in zip(ids, cases)]
             store.commit()
         except BaseException:
             store.rollback()

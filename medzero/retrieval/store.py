@@ -249,21 +249,35 @@ class Store:
             )
         return found
 
-    def insert_case(self, space: SpaceRow, *, path: str, sha256: str, vector: np.ndarray, metadata: Mapping[str, Any] | None = None,
-                    task: str | None = None, scores: Mapping[str, float] | None = None, duration_s: float | None = None,
-                    width: int | None = None, height: int | None = None, added_at: str | None = None) -> int:
-        cursor = self.db.execute(
+    def insert_cases(self, space: SpaceRow, cases: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Insert cases of one space in the open transaction; their ids, in order.
+
+        One ``executemany``: ids are AUTOINCREMENT and the caller holds the writer lock, so they
+        are the next ``len(cases)`` numbers after the table's sequence, which is checked.
+        """
+        if not cases:
+            return []
+        before = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'cases'").fetchone()
+        start = int(before[0]) + 1 if before else 1
+        now = utc_now()
+        self.db.executemany(
             "INSERT INTO cases (space, path, sha256, modality, fingerprint, metadata, task, scores, duration_s, width, height,"
             " added_at, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                space.space, path, sha256, space.modality, space.fingerprint,
-                json.dumps(dict(metadata or {}), default=str, ensure_ascii=False),
-                task, json.dumps(dict(scores)) if scores is not None else None,
-                duration_s, width, height, added_at or utc_now(),
-                np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
+                (
+                    space.space, c["path"], c["sha256"], space.modality, space.fingerprint,
+                    json.dumps(dict(c.get("metadata") or {}), default=str, ensure_ascii=False),
+                    c.get("task"), json.dumps(dict(c["scores"])) if c.get("scores") is not None else None,
+                    c.get("duration_s"), c.get("width"), c.get("height"), c.get("added_at") or now,
+                    np.ascontiguousarray(c["vector"], dtype=np.float32).tobytes(),
+                )
+                for c in cases
             ),
         )
-        return int(cursor.lastrowid)
+        after = int(self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'cases'").fetchone()[0])
+        if after != start + len(cases) - 1:
+            raise RuntimeError(f"case ids are not contiguous ({start}..{after} for {len(cases)} rows)")
+        return list(range(start, after + 1))
 
     def vectors(self, space: str, dim: int, ids: np.ndarray | None = None, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(ids, vectors)`` of a space in chunks (all of them, or those in ``ids``)."""
