@@ -19,6 +19,7 @@ import streamlit as st
 import medzero
 from medzero.core import encoder as encoders
 from medzero.audio.quality import METRIC_INFO
+from medzero.core.results import format_value
 
 LANGS = {"en": "English", "zh": "中文"}
 CUSTOM_TASK = "__custom__"
@@ -118,20 +119,6 @@ def task_label(task: medzero.Task) -> str:
 
 
 # -- formatting -----------------------------------------------------------------------------------
-
-
-def fmt_value(value: float, unit: str) -> str:
-    if unit == "%":
-        return f"{value * 100:.1f} %"
-    if unit in ("dB", "dBFS"):
-        return f"{value:.1f} {unit}"
-    if unit == "Hz":
-        return f"{value:,.0f} Hz"
-    if unit == "s":
-        return f"{value:.1f} s"
-    if float(value).is_integer():
-        return f"{value:.0f}"
-    return f"{value:.3f}"
 
 
 def verdict_colour(task: medzero.Task, verdict: str | None) -> str:
@@ -262,16 +249,16 @@ def metric_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
         rule = task.metrics.get(metric)
         limits = []
         if rule is not None and rule.min is not None:
-            limits.append(f"≥ {fmt_value(rule.min, unit)}")
+            limits.append(f"≥ {format_value(rule.min, unit)}")
         if rule is not None and rule.max is not None:
-            limits.append(f"≤ {fmt_value(rule.max, unit)}")
+            limits.append(f"≤ {format_value(rule.max, unit)}")
         if rule is None:
             status = ""
         elif metric in problems:
             status = "outside the limit" if lg == "en" else "超出限值"
         else:
             status = "ok" if lg == "en" else "正常"
-        rows.append({"Measurement": info.get(lg) or info["en"], "Value": fmt_value(float(value), unit),
+        rows.append({"Measurement": info.get(lg) or info["en"], "Value": format_value(float(value), unit),
                      "Limit": " and ".join(limits), "Status": status})
     return pd.DataFrame(rows)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Reason", "Segment", "Result", "Hit"]
+__all__ = ["Reason", "Segment", "Result", "Hit", "format_value"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Reason:
 
     def text(self, lang: str = "en") -> str:
         name = self.name.get(lang) or self.name.get("en") or self.id
-        value, limit = _fmt(self.value, self.unit), _fmt(self.limit, self.unit)
+        value, limit = format_value(self.value, self.unit), format_value(self.limit, self.unit)
         if lang == "zh":
             word = "高于阈值" if self.direction == "above" else "低于"
             return f"{name} {value} {word} {limit}"
@@ -36,15 +36,20 @@ class Reason:
         return data
 
 
-def _fmt(value: float, unit: str) -> str:
+def format_value(value: float, unit: str = "") -> str:
+    """A score or measurement as people read it: ``0.81``, ``6 dB``, ``3,400 Hz``, ``1.2%``, ``12.0 s``."""
     if unit == "%":
         return f"{value * 100:.1f}%"
     if unit in ("dB", "dBFS"):
         return f"{value:.0f} {unit}"
     if unit == "Hz":
-        return f"{value:.0f} Hz"
+        return f"{value:,.0f} Hz"
     if unit == "s":
         return f"{value:.1f} s"
+    if unit == "" and float(value).is_integer() and abs(value) >= 1:
+        return f"{value:.0f}"
+    if 0 < abs(value) < 0.1:
+        return f"{value:.3f}"
     return f"{value:.2f}"
 
 
