@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 import medzero
+from medzero.core.cache import cache_dir
 from medzero_app import common
 
 st.title("Case search")
@@ -27,13 +28,13 @@ except ImportError:
     )
     st.stop()
 
-ROOT = Path(os.environ.get("MEDZERO_CACHE_DIR") or Path.home() / ".cache" / "medzero") / "indexes"
+ROOT = cache_dir() / "indexes"
 NEW = "__new__"
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _open_index(path: str, audio_ref: str, image_ref: str, device: str):
-    """One CaseIndex per directory and models for the process (it holds the index's lock)."""
+    """One CaseIndex per directory and models for the process; writes go through ``common.lock_for``."""
     return CaseIndex(path, audio_model=audio_ref, image_model=image_ref, device=device)
 
 
