@@ -22,7 +22,7 @@ from .core.results import Result, Segment
 from .core.scoring import TaskHead, build_head, evaluate
 from .core.sniff import sniff_source
 
-__all__ = ["Classifier", "Loaded", "classify", "expand_sources", "sniff_modality", "DEFAULT_TASKS"]
+__all__ = ["Classifier", "Loaded", "classify", "expand_sources", "sniff_modality", "source_name", "DEFAULT_TASKS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def expand_sources(sources: "Iterable[Any] | Any") -> list[Any]:
     return out
 
 
-def _name(source: Any) -> str:
+def source_name(source: Any) -> str:
+    """How results and errors call a source: its path, else ``<bytes>``, ``<array>``, a stream's name or ``<file>``."""
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -70,7 +71,7 @@ def sniff_modality(source: Any, name: str | None = None) -> str:
     modality, _ = sniff_source(source)
     if modality is None:
         raise BadInputError(
-            f"{name or _name(source)} is neither audio nor an image (unrecognised content; expected WAV, FLAC, "
+            f"{name or source_name(source)} is neither audio nor an image (unrecognised content; expected WAV, FLAC, "
             "Ogg, MP3, M4A/AAC, AMR, DICOM, PNG, JPEG or TIFF)"
         )
     return modality
@@ -176,7 +177,7 @@ class Classifier:
     # -- loading ----------------------------------------------------------------------------
     def load(self, source: Any, *, check_task: bool = True) -> Loaded:
         """Sniff and decode one source for its modality's encoder; errors land in ``Loaded.error``."""
-        name = _name(source)
+        name = source_name(source)
         prepared = Loaded(name)
         try:
             modality = sniff_modality(source, name)

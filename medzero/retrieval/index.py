@@ -845,11 +845,10 @@ def _interleave(lists: list[list[Hit]], k: int) -> list[Hit]:
 
 
 def _source_name(source: Any) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return os.path.abspath(os.fspath(source))
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    return getattr(source, "name", None) or "<file>"
+    """The API's name for a source, with paths made absolute (hits must point at the file)."""
+    from ..api import source_name
+
+    return os.path.abspath(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else source_name(source)
 
 
 def _sha256(source: Any) -> str:
