@@ -3,7 +3,7 @@
 Full-size models with random weights of the real architectures, loaded by the app through the
 public path: CLAP (``bench_audio.build_full_size_clap``, the laion/clap-htsat-fused architecture)
 and open_clip ViT-B-16 (``bench_image.build_checkpoint``, a ``local-dir:`` checkpoint). The app runs
-as ``streamlit run`` in a subprocess and headless Chromium drives it through Playwright (the
+in a subprocess as ``medzero app`` starts it, and headless Chromium drives it through Playwright (the
 harness of ``tests/test_browser.py``).
 
 Per page, the first Classify loads the model and builds the task head (reported, not timed as a

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
         with CaseIndex(path, readonly=True) as index:
             stats = index.stats()
-            space = next(iter(index._spaces.values()))  # the loaded FAISS index, for batched timings
+            space = next(iter(index._spaces.spaces.values()))  # the loaded FAISS index, for batched timings
             print(f"  {stats['spaces'][0]['index_type']}, FAISS file {stats['faiss_bytes'] / 1e9:.2f} GB, "
                   f"database {stats['database_bytes'] / 1e9:.2f} GB")
 
@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> None:
             exact_t, approx_t, recall = [], [], []
             for q in single:
                 t = time.perf_counter()
-                ex = index.search(q, k=10, exact=True)
+                ex = index.search_vector(q, k=10, exact=True)
                 exact_t.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                ap_ = index.search(q, k=10)
+                ap_ = index.search_vector(q, k=10)
                 approx_t.append(time.perf_counter() - t)
                 recall.append(len({h.id for h in ex} & {h.id for h in ap_}) / 10)
             batch_exact, batch_approx, batch_recall = [], [], []
@@ -141,9 +141,9 @@ def main(argv: list[str] | None = None) -> None:
               f"(open + verify {open_s:.1f} s)")
         del base
         with CaseIndex(path, readonly=True) as index:
-            space = next(iter(index._spaces.values()))
+            space = next(iter(index._spaces.spaces.values()))
             t = time.perf_counter()
-            rebuilt = index._rebuild(space.row, len(index))  # what a lost FAISS file costs on open
+            rebuilt = index._spaces._rebuild(space.row, len(index))  # what a lost FAISS file costs on open
             rebuild_s = time.perf_counter() - t
             assert rebuilt.ntotal == args.n + args.add
             del rebuilt

@@ -8,52 +8,80 @@ YAML prompt sets. The public API::
     result.verdict, result.scores, result.summary("zh")
     clf = medzero.Classifier(task="chest_xray_findings")
     results = clf.classify_batch(["scans/"])            # folders are expanded by content
+    with medzero.CaseIndex("cases/") as index:
+        index.add(["scans/"])
+        hits = index.search_text("left pleural effusion", k=5)
+
+This module is also the composition root: it declares the built-in modality plug-ins
+(``medzero.audio``, ``medzero.image``) to the registry in :mod:`medzero.core.modality`, which
+imports each one the first time its modality is needed. Names are loaded lazily, so
+``import medzero`` stays cheap.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 
-from .api import DEFAULT_TASKS, Classifier, classify, expand_sources
-from .core.encoder import Encoder, ModelCfg, create as create_encoder, list_models
-from .core.errors import BadInputError, CaseIndexError, MedzeroError, ModelUnavailableError, TaskError
-from .core.prompts import Label, Task, list_tasks, load_task, task_from_labels
-from .core.results import Hit, Reason, Result, Segment
+from .core.modality import declare_plugin
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "classify",
-    "Classifier",
-    "expand_sources",
-    "DEFAULT_TASKS",
-    "Encoder",
-    "ModelCfg",
-    "create_encoder",
-    "list_models",
-    "Task",
-    "Label",
-    "load_task",
-    "list_tasks",
-    "task_from_labels",
-    "Result",
-    "Reason",
-    "Segment",
-    "Hit",
-    "MedzeroError",
-    "BadInputError",
-    "TaskError",
-    "ModelUnavailableError",
-    "CaseIndexError",
-    "CaseIndex",
-]
+declare_plugin("audio", "medzero.audio")
+declare_plugin("image", "medzero.image")
+
+#: public name -> (module, attribute)
+_EXPORTS = {
+    "classify": ("medzero.classifier", "classify"),
+    "Classifier": ("medzero.classifier", "Classifier"),
+    "expand_sources": ("medzero.classifier", "expand_sources"),
+    "Source": ("medzero.core.ingest", "Source"),
+    "register_scheme": ("medzero.core.ingest", "register_scheme"),
+    "Modality": ("medzero.core.modality", "Modality"),
+    "get_modality": ("medzero.core.modality", "get_modality"),
+    "modalities": ("medzero.core.modality", "modalities"),
+    "register_modality": ("medzero.core.modality", "register_modality"),
+    "Encoder": ("medzero.core.encoder", "Encoder"),
+    "ModelCfg": ("medzero.core.encoder", "ModelCfg"),
+    "create_encoder": ("medzero.core.encoder", "create"),
+    "list_models": ("medzero.core.encoder", "list_models"),
+    "default_model": ("medzero.core.encoder", "default_model"),
+    "Task": ("medzero.core.prompts", "Task"),
+    "Label": ("medzero.core.prompts", "Label"),
+    "load_task": ("medzero.core.prompts", "load_task"),
+    "list_tasks": ("medzero.core.prompts", "list_tasks"),
+    "task_from_labels": ("medzero.core.prompts", "task_from_labels"),
+    "Result": ("medzero.core.results", "Result"),
+    "Reason": ("medzero.core.results", "Reason"),
+    "Segment": ("medzero.core.results", "Segment"),
+    "Hit": ("medzero.core.results", "Hit"),
+    "format_value": ("medzero.core.results", "format_value"),
+    "cache_dir": ("medzero.core.cache", "cache_dir"),
+    "MedzeroError": ("medzero.core.errors", "MedzeroError"),
+    "BadInputError": ("medzero.core.errors", "BadInputError"),
+    "TaskError": ("medzero.core.errors", "TaskError"),
+    "ModelUnavailableError": ("medzero.core.errors", "ModelUnavailableError"),
+    "CaseIndexError": ("medzero.core.errors", "CaseIndexError"),
+    "CaseIndex": ("medzero.retrieval", "CaseIndex"),
+    "AddReport": ("medzero.retrieval", "AddReport"),
+    "load_audio": ("medzero.audio.io", "load_audio"),
+    "read_image": ("medzero.image.io", "read_image"),
+    "WINDOW_PRESETS": ("medzero.image.pixels", "WINDOW_PRESETS"),
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
-    # The case index imports faiss; load it only when it is asked for.
-    if name == "CaseIndex":
-        from .retrieval import CaseIndex
-
-        return CaseIndex
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'medzero' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

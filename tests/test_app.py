@@ -14,9 +14,9 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import medzero  # noqa: E402
+import medzero.app  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-ENTRY = str(ROOT / "streamlit_app.py")
+ENTRY = str(medzero.app.ENTRY)
 TIMEOUT = 120
 
 
@@ -124,7 +124,7 @@ def test_voice_bad_file_shows_error_then_recovers(app_env, audio_clips):
 
 
 def test_xray_page_window_metadata_and_findings(app_env, dicom_files):
-    at = _app("medzero_app/xray.py")
+    at = _app("xray.py")
     assert at.title[0].value == "Chest X-ray"
     assert at.selectbox(key="xray_task").value == "chest_xray_findings"
     at.file_uploader(key="xray_file").set_value(("phi.dcm", dicom_files["phi"].read_bytes(), "application/dicom"))
@@ -153,7 +153,7 @@ def test_xray_page_window_metadata_and_findings(app_env, dicom_files):
 
 
 def test_xray_other_task_and_bad_file(app_env, image_files):
-    at = _app("medzero_app/xray.py")
+    at = _app("xray.py")
     at.file_uploader(key="xray_file").set_value(("notes.png", image_files["text.txt"].read_bytes(), "image/png"))
     at.run()
     assert not at.exception
@@ -169,7 +169,7 @@ def test_xray_other_task_and_bad_file(app_env, image_files):
 
 
 def test_models_page_lists_loaded_models(app_env, tiny_clap_dir):
-    at = _app("medzero_app/models.py")
+    at = _app("models.py")
     assert at.title[0].value == "Models"
     if any(b.label == "Load the audio model now" for b in at.button):  # not loaded by an earlier test
         _button(at, "Load the audio model now").click()
@@ -183,7 +183,7 @@ def test_models_page_lists_loaded_models(app_env, tiny_clap_dir):
 
 def test_models_page_shows_unavailable_model(app_env, monkeypatch, tmp_path):
     monkeypatch.setenv("MEDZERO_IMAGE_MODEL", f"local-dir:{tmp_path / 'no-such-model'}")
-    at = _app("medzero_app/models.py")
+    at = _app("models.py")
     _button(at, "Load the image model now").click()
     at.run()
     assert not at.exception
@@ -192,7 +192,7 @@ def test_models_page_shows_unavailable_model(app_env, monkeypatch, tmp_path):
 
 
 def test_search_add_uploads_and_search_by_text_and_example(app_env, audio_clips, dicom_files):
-    at = _app("medzero_app/search.py")
+    at = _app("search.py")
     assert at.title[0].value == "Case search"
     assert at.selectbox(key="search_index").value == "__new__"  # a fresh cache has no index yet
     at.text_input(key="search_new_name").set_value("ward7")
@@ -234,7 +234,7 @@ def test_search_add_uploads_and_search_by_text_and_example(app_env, audio_clips,
 
 
 def test_search_missing_folder_is_an_error_box(app_env):
-    at = _app("medzero_app/search.py")
+    at = _app("search.py")
     at.text_input(key="search_folder").set_value("/no/such/folder")
     at.run()
     _button(at, "Add folder").click()

@@ -1,7 +1,8 @@
 """End to end in a real headless Chromium (Playwright, sync API): what AppTest cannot cover.
 
-The app runs as ``streamlit run`` in a subprocess (once per module) with the tiny test
-checkpoints; the browser uploads real files, presses the buttons and reads what the page shows.
+The app runs in a subprocess (once per module) with the command line ``medzero app`` uses
+(``medzero.app.command``) and the tiny test checkpoints; the browser uploads real files, presses
+the buttons and reads what the page shows.
 Each test saves a full-page screenshot under its ``tmp_path`` for a person to look at.
 
 Needs the Debian ``chromium`` package (``/usr/bin/chromium``); Playwright's own browser download is
@@ -14,7 +15,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 import medzero
+import medzero.app
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -47,15 +47,14 @@ def _free_port() -> int:
 
 
 def start_app(env_overrides: dict[str, str], log_path: Path, *, timeout_s: float = STARTUP_TIMEOUT_S):
-    """Start ``streamlit run streamlit_app.py`` on a free port; returns (process, base URL) once healthy."""
+    """Start the app as ``medzero app`` does (``medzero.app.command``) on a free port, from ``log_path``'s
+    folder; returns (process, base URL) once healthy."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_overrides}
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        medzero.app.command(["--server.fileWatcherType", "none"], port=port, host="127.0.0.1"),
+        cwd=log_path.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s

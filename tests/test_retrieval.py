@@ -77,12 +77,12 @@ def test_search_matches_brute_force(generated):
     with CaseIndex(path, readonly=True) as index:
         assert len(index) == 3000
         for q in unit(rng, 20, 32):
-            hits = index.search(q, k=10)
+            hits = index.search_vector(q, k=10)
             assert [h.id for h in hits] == brute(path, q, 10)
             assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
             assert hits[0].modality == "image" and hits[0].path.startswith("/cases/")
         # An exact copy of a stored vector finds itself with cosine 1.
-        top = index.search(x[42] * 3.0, k=1)[0]  # scaling does not matter: medzero normalises
+        top = index.search_vector(x[42] * 3.0, k=1)[0]  # scaling does not matter: medzero normalises
         assert top.path == "/cases/42.dcm" and top.score == pytest.approx(1.0, abs=1e-5)
 
 
@@ -107,7 +107,7 @@ def test_where_filters_before_ranking(generated, where, sql, params):
     with CaseIndex(path, readonly=True) as index:
         for q in unit(rng, 5, 32):
             for k in (1, 3, 10):  # k small with a selective filter still gets k matches
-                hits = index.search(q, k=k, where=where)
+                hits = index.search_vector(q, k=k, where=where)
                 assert [h.id for h in hits] == brute(path, q, k, sql, params)
                 assert len(hits) == k
 
@@ -115,9 +115,9 @@ def test_where_filters_before_ranking(generated, where, sql, params):
 def test_where_for_the_other_modality_or_nothing_matching(generated):
     path, x = generated
     with CaseIndex(path, readonly=True) as index:
-        assert index.search(x[0], k=5, where="modality=audio") == []
-        assert index.search(x[0], k=5, where="ViewPosition=LL") == []
-        assert index.search(x[0], k=5, modality="audio") == []
+        assert index.search_vector(x[0], k=5, where="modality=audio") == []
+        assert index.search_vector(x[0], k=5, where="ViewPosition=LL") == []
+        assert index.search_vector(x[0], k=5, modality="audio") == []
 
 
 def test_parse_where_forms_and_errors():
@@ -134,7 +134,7 @@ def test_wrong_dimension_is_one_line_error(generated):
     path, _ = generated
     with CaseIndex(path, readonly=True) as index:
         with pytest.raises(CaseIndexError, match="16 dimensions.*32-dimensional"):
-            index.search(np.ones(16, dtype=np.float32), k=3)
+            index.search_vector(np.ones(16, dtype=np.float32), k=3)
     with CaseIndex(path) as index:
         with pytest.raises(CaseIndexError, match="32-dimensional image vectors; these have 8"):
             index.add_vectors(np.ones((2, 8), np.float32), modality="image")
@@ -154,11 +154,11 @@ def test_duplicates_skipped_and_remove(tmp_path):
         removed = index.remove([first.added[0], "p40", 10**9])
         assert removed == [first.added[0], again.added[10]]
         assert len(index) == 48
-        hits = index.search(x[0], k=48)
+        hits = index.search_vector(x[0], k=48)
         assert first.added[0] not in {h.id for h in hits} and len(hits) == 48
     with CaseIndex(tmp_path / "ix") as index:  # the removal is on disk, in both files
         assert len(index) == 48 and index.stats()["spaces"][0]["count"] == 48
-        assert [h.id for h in index.search(x[5], k=5)] == brute(tmp_path / "ix", x[5], 5)
+        assert [h.id for h in index.search_vector(x[5], k=5)] == brute(tmp_path / "ix", x[5], 5)
 
 
 # -- the approximate index -----------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def approximate(tmp_path_factory):
 def _recall(index, path, queries, k=10, where=None, sql="1") -> float:
     ids, vecs = db_vectors(path, sql)
     truth = ids[np.argsort(-(queries @ vecs.T), axis=1, kind="stable")[:, :k]]
-    found = sum(len({h.id for h in index.search(q, k=k, where=where)} & set(t)) for q, t in zip(queries, truth))
+    found = sum(len({h.id for h in index.search_vector(q, k=k, where=where)} & set(t)) for q, t in zip(queries, truth))
     return found / (k * len(queries))
 
 
@@ -189,7 +189,7 @@ def test_approximate_recall_and_exact_switch(approximate):
     with CaseIndex(path, readonly=True) as index:
         assert _recall(index, path, queries) >= 0.95
         for q in queries[:10]:
-            assert [h.id for h in index.search(q, k=10, exact=True)] == brute(path, q, 10)
+            assert [h.id for h in index.search_vector(q, k=10, exact=True)] == brute(path, q, 10)
         # A wide filter over-fetches and drops what it excludes; a narrow one is searched exactly.
         assert _recall(index, path, queries[:40], where="half=1", sql="json_extract(metadata, '$.half') = 1") >= 0.95
         assert _recall(index, path, queries[:10], where="rare=1", sql="json_extract(metadata, '$.rare') = 1") == 1.0
@@ -203,18 +203,18 @@ def test_remove_from_approximate_index_keeps_tombstones_out_of_results(approxima
     shutil.copytree(src, path)
     queries = unit(np.random.default_rng(6), 5, 64)
     with CaseIndex(path, approx_threshold=10_000) as index:
-        top = [index.search(q, k=3)[0].id for q in queries]
+        top = [index.search_vector(q, k=3)[0].id for q in queries]
         assert sorted(index.remove(top)) == sorted(set(top))
         for q in queries:
-            assert not {h.id for h in index.search(q, k=10)} & set(top)
-            assert [h.id for h in index.search(q, k=10, exact=True)] == brute(path, q, 10)
+            assert not {h.id for h in index.search_vector(q, k=10)} & set(top)
+            assert [h.id for h in index.search_vector(q, k=10, exact=True)] == brute(path, q, 10)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
         with CaseIndex(path, readonly=True) as index:
             assert len(index) == 50_000 - len(set(top))
             assert index.stats()["spaces"][0]["tombstones"] == len(set(top))
             for q in queries:
-                assert not {h.id for h in index.search(q, k=10)} & set(top)
+                assert not {h.id for h in index.search_vector(q, k=10)} & set(top)
     assert not caplog.records  # tombstones are not a mismatch
 
 
@@ -250,11 +250,11 @@ def test_text_query_matches_brute_force_per_space(real):
     index, path, _, audio, images, _ = real
     for modality, text in (("audio", "speech with a crying child in the background"), ("image", "left pleural effusion")):
         q = index.encoder(modality).embed_text([text])[0]
-        hits = index.search(text, k=4, modality=modality)
+        hits = index.search_text(text, k=4, modality=modality)
         assert_matches_brute(hits, path, q, 4, "modality = ?", (modality,))
         assert all(h.modality == modality for h in hits)
     # Over both spaces the per-space lists interleave by rank.
-    both = index.search("a person speaking", k=6)
+    both = index.search_text("a person speaking", k=6)
     assert {h.modality for h in both} == {"audio", "image"}
     assert [h.modality for h in both[:2]] in (["audio", "image"], ["image", "audio"])
 
@@ -262,13 +262,13 @@ def test_text_query_matches_brute_force_per_space(real):
 def test_example_query_finds_itself(real):
     index, path, _, audio, images, _ = real
     for example in (audio[2], images[0]):
-        hits = index.search(example, k=3)
+        hits = index.search_example(example, k=3)
         assert hits[0].path == str(example) and hits[0].score == pytest.approx(1.0, abs=1e-4)
         modality = hits[0].modality
         assert all(h.modality == modality for h in hits)
         q = index.encoder(modality).embed([_load(example, index, modality)])[0]
         assert_matches_brute(hits, path, q, 3, "modality = ?", (modality,))
-    hits = index.search(images[1].read_bytes(), k=1)  # bytes work too
+    hits = index.search_example(images[1].read_bytes(), k=1)  # bytes work too
     assert hits[0].path == str(images[1])
 
 
@@ -284,15 +284,15 @@ def _load(path, index, modality):
 
 def test_real_where_filters_and_scores(real):
     index, path, _, audio, images, _ = real
-    hits = index.search("chest radiograph", k=5, where="ViewPosition=PA")
+    hits = index.search_text("chest radiograph", k=5, where="ViewPosition=PA")
     assert [h.path for h in hits] == [str(images[0])]  # only the PHI-laden DICOM has a view position
     assert "PatientName" not in hits[0].metadata and hits[0].metadata["task"] == "chest_xray_findings"
-    values = sorted(h.metadata["scores"]["pleural_effusion"] for h in index.search("x", k=20, modality="image"))
+    values = sorted(h.metadata["scores"]["pleural_effusion"] for h in index.search_text("x", k=20, modality="image"))
     threshold = values[len(values) // 2]
-    hits = index.search("left pleural effusion", k=20, where=f"score.pleural_effusion>{threshold}")
+    hits = index.search_text("left pleural effusion", k=20, where=f"score.pleural_effusion>{threshold}")
     assert len(hits) == sum(v > threshold for v in values) > 0
     assert all(h.metadata["scores"]["pleural_effusion"] > threshold for h in hits)
-    audio_hits = index.search("speech", k=20, modality="audio")
+    audio_hits = index.search_text("speech", k=20, modality="audio")
     assert all("scores" not in h.metadata and h.metadata["duration_s"] > 0 for h in audio_hits)
 
 
@@ -303,7 +303,7 @@ def test_other_model_for_a_space_is_refused(real, tmp_path):
     other = build_tiny_clap(tmp_path / "clap2", seed=2)
     with CaseIndex(path, audio_model=str(other), readonly=True) as wrong:
         with pytest.raises(CaseIndexError) as err:
-            wrong.search("speech", k=3, modality="audio")
+            wrong.search_text("speech", k=3, modality="audio")
         message = str(err.value)
         assert index.encoder("audio").fingerprint in message and "clap2@sha256:" in message
         assert "--audio-model" in message and "\n" not in message
@@ -324,12 +324,12 @@ def test_small_add_to_a_large_space_defers_rewriting_its_file(approximate, tmp_p
     new = unit(np.random.default_rng(7), 200, 64)
     with CaseIndex(path, approx_threshold=10_000) as index:
         added = index.add_vectors(new, modality="image").added
-        assert [h.id for h in index.search(new[3], k=1)] == [added[3]]
+        assert [h.id for h in index.search_vector(new[3], k=1)] == [added[3]]
     assert faiss_file.stat().st_mtime_ns == before
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
         with CaseIndex(path, readonly=True) as index:
             assert len(index) == 50_000 + 200
-            assert [h.id for h in index.search(new[3], k=1)] == [added[3]]
-            assert [h.id for h in index.search(new[150], k=10)] == brute(path, new[150], 10)
+            assert [h.id for h in index.search_vector(new[3], k=1)] == [added[3]]
+            assert [h.id for h in index.search_vector(new[150], k=10)] == brute(path, new[150], 10)
     assert not caplog.records

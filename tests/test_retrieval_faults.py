@@ -74,7 +74,7 @@ def test_sigkill_mid_add_keeps_committed_batches(tmp_path, caplog):
         wait_for(lambda: committed(path) >= 3 * BATCH, proc)
         # While it writes: readers are not blocked, a second writer is refused with the holder's pid.
         with CaseIndex(path, readonly=True) as reader:
-            assert len(reader.search(data()[0], k=5)) == 5
+            assert len(reader.search_vector(data()[0], k=5)) == 5
         with CaseIndex(path) as other:
             with pytest.raises(CaseIndexError, match=rf"being written by another process \(pid {proc.pid}\); try again"):
                 other.add_vectors(unit(np.random.default_rng(0), 2, DIM), modality="audio")
@@ -92,8 +92,8 @@ def test_sigkill_mid_add_keeps_committed_batches(tmp_path, caplog):
         assert len(index) == rows
         ids, _ = db_vectors(path)
         for q in unit(np.random.default_rng(8), 10, DIM):
-            assert [h.id for h in index.search(q, k=10)] == brute(path, q, 10)
-            assert [h.id for h in index.search(q, k=3, where="odd=1")] == brute(path, q, 3, "json_extract(metadata, '$.odd') = 1")
+            assert [h.id for h in index.search_vector(q, k=10)] == brute(path, q, 10)
+            assert [h.id for h in index.search_vector(q, k=3, where="odd=1")] == brute(path, q, 3, "json_extract(metadata, '$.odd') = 1")
         # the FAISS file on disk is now in step: a fresh reader finds nothing to repair
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
@@ -110,7 +110,7 @@ def test_sigkill_mid_add_keeps_committed_batches(tmp_path, caplog):
     with CaseIndex(path, readonly=True) as index:
         assert len(index) == N
         q = data()[123]
-        top = index.search(q, k=1)[0]
+        top = index.search_vector(q, k=1)[0]
         assert top.path == "/cases/123.wav" and top.score == pytest.approx(1.0, abs=1e-5)
 
 
@@ -131,7 +131,7 @@ def test_faiss_file_deleted_is_rebuilt_on_open(small, caplog):
         with CaseIndex(path) as index:
             assert len(index) == 400
             for q in x[:5]:
-                assert [h.id for h in index.search(q, k=5)] == brute(path, q, 5)
+                assert [h.id for h in index.search_vector(q, k=5)] == brute(path, q, 5)
     assert len([r for r in caplog.records if "rebuilt" in r.getMessage()]) == 1
     assert faiss_file.exists()
     caplog.clear()
@@ -150,7 +150,7 @@ def test_database_row_deleted_behind_its_back(small, caplog):
     with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
         with CaseIndex(path, readonly=True) as index:
             assert len(index) == 399
-            hits = index.search(x[7], k=5)
+            hits = index.search_vector(x[7], k=5)
             assert gone not in {h.id for h in hits}
             assert [h.id for h in hits] == brute(path, x[7], 5)
             assert index.stats()["spaces"][0]["count"] == 399
@@ -163,7 +163,7 @@ def test_corrupt_faiss_file_is_rebuilt(small, caplog):
     faiss_file.write_bytes(b"not a faiss index")
     with caplog.at_level(logging.WARNING, logger="medzero.retrieval"):
         with CaseIndex(path) as index:
-            assert [h.id for h in index.search(x[3], k=5)] == brute(path, x[3], 5)
+            assert [h.id for h in index.search_vector(x[3], k=5)] == brute(path, x[3], 5)
     assert caplog.records
 
 
@@ -176,14 +176,14 @@ def test_two_writers_in_one_process(small):
         with pytest.raises(CaseIndexError, match=rf"pid {os.getpid()}"):
             second.add_vectors(x[:1] * -1, modality="image")
         with CaseIndex(path, readonly=True) as reader:  # not blocked
-            seen.append(len(reader.search(x[0], k=3)))
+            seen.append(len(reader.search_vector(x[0], k=3)))
 
     first.add_vectors(unit(np.random.default_rng(10), 20, 24), modality="image", batch_size=10, progress=during)
     assert seen == [3, 3]
     # Once the first is done the second may write, and it sees the first's cases.
     report = second.add_vectors(unit(np.random.default_rng(11), 5, 24), modality="image")
     assert len(report.added) == 5 and len(second) == 425
-    assert [h.id for h in second.search(x[9], k=5)] == brute(path, x[9], 5)
+    assert [h.id for h in second.search_vector(x[9], k=5)] == brute(path, x[9], 5)
     first.close()
     second.close()
 
@@ -191,12 +191,12 @@ def test_two_writers_in_one_process(small):
 def test_reader_follows_another_writer(small):
     path, x = small
     with CaseIndex(path, readonly=True) as reader, CaseIndex(path) as writer:
-        assert len(reader.search(x[0], k=500)) == 400
+        assert len(reader.search_vector(x[0], k=500)) == 400
         new = unit(np.random.default_rng(12), 3, 24)
         ids = writer.add_vectors(new, modality="image").added
         writer.remove(["c0"])
-        assert reader.search(new[1], k=1)[0].id == ids[1]
-        assert "c0" not in {h.path for h in reader.search(x[0], k=10)}
+        assert reader.search_vector(new[1], k=1)[0].id == ids[1]
+        assert "c0" not in {h.path for h in reader.search_vector(x[0], k=10)}
 
 
 def test_readonly_refuses_writes(small):

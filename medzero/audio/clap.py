@@ -18,13 +18,11 @@ extractor's own code, called through its methods.
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..core.encoder import ModelCfg, register_family, register_model, weights_fingerprint
+from ..core.encoder import ModelCfg, local_dir, register_family, register_model, weights_fingerprint
 from ..core.errors import BadInputError, ModelUnavailableError
 
 __all__ = ["ClapEncoder", "load_clap", "CLAP_FUSED"]
@@ -55,21 +53,13 @@ register_model(
 )
 
 
-def _local_dir(source: str) -> Path | None:
-    path = source[len("local-dir:") :] if source.startswith("local-dir:") else source
-    path = os.path.expanduser(path)
-    return Path(path) if os.path.isdir(path) else None
-
-
 @register_family("clap", "audio")
 def load_clap(source: str, *, revision: str | None = None, device: str = "cpu", cfg: ModelCfg | None = None) -> "ClapEncoder":
     """Load a CLAP model and its processor from a local directory or a hub id (offline: the hub cache)."""
     import torch
     from transformers import ClapModel, ClapProcessor
 
-    local = _local_dir(source)
-    if local is None and source.startswith("local-dir:"):
-        raise ModelUnavailableError(f"audio model directory not found: {source[len('local-dir:'):]}")
+    local = local_dir(source, modality="audio")
     where = str(local) if local is not None else source
     kwargs: dict[str, Any] = {} if local is not None else {"revision": revision}
     try:

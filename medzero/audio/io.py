@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from medzero.core.errors import BadInputError
+from medzero.core.errors import BadInputError, one_line
 from medzero.core.sniff import HEAD_BYTES, read_head, sniff
 
 __all__ = ["AudioLimits", "AudioClip", "AudioSource", "load_audio"]
@@ -151,6 +151,7 @@ def load_audio(
     source_rate: Optional[int] = None,
     limits: Optional[AudioLimits] = None,
     name: Optional[str] = None,
+    fmt: Optional[str] = None,
 ) -> AudioClip:
     """Decode ``source`` to a mono float32 :class:`AudioClip`.
 
@@ -164,6 +165,8 @@ def load_audio(
         source_rate: the rate of a bare array (required for arrays, ignored otherwise).
         limits: size and duration bounds; default :meth:`AudioLimits.from_env`.
         name: how to call the input in error messages and ``AudioClip.source``.
+        fmt: the format already sniffed from the content (the ingest pipeline sniffs each source
+            once); ``None`` sniffs here.
 
     Raises:
         BadInputError: the input is missing, empty, too large, not audio, truncated or corrupt,
@@ -187,7 +190,7 @@ def load_audio(
         fmt, origin = None, label
     else:
         data, origin, label = _read_source(source, limits, name)
-        frames, rate, fmt = _decode(data, label, limits)
+        frames, rate, fmt = _decode(data, label, limits, fmt)
 
     _validate(frames, rate, label, limits)
     clip = AudioClip(
@@ -273,14 +276,17 @@ def _check_size(size: int, label: str, limits: AudioLimits, at_least: bool = Fal
 # Decoding
 
 
-def _decode(data: Union[str, bytes], label: str, limits: AudioLimits) -> tuple[np.ndarray, int, Optional[str]]:
-    """Sniff and decode to ``(frames, rate, format)``, frames shaped (samples, channels)."""
-    head = read_head(data) if isinstance(data, str) else data[:HEAD_BYTES]
-    modality, fmt = sniff(head)
-    if modality == "image":
-        raise BadInputError(f"{label} is an image ({fmt.upper()}), not audio; pass it to an image task instead")
-    if modality is None and _looks_like_text(head):
-        raise BadInputError(f"not an audio file: {label} (it holds text, no audio header found; {_EXPECTED})")
+def _decode(
+    data: Union[str, bytes], label: str, limits: AudioLimits, fmt: Optional[str] = None
+) -> tuple[np.ndarray, int, Optional[str]]:
+    """Decode to ``(frames, rate, format)``, frames shaped (samples, channels); sniffs unless ``fmt`` is known."""
+    if fmt is None:
+        head = read_head(data) if isinstance(data, str) else data[:HEAD_BYTES]
+        modality, fmt = sniff(head)
+        if modality == "image":
+            raise BadInputError(f"{label} is an image ({fmt.upper()}), not audio; pass it to an image task instead")
+        if modality is None and _looks_like_text(head):
+            raise BadInputError(f"not an audio file: {label} (it holds text, no audio header found; {_EXPECTED})")
     if fmt == "wav":
         _check_wav_complete(data, label)
     if fmt in _SOUNDFILE_FORMATS:
@@ -418,8 +424,7 @@ def _to_float32(array: np.ndarray) -> np.ndarray:
 def _reason(error: BaseException) -> str:
     """A short, single-line reason from a decoder exception (FFmpeg errors without errno noise)."""
     text = getattr(error, "strerror", None) if isinstance(error, av.FFmpegError) else None
-    text = " ".join(str(text or error).split()) or type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return one_line(text or error, 160)
 
 
 def _looks_like_text(head: bytes) -> bool:

@@ -37,6 +37,7 @@ __all__ = [
     "default_model",
     "resolve_device",
     "weights_fingerprint",
+    "local_dir",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -92,13 +93,11 @@ def register_model(cfg: ModelCfg) -> ModelCfg:
 
 
 def _ensure_registered() -> None:
-    # Importing the modality packages registers their families and named models.
-    from .. import audio  # noqa: F401
+    # Importing the modality plug-ins registers their families and named models; a plug-in that
+    # cannot be imported (a trimmed install) leaves the others working.
+    from .modality import modalities
 
-    try:
-        from .. import image  # noqa: F401
-    except ImportError:  # the image path may be absent in a trimmed install
-        pass
+    modalities()
 
 
 def list_models(modality: str | None = None) -> list[ModelCfg]:
@@ -159,6 +158,20 @@ def create(ref: str | None = None, *, modality: str, device: str | None = "auto"
         encoder = loader(source, revision=revision, device=device, cfg=cfg)
         _LOADED[key] = encoder
         return encoder
+
+
+def local_dir(ref: str, *, modality: str = "") -> Path | None:
+    """The directory that ``local-dir:PATH`` or a plain existing directory names; ``None`` for
+    any other reference (a registered name, a hub id). A ``local-dir:`` reference to a missing
+    directory is a one-line error saying so."""
+    explicit = ref.startswith("local-dir:")
+    path = Path(ref.removeprefix("local-dir:")).expanduser()
+    if path.is_dir():
+        return path
+    if explicit:
+        what = f"{modality} model directory" if modality else "model directory"
+        raise ModelUnavailableError(f"{what} not found: {path} (it does not exist)")
+    return None
 
 
 def clear_loaded() -> None:

@@ -27,3 +27,12 @@ class ModelUnavailableError(MedzeroError, RuntimeError):
 
 class CaseIndexError(MedzeroError, RuntimeError):
     """A case index that is locked, opened with another model, or asked a query of the wrong shape."""
+
+
+def one_line(error: "BaseException | str", limit: int = 240) -> str:
+    """An exception's message (or a text) on one line, shortened to ``limit`` characters.
+
+    Used wherever a library's own message becomes part of a medzero one-line error.
+    """
+    text = " ".join(str(error).split()) or (type(error).__name__ if isinstance(error, BaseException) else "")
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."

@@ -33,7 +33,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import TaskError
+from .errors import MedzeroError, TaskError
+from .modality import get_modality
 
 __all__ = [
     "Localized",
@@ -44,16 +45,10 @@ __all__ = [
     "load_task",
     "list_tasks",
     "task_from_labels",
-    "DEFAULT_TEMPLATES",
     "DEFAULT_VERDICTS",
 ]
 
 _logger = logging.getLogger(__name__)
-
-#: Template used for ad-hoc labels when the user gives none, per modality.
-DEFAULT_TEMPLATES = {"audio": "This is a sound of {}.", "image": "a photo of {}."}
-#: Neutral negative for ad-hoc multilabel scoring, per modality (before templating).
-DEFAULT_NEGATIVES = {"audio": "other sounds", "image": "something else"}
 
 
 class _Strict(BaseModel):
@@ -147,7 +142,7 @@ DEFAULT_VERDICTS = (
 
 class Task(_Strict):
     name: str = Field(min_length=1)
-    modality: Literal["audio", "image"]
+    modality: str
     mode: Literal["multiclass", "multilabel"] = "multiclass"
     description: Localized | None = None
     templates: list[str] = Field(default_factory=lambda: ["{}"], min_length=1)
@@ -159,6 +154,15 @@ class Task(_Strict):
     verdicts: list[Verdict] = Field(default_factory=lambda: list(DEFAULT_VERDICTS))
     #: Where the task came from (a file path, ``builtin:NAME`` or ``ad-hoc``); not part of the YAML.
     source: str = "ad-hoc"
+
+    @field_validator("modality")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        try:
+            get_modality(value)
+        except MedzeroError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("templates")
     @classmethod
@@ -223,11 +227,7 @@ class Task(_Strict):
 
 
 def _known_metrics(modality: str) -> tuple[str, ...]:
-    if modality == "audio":
-        from ..audio.quality import METRIC_NAMES
-
-        return tuple(METRIC_NAMES)
-    return ()
+    return get_modality(modality).metric_names
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -336,16 +336,18 @@ def task_from_labels(
         raise TaskError("no labels given; pass them comma-separated, e.g. --labels 'speech,music,noise'")
     if len(set(names)) != len(names):
         raise TaskError(f"duplicate labels in {', '.join(names)}")
-    if modality not in DEFAULT_TEMPLATES:
-        raise TaskError(f"unknown modality {modality!r}; expected audio or image")
+    try:
+        kind = get_modality(modality)
+    except MedzeroError as exc:
+        raise TaskError(str(exc)) from None
     if not multilabel and len(names) < 2:
         raise TaskError("multiclass scoring needs at least two labels (or use --multilabel)")
     data = {
         "name": "ad-hoc",
         "modality": modality,
         "mode": "multilabel" if multilabel else "multiclass",
-        "templates": [template or DEFAULT_TEMPLATES[modality]],
-        "default_negative": DEFAULT_NEGATIVES[modality] if multilabel else None,
+        "templates": [template or kind.default_template],
+        "default_negative": kind.default_negative if multilabel else None,
         "labels": [{"id": n, "prompts": [n], "threshold": threshold, "polarity": "info"} for n in names],
         "verdicts": [],
     }

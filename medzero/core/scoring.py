@@ -19,13 +19,9 @@ from .cache import TextEmbeddingCache, text_cache
 from .encoder import Encoder
 from .prompts import Task
 from .results import Reason
+from .vectors import l2_normalise
 
 __all__ = ["TaskHead", "build_head", "class_embeddings", "evaluate"]
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def class_embeddings(
@@ -34,12 +30,12 @@ def class_embeddings(
     """(len(groups), dim): per group, the re-normalised mean of its texts' normalised embeddings."""
     cache = cache or text_cache()
     flat = [text for group in groups for text in group]
-    vectors = _normalise(cache.get_or_compute(encoder.fingerprint, flat, encoder.embed_text))
+    vectors = l2_normalise(cache.get_or_compute(encoder.fingerprint, flat, encoder.embed_text))
     out, start = [], 0
     for group in groups:
         out.append(vectors[start : start + len(group)].mean(axis=0))
         start += len(group)
-    return _normalise(np.stack(out))
+    return l2_normalise(np.stack(out))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

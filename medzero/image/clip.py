@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..core.encoder import ModelCfg, register_family, register_model, weights_fingerprint
-from ..core.errors import ModelUnavailableError
+from ..core.encoder import ModelCfg, local_dir, register_family, register_model, weights_fingerprint
+from ..core.errors import ModelUnavailableError, one_line
+from ..core.vectors import l2_normalise
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -177,11 +178,7 @@ class OpenClipEncoder:
 
 
 def _normalise(features: "torch.Tensor") -> np.ndarray:
-    import torch
-
-    features = features.float()
-    features = features / torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-12)
-    return features.cpu().numpy().astype(np.float32, copy=False)
+    return l2_normalise(features.float().cpu().numpy())
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -192,8 +189,10 @@ def load_open_clip(source: str, *, revision: str | None = None, device: str = "c
     """Load an open_clip model from a ``local-dir:``/directory, ``hf-hub:`` or ``ARCH@TAG`` reference."""
     display = f"{cfg.name!r} ({source})" if cfg is not None else repr(source)
     source = str(source).strip()
-    if source.startswith("local-dir:") or (not source.startswith("hf-hub:") and "@" not in source and Path(source).expanduser().is_dir()):
-        return _load_local_dir(Path(source.removeprefix("local-dir:")).expanduser(), device=device, display=display)
+    remote = source.startswith("hf-hub:") or ("@" in source and not source.startswith("local-dir:"))
+    local = None if remote else local_dir(source, modality="image")
+    if local is not None:
+        return _load_local_dir(local, device=device, display=display)
     if source.startswith("hf-hub:"):
         return _load_hub(source.removeprefix("hf-hub:"), revision=revision, device=device, display=display)
     arch, _, tag = source.partition("@")
@@ -252,7 +251,7 @@ def _load_local_dir(path: Path, *, device: str, display: str) -> OpenClipEncoder
         model, _, preprocess = open_clip.create_model_and_transforms(ref, device=device, **overrides)
         tokenizer = open_clip.get_tokenizer(ref)
     except Exception as exc:  # open_clip, timm, transformers and safetensors raise many types
-        raise ModelUnavailableError(f"cannot load image model from {path} ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise ModelUnavailableError(f"cannot load image model from {path} ({type(exc).__name__}: {one_line(exc)})") from None
     fingerprint = f"local-dir:{path.name}:{weights_fingerprint(path)}"
     return OpenClipEncoder(
         model, preprocess, tokenizer, model_id=str(path), fingerprint=fingerprint, device=device, dim=model_cfg.get("embed_dim")
@@ -270,7 +269,7 @@ def _load_hub(repo: str, *, revision: str | None, device: str, display: str) -> 
         model, _, preprocess = open_clip.create_model_and_transforms(ref, device=device)
         tokenizer = open_clip.get_tokenizer(ref)
     except Exception as exc:
-        raise _unavailable(display, f"{type(exc).__name__}: {_one_line(exc)}") from None
+        raise _unavailable(display, f"{type(exc).__name__}: {one_line(exc)}") from None
     cached = cached or _hub_file_cached(repo, "open_clip_config.json", revision)
     commit = Path(cached).parent.name if cached else (revision or "main")
     if revision and commit != revision:
@@ -304,7 +303,7 @@ def _load_builtin(arch: str, tag: str | None, *, device: str, display: str) -> O
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device)
         tokenizer = open_clip.get_tokenizer(arch)
     except Exception as exc:
-        raise _unavailable(display, f"{type(exc).__name__}: {_one_line(exc)}") from None
+        raise _unavailable(display, f"{type(exc).__name__}: {one_line(exc)}") from None
     dim = (open_clip.get_model_config(arch) or {}).get("embed_dim")
     fingerprint = f"{arch}@{tag}" if pretrained_cfg else f"{arch}@{Path(tag).name}:{weights_fingerprint(Path(tag).parent)}"
     return OpenClipEncoder(model, preprocess, tokenizer, model_id=f"{arch}@{tag}", fingerprint=fingerprint, device=device, dim=dim)
@@ -318,8 +317,3 @@ def _hub_file_cached(repo: str, filename: str, revision: str | None = None) -> s
     except Exception:  # an invalid repo id, or no huggingface_hub
         return None
     return found if isinstance(found, str) else None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__

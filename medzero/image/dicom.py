@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import BadInputError
-from .io import ImageLimits, LoadedImage, WINDOW_PRESETS, _short, clahe, minmax_to_unit, resolve_window, window_to_unit
+from ..core.errors import BadInputError, one_line
+from .pixels import WINDOW_PRESETS, ImageLimits, LoadedImage, clahe, minmax_to_unit, resolve_window, window_to_unit
 
 __all__ = ["read_dicom", "METADATA_TAGS"]
 
@@ -76,7 +76,7 @@ def read_dicom(
     try:
         ds = pydicom.dcmread(fp, force=True)
     except Exception as exc:  # pydicom raises many types for damaged files
-        raise BadInputError(f"{label}: cannot parse the DICOM data set ({_short(exc)}); the file looks truncated or damaged") from None
+        raise BadInputError(f"{label}: cannot parse the DICOM data set ({one_line(exc)}); the file looks truncated or damaged") from None
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = _sop_class_name(ds)
@@ -102,7 +102,7 @@ def read_dicom(
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise BadInputError(f"{label}: the DICOM image header is incomplete ({_short(exc)}); Rows and Columns are required") from None
+        raise BadInputError(f"{label}: the DICOM image header is incomplete ({one_line(exc)}); Rows and Columns are required") from None
     if rows <= 0 or columns <= 0 or frames <= 0:
         raise BadInputError(f"{label}: the DICOM image is empty ({rows} rows × {columns} columns × {frames} frames)")
     if rows * columns * frames > limits.max_pixels:
@@ -117,7 +117,7 @@ def read_dicom(
 
         arr = pixel_array(ds, index=index if frames > 1 else None)
     except Exception as exc:  # decoder plugins raise ValueError, RuntimeError, OSError, ...
-        message = _short(exc)
+        message = one_line(exc)
         if "less than expected" in message or "truncat" in message.lower() or "insufficient" in message.lower():
             raise BadInputError(f"{label}: the DICOM pixel data is incomplete ({message}); the file looks truncated, copy it again") from None
         raise BadInputError(f"{label}: cannot decode the DICOM pixels with {uid.name} ({message})") from None
@@ -157,7 +157,7 @@ def _grayscale(
     try:
         values = apply_modality_lut(arr, view)
     except Exception as exc:
-        raise BadInputError(f"{label}: the DICOM Modality LUT cannot be applied ({_short(exc)})") from None
+        raise BadInputError(f"{label}: the DICOM Modality LUT cannot be applied ({one_line(exc)})") from None
     if "RescaleSlope" in view and "RescaleIntercept" in view:
         metadata["rescale"] = {"slope": float(view.RescaleSlope), "intercept": float(view.RescaleIntercept)}
     if explicit is not None:
@@ -169,7 +169,7 @@ def _grayscale(
             out_low, out_high = _voi_output_range(view, values)
             voi = apply_voi_lut(values if view.get("VOILUTSequence") is None else _as_lut_input(values), view, prefer_lut=True)
         except Exception as exc:
-            raise BadInputError(f"{label}: the DICOM window (VOI LUT) is invalid ({_short(exc)}); pass window=(center, width)") from None
+            raise BadInputError(f"{label}: the DICOM window (VOI LUT) is invalid ({one_line(exc)}); pass window=(center, width)") from None
         pixels = np.clip((np.asarray(voi, dtype=np.float64) - out_low) / max(out_high - out_low, 1e-12), 0.0, 1.0).astype(np.float32)
         if view.get("VOILUTSequence"):
             metadata["window"] = {"source": "voi_lut"}
@@ -221,7 +221,7 @@ def _colour(arr: np.ndarray, ds: Any, photometric: str, metadata: dict[str, Any]
         try:
             rgb = apply_color_lut(arr, ds)
         except Exception as exc:
-            raise BadInputError(f"{label}: the DICOM palette cannot be applied ({_short(exc)})") from None
+            raise BadInputError(f"{label}: the DICOM palette cannot be applied ({one_line(exc)})") from None
         depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
         return (rgb.astype(np.float32) / np.float32(2**depth - 1)).clip(0.0, 1.0)
     if arr.ndim != 3 or arr.shape[-1] != 3:

@@ -3,11 +3,13 @@
     from medzero.retrieval import CaseIndex
     with CaseIndex("cases/") as index:
         index.add(["recordings/", "xrays/"], task="chest_xray_findings")
-        hits = index.search("left pleural effusion", k=5, where="ViewPosition=PA")
+        hits = index.search_text("left pleural effusion", k=5, where="ViewPosition=PA")
 """
 from __future__ import annotations
 
-from .index import AddReport, CaseIndex, space_key
+from .index import CaseIndex
+from .ingest import AddReport
+from .spaces import space_key
 from .store import parse_where
 
 __all__ = ["CaseIndex", "AddReport", "parse_where", "space_key"]

@@ -1,7 +1,9 @@
-"""What the pages share: cached models and classifiers, the language switch, and result rendering.
+"""What the pages share: the configured models, cached classifiers, the language switch, and result rendering.
 
-Nothing here loads files or scores them: models come from :func:`medzero.core.encoder.create`,
-classification from :class:`medzero.Classifier`, and what is drawn comes from :class:`medzero.Result`.
+Nothing here loads files or scores them: encoders come from :func:`medzero.create_encoder` (which
+loads each model once per process: the app keeps no encoder cache of its own), classification from
+:class:`medzero.Classifier`, and what is drawn comes from :class:`medzero.Result`. Only medzero's
+public names are used.
 """
 from __future__ import annotations
 
@@ -17,9 +19,6 @@ import pandas as pd
 import streamlit as st
 
 import medzero
-from medzero.core import encoder as encoders
-from medzero.audio.quality import METRIC_INFO
-from medzero.core.results import format_value
 
 LANGS = {"en": "English", "zh": "中文"}
 CUSTOM_TASK = "__custom__"
@@ -42,40 +41,42 @@ def named_buffer(data: bytes, name: str) -> io.BytesIO:
 # -- models ---------------------------------------------------------------------------------------
 
 
+#: The variables that choose each modality's model (read by the library; shown on the Models page).
+MODEL_ENV = {"audio": "MEDZERO_AUDIO_MODEL", "image": "MEDZERO_IMAGE_MODEL"}
+
+
 @st.cache_resource(show_spinner=False)
 def _model_log() -> dict[str, dict[str, Any]]:
-    """Per modality: the last load attempt (the encoder, or the one-line error), for the Models page."""
+    """Per modality: what the last load attempt gave (the model's fields, or the one-line error)."""
     return {}
-
-
-@st.cache_resource(show_spinner=False)
-def _load(modality: str, ref: str, device: str) -> medzero.Encoder:
-    return encoders.create(ref, modality=modality, device=device)
 
 
 def model_ref(modality: str) -> str:
     """The model the library would pick: ``MEDZERO_AUDIO_MODEL`` / ``MEDZERO_IMAGE_MODEL`` or the default."""
-    return encoders.default_model(modality)
-
-
-def device() -> str:
-    return encoders.resolve_device("auto")
+    return medzero.default_model(modality)
 
 
 def load_encoder(modality: str) -> medzero.Encoder:
-    """The modality's encoder, loaded once per process (keyed on model ref and device), with a spinner.
+    """The modality's encoder, through the library (loaded once per process), with a spinner.
 
     Raises :class:`medzero.ModelUnavailableError` (one line) when the weights are not available.
     """
-    ref, dev = model_ref(modality), device()
+    ref = model_ref(modality)
     log = _model_log()
-    with st.spinner(f"Loading the {modality} model {ref} on {dev} (first use only)…"):
+    with st.spinner(f"Loading the {modality} model {ref} (first use only)…"):
         try:
-            enc = _load(modality, ref, dev)
+            enc = medzero.create_encoder(ref, modality=modality)
         except medzero.MedzeroError as exc:
-            log[modality] = {"ref": ref, "device": dev, "error": str(exc)}
+            log[modality] = {"ref": ref, "error": str(exc)}
             raise
-    log[modality] = {"ref": ref, "device": dev, "encoder": enc}
+    log[modality] = {
+        "ref": ref,
+        "model_id": str(enc.model_id),
+        "fingerprint": str(enc.fingerprint),
+        "device": str(enc.device),
+        "dim": enc.dim,
+        "sample_rate": getattr(enc, "sample_rate", None),
+    }
     return enc
 
 
@@ -85,24 +86,24 @@ def model_status() -> dict[str, dict[str, Any]]:
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _classifier(task: str | None, labels: str | None, template: str | None, multilabel: bool,
-                audio_ref: str, image_ref: str, dev: str) -> medzero.Classifier:
+                audio_ref: str, image_ref: str) -> medzero.Classifier:
     return medzero.Classifier(task, labels=labels, template=template, multilabel=multilabel,
-                              audio_model=audio_ref, image_model=image_ref, device=dev)
+                              audio_model=audio_ref, image_model=image_ref)
 
 
 def classifier(task: str | None = None, *, labels: str | None = None, template: str | None = None,
                multilabel: bool = False) -> medzero.Classifier:
-    """A Classifier kept for the process, so task heads (label embeddings) are built once."""
-    return _classifier(task, labels, template, multilabel, model_ref("audio"), model_ref("image"), device())
+    """A Classifier kept for the process, so task heads (label embeddings) are built once per model."""
+    return _classifier(task, labels, template, multilabel, model_ref("audio"), model_ref("image"))
 
 
 def classify_upload(clf: medzero.Classifier, modality: str, data: bytes, name: str) -> medzero.Result:
     """Load the model (spinner), then classify the uploaded bytes; raises MedzeroError for a bad file."""
-    load_encoder(modality)
+    enc = load_encoder(modality)
     with st.spinner(f"Classifying {name}…"):
         start = time.perf_counter()
         result = clf.classify(named_buffer(data, name))
-        st.session_state[f"{modality}_seconds"] = time.perf_counter() - start
+        st.session_state[f"{modality}_timing"] = (time.perf_counter() - start, str(enc.device))
         return result
 
 
@@ -139,8 +140,8 @@ def show_verdict(result: medzero.Result, task: medzero.Task, *, heading: str) ->
     lg = lang()
     name = (result.verdict_name or {}).get(lg) or result.verdict or "—"
     colour = verdict_colour(task, result.verdict)
-    seconds = st.session_state.get(f"{result.modality}_seconds")
-    st.caption(heading + (f" · classified in {seconds:.2f} s on {device()}" if seconds is not None else ""))
+    timing = st.session_state.get(f"{result.modality}_timing")
+    st.caption(heading + (f" · classified in {timing[0]:.2f} s on {timing[1]}" if timing is not None else ""))
     st.markdown(f"# :{colour}[{name}]")
     if not task.verdicts:
         st.caption("Typed labels have no verdict scheme: the verdict is the top-scoring label.")
@@ -242,23 +243,24 @@ def metric_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
     """Waveform metrics with the task's limits and whether each is within them."""
     lg = lang()
     problems = {r.id for r in result.reasons if r.kind == "metric"}
+    metric_info = medzero.get_modality(result.modality).metric_info
     rows = []
     for metric, value in result.metrics.items():
-        info = METRIC_INFO.get(metric, {"en": metric, "zh": metric, "unit": ""})
+        info = metric_info.get(metric, {"en": metric, "zh": metric, "unit": ""})
         unit = info.get("unit", "")
         rule = task.metrics.get(metric)
         limits = []
         if rule is not None and rule.min is not None:
-            limits.append(f"≥ {format_value(rule.min, unit)}")
+            limits.append(f"≥ {medzero.format_value(rule.min, unit)}")
         if rule is not None and rule.max is not None:
-            limits.append(f"≤ {format_value(rule.max, unit)}")
+            limits.append(f"≤ {medzero.format_value(rule.max, unit)}")
         if rule is None:
             status = ""
         elif metric in problems:
             status = "outside the limit" if lg == "en" else "超出限值"
         else:
             status = "ok" if lg == "en" else "正常"
-        rows.append({"Measurement": info.get(lg) or info["en"], "Value": format_value(float(value), unit),
+        rows.append({"Measurement": info.get(lg) or info["en"], "Value": medzero.format_value(float(value), unit),
                      "Limit": " and ".join(limits), "Status": status})
     return pd.DataFrame(rows)
 

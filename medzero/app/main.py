@@ -1,21 +1,22 @@
 """medzero's Streamlit app: a thin layer over the public API (``make app`` or ``medzero app``).
 
-One entry file with ``st.navigation``; the pages live in ``medzero_app/``. Models are chosen by
+One entry file with ``st.navigation``; the pages are the other scripts in this folder (paths are
+relative to this file). Streamlit runs it as a script, so imports are absolute. Models are chosen by
 ``MEDZERO_AUDIO_MODEL`` / ``MEDZERO_IMAGE_MODEL`` (read by the library) and load once per process.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from medzero_app.common import LANGS
+from medzero.app.common import LANGS
 
 st.set_page_config(page_title="medzero", page_icon=":material/stethoscope:", layout="wide")
 
 pages = [
-    st.Page("medzero_app/voice.py", title="Voice quality", icon=":material/mic:", default=True),
-    st.Page("medzero_app/xray.py", title="Chest X-ray", icon=":material/radiology:"),
-    st.Page("medzero_app/search.py", title="Case search", icon=":material/search:"),
-    st.Page("medzero_app/models.py", title="Models", icon=":material/memory:"),
+    st.Page("voice.py", title="Voice quality", icon=":material/mic:", default=True),
+    st.Page("xray.py", title="Chest X-ray", icon=":material/radiology:"),
+    st.Page("search.py", title="Case search", icon=":material/search:"),
+    st.Page("models.py", title="Models", icon=":material/memory:"),
 ]
 page = st.navigation(pages)
 

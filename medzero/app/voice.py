@@ -7,13 +7,14 @@ import pandas as pd
 import streamlit as st
 
 import medzero
-from medzero.core.prompts import DEFAULT_TEMPLATES
-from medzero_app import common
+from medzero.app import common
 
 AUDIO_TYPES = ["wav", "mp3", "flac", "ogg", "m4a", "amr"]
 _MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg", "m4a": "audio/mp4", "amr": "audio/amr"}
 #: Waveform and spectrogram are drawn from a copy at this rate (display only; scoring uses the library's own).
 _DISPLAY_RATE = 16000
+#: Where the default task and the template for typed labels come from.
+AUDIO = medzero.get_modality("audio")
 
 st.title("Voice quality")
 st.caption(
@@ -34,7 +35,7 @@ by_name = {t.name: t for t in tasks}
 choice = st.selectbox(
     "Task",
     options,
-    index=options.index(medzero.DEFAULT_TASKS["audio"]) if medzero.DEFAULT_TASKS["audio"] in options else 0,
+    index=options.index(AUDIO.default_task) if AUDIO.default_task in options else 0,
     format_func=lambda n: "Type my own labels…" if n == common.CUSTOM_TASK else common.task_label(by_name[n]),
     key="voice_task",
 )
@@ -42,7 +43,7 @@ labels = template = None
 multilabel = False
 if choice == common.CUSTOM_TASK:
     labels = st.text_input("Labels, comma-separated", "a person speaking, background noise, music, silence", key="voice_labels")
-    template = st.text_input("Template ({} is replaced by each label)", DEFAULT_TEMPLATES["audio"], key="voice_template")
+    template = st.text_input("Template ({} is replaced by each label)", AUDIO.default_template, key="voice_template")
     multilabel = st.checkbox("Score each label on its own (multilabel)", key="voice_multilabel")
 
 if upload is not None:
@@ -65,9 +66,7 @@ if clicked and upload is not None:
 @st.cache_data(show_spinner=False, max_entries=8)
 def _display_audio(file_id: str, _data: bytes, name: str) -> tuple[np.ndarray, int]:
     """A mono copy at the display rate, through the library's loader (cached per upload)."""
-    from medzero.audio.io import load_audio
-
-    clip = load_audio(common.named_buffer(_data, name), sample_rate=_DISPLAY_RATE, name=name)
+    clip = medzero.load_audio(common.named_buffer(_data, name), sample_rate=_DISPLAY_RATE, name=name)
     return clip.samples, clip.sample_rate
 
 

@@ -8,11 +8,11 @@ import pandas as pd
 import streamlit as st
 
 import medzero
-from medzero.image import WINDOW_PRESETS, read_image
-from medzero_app import common
+from medzero import WINDOW_PRESETS, read_image
+from medzero.app import common
 
 IMAGE_TYPES = ["dcm", "dicom", "png", "jpg", "jpeg", "tif", "tiff"]
-_DEFAULT_TASK = medzero.DEFAULT_TASKS["image"]
+_DEFAULT_TASK = medzero.get_modality("image").default_task
 _OWN_WINDOW = "dicom"
 
 st.title("Chest X-ray")

@@ -7,9 +7,9 @@ import pandas as pd
 import streamlit as st
 
 import medzero
-from medzero_app import common
+from medzero.app import common
 
-_ENV = {"audio": "MEDZERO_AUDIO_MODEL", "image": "MEDZERO_IMAGE_MODEL"}
+_ENV = common.MODEL_ENV
 _WHAT = {"audio": "Voice quality and audio search", "image": "Chest X-ray and image search"}
 
 st.title("Models")
@@ -29,7 +29,7 @@ for modality in ("audio", "image"):
     source = f"from ${_ENV[modality]}" if os.environ.get(_ENV[modality]) else "the registered default"
     st.markdown(f"Configured: `{ref}` ({source}) · used by: {_WHAT[modality]}")
     entry = status.get(modality)
-    if entry is not None and (entry["ref"], entry["device"]) != (ref, common.device()):
+    if entry is not None and entry["ref"] != ref:
         entry = None  # a model this process loaded earlier under another configuration
     if (entry is None or "error" in entry) and st.button(f"Load the {modality} model now", key=f"load_{modality}"):
         try:
@@ -47,15 +47,14 @@ for modality in ("audio", "image"):
             f"(or `local-dir:/path` for open_clip). `medzero models` lists the registered names."
         )
     else:
-        enc = entry["encoder"]
         st.table(
             pd.DataFrame(
                 [
-                    {"field": "model id (weights from)", "value": str(enc.model_id)},
-                    {"field": "fingerprint", "value": str(enc.fingerprint)},
-                    {"field": "device", "value": str(enc.device)},
-                    {"field": "embedding size", "value": str(enc.dim)},
-                    *([{"field": "sample rate", "value": f"{enc.sample_rate} Hz"}] if hasattr(enc, "sample_rate") else []),
+                    {"field": "model id (weights from)", "value": entry["model_id"]},
+                    {"field": "fingerprint", "value": entry["fingerprint"]},
+                    {"field": "device", "value": entry["device"]},
+                    {"field": "embedding size", "value": str(entry["dim"])},
+                    *([{"field": "sample rate", "value": f"{entry['sample_rate']} Hz"}] if entry["sample_rate"] else []),
                 ]
             ).style.hide(axis="index")
         )

@@ -9,8 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 import medzero
-from medzero.core.cache import cache_dir
-from medzero_app import common
+from medzero.app import common
 
 st.title("Case search")
 st.caption(
@@ -19,27 +18,27 @@ st.caption(
 )
 
 try:
-    from medzero.retrieval import CaseIndex
+    CaseIndex = medzero.CaseIndex  # imports faiss on first use
 except ImportError:
     st.error(
-        "Case search needs `medzero.retrieval.CaseIndex`, which this installation of medzero does not have. "
+        "Case search needs `medzero.CaseIndex`, which this installation of medzero cannot load. "
         "The other pages work without it.",
         icon=":material/construction:",
     )
     st.stop()
 
-ROOT = cache_dir() / "indexes"
+ROOT = medzero.cache_dir() / "indexes"
 NEW = "__new__"
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _open_index(path: str, audio_ref: str, image_ref: str, device: str):
+def _open_index(path: str, audio_ref: str, image_ref: str):
     """One CaseIndex per directory and models for the process; writes go through ``common.lock_for``."""
-    return CaseIndex(path, audio_model=audio_ref, image_model=image_ref, device=device)
+    return CaseIndex(path, audio_model=audio_ref, image_model=image_ref)
 
 
 def open_index(path: Path):
-    return _open_index(str(path), common.model_ref("audio"), common.model_ref("image"), common.device())
+    return _open_index(str(path), common.model_ref("audio"), common.model_ref("image"))
 
 
 def _safe_name(name: str) -> str:
@@ -145,7 +144,11 @@ if by == "Text":
 else:
     example = st.file_uploader("Example recording or image", key="search_example")
 cols = st.columns(2)
-modality = cols[0].selectbox("Modality", ["any", "audio", "image"], key="search_modality")
+if by == "Text":
+    modality = cols[0].selectbox("Modality", ["any", "audio", "image"], key="search_modality")
+else:
+    modality = "any"
+    cols[0].caption("An example is searched among the cases of its own modality.")
 k = cols[1].slider("Number of hits", 1, 30, 6, key="search_k")
 
 if st.button("Search", type="primary", key="search_go", disabled=not (query_text.strip() or example)):
@@ -153,10 +156,10 @@ if st.button("Search", type="primary", key="search_go", disabled=not (query_text
     mod = None if modality == "any" else modality
     try:
         with st.spinner("Searching…"):
-            if example is not None:
-                hits = index.search(example.getvalue(), k=k, modality=mod)  # bytes: embedded with their own modality
+            if example is not None:  # embedded with its own modality's model; searches that modality
+                hits = index.search_example(common.named_buffer(example.getvalue(), example.name), k)
             else:
-                hits = index.search(query_text.strip(), k=k, modality=mod)
+                hits = index.search_text(query_text.strip(), k, modality=mod)
         st.session_state["search_hits"] = (query_text.strip() or example.name, hits)
     except medzero.MedzeroError as exc:
         st.error(f"**Search failed.** {exc}", icon=":material/error:")
@@ -164,9 +167,7 @@ if st.button("Search", type="primary", key="search_go", disabled=not (query_text
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _thumbnail(path: str, mtime: float):
-    from medzero.image import read_image
-
-    pil = read_image(path).to_pil()
+    pil = medzero.read_image(path).to_pil()
     pil.thumbnail((320, 320))
     return pil
 

@@ -1,0 +1,89 @@
+"""What every ``medzero`` subcommand shares: one-line failures, the model options, progress, tables."""
+from __future__ import annotations
+
+import functools
+import io
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import click
+
+from ..core.modality import modality_names
+
+__all__ = ["fail", "model_options", "progress", "render_table", "write_text"]
+
+
+def fail(message: str, code: int = 1) -> "click.exceptions.Exit":
+    """Print ``medzero: error: <message>`` and return the Exit to raise (1; 2 for usage errors)."""
+    click.echo(f"medzero: error: {message}", err=True)
+    return click.exceptions.Exit(code)
+
+
+def model_options(command: Callable) -> Callable:
+    """``--<modality>-model`` for every registered modality and ``--device``, passed as
+    ``models={modality: ref}`` and ``device``. Every subcommand that opens a model or an index
+    takes the same set, so a script can pass the same options to all of them."""
+    names = modality_names()
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["models"] = {name: kwargs.pop(f"{name}_model", None) for name in names}
+        return command(*args, **kwargs)
+
+    wrapper = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))(wrapper)
+    helps = {"audio": "CLAP model", "image": "open_clip model"}
+    for name in reversed(names):
+        wrapper = click.option(
+            f"--{name}-model",
+            metavar="ID|DIR",
+            envvar=f"MEDZERO_{name.upper()}_MODEL",
+            help=f"{helps.get(name, name + ' model')}: a registered name, hub id or local directory (an index's own by default).",
+        )(wrapper)
+    return wrapper
+
+
+@contextmanager
+def progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on standard error (only on a terminal, and only for more than one item);
+    yields ``advance(n)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True, disable=total <= 1 or not console.is_terminal,
+    ) as bar:
+        job = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(job, n)
+
+
+def render_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, empty: str = "") -> str:
+    """A plain-text table (no colour, 160 columns, long cells folded)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=io.StringIO(), width=160, force_terminal=False, color_system=None)
+    if not rows and empty:
+        console.print(empty)
+        return console.file.getvalue()
+    table = Table(header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))  # paths may hold [brackets]: no markup
+    console.print(table)
+    return console.file.getvalue()
+
+
+def write_text(text: str, output: str | None) -> None:
+    """To ``output`` atomically (temp file, then rename), or to standard output."""
+    if output:
+        tmp = f"{output}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, output)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))

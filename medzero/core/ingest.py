@@ -1,0 +1,326 @@
+"""The ingest pipeline: from what a user passed to decoded items ready for an encoder.
+
+One path for every entry point (``Classifier``, ``CaseIndex``, the CLI, the app, the service)::
+
+    paths | folders | bytes | file objects | arrays | scheme://urls
+        │ expand()            folders walked once; scheme handlers (dicomweb://) list their items
+        ▼
+    Source                    sniffed once: name, data, modality, format (or the error that stopped it)
+        │ Pipeline.batches()  the next batch decodes in worker threads while the caller embeds this one
+        ▼
+    Prepared                  Modality.prepare: the decoded item, PHI-safe metadata, measurements
+        │ Pipeline.embed()    one forward pass per modality per batch
+        ▼
+    vectors                   float32, L2-normalised
+
+A source's first bytes are read once, by :func:`Source.of`; the loaders get the sniffed format and
+do not sniff again. Nothing here knows a modality by name: modalities come from the registry
+(:mod:`medzero.core.modality`).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .errors import BadInputError, MedzeroError
+from .modality import get_modality, modalities
+from .sniff import sniff_source
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .encoder import Encoder
+
+__all__ = [
+    "Source",
+    "Prepared",
+    "Pipeline",
+    "expand",
+    "source_name",
+    "register_scheme",
+    "unrecognised_message",
+]
+
+_logger = logging.getLogger(__name__)
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+#: scheme -> handler(url) -> iterable of sources (paths, bytes, named file objects or Sources)
+_SCHEMES: dict[str, Callable[[str], Iterable[Any]]] = {}
+
+
+def register_scheme(scheme: str, handler: Callable[[str], Iterable[Any]]) -> None:
+    """Let ``scheme://...`` sources expand through ``handler`` (e.g. ``dicomweb`` for a PACS)."""
+    _SCHEMES[scheme.lower()] = handler
+
+
+def source_name(source: Any, *, absolute: bool = False) -> str:
+    """How results and errors call a source: its path (absolute if asked), else a stream's
+    ``name``, else ``<bytes>``, ``<array>`` or ``<file>``."""
+    if isinstance(source, Source):
+        return os.path.abspath(source.name) if absolute and source.is_path else source.name
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        return os.path.abspath(path) if absolute and not _SCHEME.match(path) else path
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, (np.ndarray, tuple, dict)):
+        return "<array>"
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) and name else "<file>"
+
+
+def unrecognised_message(name: str) -> str:
+    """``X is neither audio nor an image (unrecognised content; expected WAV, ... or TIFF)``."""
+    known = modalities()
+    words = [w for m in known for w in m.format_words]
+    formats = ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else "".join(words)
+    kinds = " nor ".join(m.word for m in known)
+    return f"{name} is neither {kinds} (unrecognised content; expected {formats})"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input, sniffed once.
+
+    ``data`` is a path (``str``), bytes, a seekable binary file object or an in-memory array;
+    ``modality`` and ``format`` come from the content (``modality`` is ``None`` for an array until
+    a task or the registry decides); ``error`` is set instead when it cannot be read at all.
+    """
+
+    name: str
+    data: Any
+    modality: str | None = None
+    format: str | None = None
+    error: MedzeroError | None = None
+
+    @classmethod
+    def of(cls, obj: Any, *, name: str | None = None, absolute: bool = False) -> "Source":
+        """Sniff ``obj`` (a Source is returned as it is); a problem lands in ``error``, never raises."""
+        if isinstance(obj, Source):
+            return obj
+        label = name or source_name(obj, absolute=absolute)
+        data = os.path.abspath(os.fspath(obj)) if absolute and isinstance(obj, (str, os.PathLike)) else obj
+        if isinstance(data, os.PathLike):
+            data = os.fspath(data)
+        try:
+            modality, fmt = sniff_source(obj)
+        except MedzeroError as exc:
+            return cls(label, data, error=exc)
+        except OSError as exc:
+            return cls(label, data, error=BadInputError(f"cannot read {label}: {exc.strerror or exc}"))
+        if modality == "array":
+            return cls(label, data, None, None)
+        if modality is None:
+            return cls(label, data, error=BadInputError(unrecognised_message(label)))
+        return cls(label, data, modality, fmt)
+
+    @property
+    def is_path(self) -> bool:
+        return isinstance(self.data, str)
+
+    @property
+    def is_array(self) -> bool:
+        return self.error is None and self.modality is None
+
+    def with_modality(self, modality: str) -> "Source":
+        return replace(self, modality=modality)
+
+    def read(self, limit: int | None = None) -> "Source":
+        """The same source with its content in memory (``bytes``), read once; arrays stay as they are.
+
+        ``limit``: refuse more than this many bytes (a one-line error) before reading them.
+        """
+        if self.error is not None or self.is_array or isinstance(self.data, bytes):
+            return self
+        if isinstance(self.data, (bytearray, memoryview)):
+            return replace(self, data=bytes(self.data))
+        try:
+            if self.is_path:
+                size = os.path.getsize(self.data)
+                if limit is not None and size > limit:
+                    raise BadInputError(f"{self.name}: {size:,} bytes is over the limit of {limit:,} bytes")
+                with open(self.data, "rb") as fh:
+                    data = fh.read()
+            else:
+                data = self.data.read(-1 if limit is None else limit + 1)
+                if limit is not None and len(data) > limit:
+                    raise BadInputError(f"{self.name}: over the limit of {limit:,} bytes")
+        except OSError as exc:
+            raise BadInputError(f"cannot read {self.name}: {exc.strerror or exc}") from None
+        return replace(self, data=bytes(data))
+
+    def sha256(self) -> str:
+        """The content hash (reads a path in blocks; use :meth:`read` first to read a file once)."""
+        digest = hashlib.sha256()
+        if isinstance(self.data, (bytes, bytearray, memoryview)):
+            digest.update(self.data)
+        elif self.is_path:
+            with open(self.data, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            raise BadInputError(f"cannot hash {self.name}: pass a path or bytes")
+        return digest.hexdigest()
+
+
+@dataclass
+class Prepared:
+    """A source decoded for its modality's encoder, or the one-line error that stopped it.
+
+    ``item`` is what ``encoder.embed`` takes (an AudioClip at the model rate, a LoadedImage);
+    ``metrics`` are measurements scoring rules may use; ``metadata`` is PHI-safe; ``columns`` are
+    the case index's columns (``duration_s``, ``width``, ``height``).
+    """
+
+    source: Source
+    item: Any = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, Any] = field(default_factory=dict)
+    error: MedzeroError | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def modality(self) -> str | None:
+        return self.source.modality
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def expand(sources: "Iterable[Any] | Any", *, absolute: bool = False) -> list[Source]:
+    """Every source as a sniffed :class:`Source`, folders walked once and scheme URLs expanded.
+
+    Files named explicitly are kept whatever they hold, so that a bad file gets its own error row;
+    files found inside a folder (sorted, hidden ones skipped) are kept only when their content is
+    of a registered modality. ``absolute`` makes paths absolute (a case index must point at them).
+    """
+    if isinstance(sources, (str, os.PathLike, Source, bytes, bytearray, memoryview)) or not isinstance(sources, (list, tuple, Iterator)):
+        sources = [sources]
+    known = {m.name for m in modalities()}
+    out: list[Source] = []
+    for obj in sources:
+        if isinstance(obj, str) and _SCHEME.match(obj) and not os.path.exists(obj):
+            out.extend(_expand_url(obj, absolute))
+        elif isinstance(obj, (str, os.PathLike)) and os.path.isdir(obj):
+            root = Path(obj)
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
+                    found = Source.of(str(path), absolute=absolute)
+                    if found.error is None and found.modality in known:
+                        out.append(found)
+        else:
+            out.append(Source.of(obj, absolute=absolute))
+    return out
+
+
+def _expand_url(url: str, absolute: bool) -> list[Source]:
+    scheme = _SCHEME.match(url).group(1).lower()
+    handler = _SCHEMES.get(scheme)
+    if handler is None:
+        hint = " (install medzero[pacs] for dicomweb://)" if scheme.startswith("dicomweb") else ""
+        return [Source(url, url, error=BadInputError(f"{url}: no handler for {scheme}:// sources{hint}"))]
+    try:
+        return [Source.of(item, absolute=absolute) for item in handler(url)]
+    except MedzeroError as exc:
+        return [Source(url, url, error=exc)]
+
+
+class Pipeline:
+    """Decodes sources batch by batch for the encoders, the next batch in threads while this one embeds.
+
+    Args:
+        encoder: ``encoder(modality) -> Encoder`` (loaded once per process by the registry).
+        limits: per-modality input limits (default: each modality's own, from the environment).
+        batch_size: sources per batch (one forward pass per modality per batch).
+        workers: decoding threads.
+        array_modality: the modality of in-memory arrays (a task's); ``None``: the first modality
+            whose ``accepts_array`` says yes.
+        check: called with each source before it is decoded; a :class:`MedzeroError` it raises
+            becomes that source's error (e.g. a task of the other modality).
+    """
+
+    def __init__(
+        self,
+        encoder: "Callable[[str], Encoder]",
+        *,
+        limits: Mapping[str, Any] | None = None,
+        batch_size: int = 8,
+        workers: int = 2,
+        array_modality: str | None = None,
+        check: Callable[[Source], None] | None = None,
+    ):
+        self.encoder = encoder
+        self.limits = dict(limits or {})
+        self.batch_size = max(1, int(batch_size))
+        self.workers = max(1, int(workers))
+        self.array_modality = array_modality
+        self.check = check
+
+    def resolve(self, source: Source) -> Source:
+        """Give an in-memory array its modality."""
+        if not source.is_array:
+            return source
+        if self.array_modality is not None:
+            return source.with_modality(self.array_modality)
+        for modality in modalities():
+            if modality.accepts_array(source.data):
+                return source.with_modality(modality.name)
+        return replace(source, error=BadInputError(f"{source.name}: cannot tell which modality this array is; name a task"))
+
+    def prepare(self, source: Source) -> Prepared:
+        """Decode one source; a problem lands in ``Prepared.error``."""
+        source = self.resolve(Source.of(source))
+        if source.error is not None:
+            return Prepared(source, error=source.error)
+        try:
+            if self.check is not None:
+                self.check(source)
+            modality = get_modality(source.modality)
+            limits = self.limits.get(modality.name) or modality.limits()
+            return modality.prepare(source, self.encoder(modality.name), limits)
+        except MedzeroError as exc:
+            return Prepared(source, error=exc)
+
+    def batches(self, sources: Sequence[Any]) -> Iterator[list[Prepared]]:
+        """Prepared batches in order; batch i+1 decodes in the worker threads while batch i is used."""
+        chunks = [sources[i : i + self.batch_size] for i in range(0, len(sources), self.batch_size)]
+        if not chunks:
+            return
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="medzero-ingest") as pool:
+            pending: list[Future] = [pool.submit(self.prepare, s) for s in chunks[0]]
+            for index in range(len(chunks)):
+                ready = [f.result() for f in pending]
+                pending = [pool.submit(self.prepare, s) for s in chunks[index + 1]] if index + 1 < len(chunks) else []
+                yield ready
+
+    def embed(self, batch: Sequence[Prepared]) -> list[np.ndarray | None]:
+        """Each prepared item's embedding (``None`` for failed items): one forward pass per modality.
+
+        An encoder failure becomes the error of every item it was given.
+        """
+        out: list[np.ndarray | None] = [None] * len(batch)
+        by_modality: dict[str, list[int]] = {}
+        for i, p in enumerate(batch):
+            if p.ok:
+                by_modality.setdefault(p.modality, []).append(i)
+        for modality, indices in by_modality.items():
+            try:
+                vectors = self.encoder(modality).embed([batch[i].item for i in indices])
+            except MedzeroError as exc:
+                for i in indices:
+                    batch[i].error = exc
+                continue
+            for i, vector in zip(indices, vectors):
+                out[i] = vector
+        return out

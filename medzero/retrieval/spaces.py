@@ -1,0 +1,342 @@
+"""The consistency core of a case index: FAISS files kept in step with the SQLite database.
+
+The database (:mod:`.store`) is the source of truth; each embedding space's FAISS file is a cache
+of it, replaced atomically after the transaction it reflects commits (:func:`faiss_io.save_atomic`),
+checked against the database whenever it is opened and brought back in step from the stored
+vectors when it is not. This module knows nothing of models or files: it takes vectors and rows,
+so it is tested alone with generated vectors.
+
+- **Spaces.** One per modality: the fingerprint of the encoder that made its vectors.
+- **Index type.** Exact (``IndexFlatIP``) up to ``approx_threshold`` vectors in a space; above it
+  a 4-bit product-quantised fast scan re-ranked exactly (see :mod:`.faiss_io`).
+- **Deferred saves.** A space of :data:`SMALL_SPACE` vectors or more does not rewrite its file
+  after an append while the cases added since stay under :data:`CHECKPOINT_SHARE` of it: ids only
+  grow, so the newer cases are exactly those above the file's last id, and opening reads them
+  from the database.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..core.errors import CaseIndexError
+from ..core.results import Hit
+from . import faiss_io
+from .locking import WriteLock
+from .store import SpaceRow, Store, utc_now
+
+__all__ = ["Space", "SpaceSet", "space_key", "SMALL_SPACE", "CHECKPOINT_SHARE"]
+
+_logger = logging.getLogger(__name__)
+
+#: Spaces with fewer vectors than this are saved after every add (their files are cheap to write).
+SMALL_SPACE = 50_000
+#: A larger space defers rewriting its FAISS file until the cases added since reach this share of it.
+CHECKPOINT_SHARE = 0.25
+
+
+def space_key(fingerprint: str) -> str:
+    """The on-disk name of a space: the first 12 hex digits of sha1(fingerprint)."""
+    return hashlib.sha1(fingerprint.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Space:
+    row: SpaceRow
+    index: Any  # faiss.IndexIDMap2
+    tombstones: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    dirty: bool = False
+    #: Set by anything but an append (remove, repair, conversion): the next save may not be deferred.
+    must_save: bool = False
+    #: Vectors in the FAISS file as last read or written.
+    saved_ntotal: int = 0
+    saved_at: float = field(default_factory=time.monotonic)
+
+
+class SpaceSet:
+    """The spaces of one index directory, in step with its database.
+
+    Writing methods (:meth:`insert`, :meth:`delete`, :meth:`save`) must run while ``lock`` is held
+    (the front, :class:`~medzero.retrieval.CaseIndex`, takes it per operation).
+    """
+
+    def __init__(self, directory: Path, store: Store, lock: WriteLock, *, readonly: bool, approx_threshold: int, checkpoint_s: float):
+        self.directory = directory
+        self.store = store
+        self.lock = lock
+        self.readonly = readonly
+        self.approx_threshold = int(approx_threshold)
+        self.checkpoint_s = float(checkpoint_s)
+        self.spaces: dict[str, Space] = {}
+        self._version = -1
+
+    def faiss_path(self, key: str) -> Path:
+        return self.directory / f"space-{key}.faiss"
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary FAISS files left by a writer killed mid-save (call with the lock held)."""
+        for stale in self.directory.glob("space-*.faiss.tmp*"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
+
+    # -- following the database --------------------------------------------------------------
+    def refresh(self) -> None:
+        """Follow commits made by other connections since we last looked."""
+        if self.store.data_version() != self._version:
+            self.sync(opening=False)
+
+    def sync(self, opening: bool) -> None:
+        """Load every space the database lists and make its FAISS index hold exactly its vectors."""
+        self._version = self.store.data_version()
+        repaired = []
+        for key, row in self.store.spaces().items():
+            space = self.spaces.get(key)
+            if space is None:
+                index = faiss_io.load(self.faiss_path(key))
+                space = Space(row, index, saved_ntotal=index.ntotal if index is not None else 0)
+                self.spaces[key] = space
+            note = self._catch_up(space)
+            if note:
+                repaired.append((space, note))
+        if not repaired:
+            return
+        expected = not opening or self.lock.other_writer_active()
+        for space, note in repaired:
+            if expected:
+                _logger.debug("%s space of %s caught up with the database: %s", space.row.modality, self.directory, note)
+            else:
+                _logger.warning(
+                    "index %s: the FAISS file of the %s space (%s) did not match the database (%s); rebuilt it from the stored vectors",
+                    self.directory, space.row.modality, space.row.fingerprint, note,
+                )
+        if opening and not expected and not self.readonly:
+            try:
+                with self.lock.hold():
+                    self.save(force=True)
+            except CaseIndexError:
+                pass  # another writer started meanwhile; our in-memory copy is still right
+
+    def _catch_up(self, space: Space) -> str | None:
+        """Make ``space.index`` hold exactly the database's vectors; a description of what was wrong, or None."""
+        row = space.row
+        db_ids = self.store.ids(row.space)
+        index = space.index
+        if index is None or index.d != row.dim:
+            space.index = self._rebuild(row, len(db_ids))
+            space.tombstones = np.zeros(0, dtype=np.int64)
+            space.dirty = space.must_save = True
+            return "FAISS file missing or unreadable" if index is None else f"dimension {index.d} instead of {row.dim}"
+        f_ids = faiss_io.ids_of(index)
+        unique = np.unique(f_ids)
+        if len(unique) != len(f_ids):
+            space.index = self._rebuild(row, len(db_ids))
+            space.tombstones = np.zeros(0, dtype=np.int64)
+            space.dirty = space.must_save = True
+            return "repeated ids"
+        missing = np.setdiff1d(db_ids, unique, assume_unique=True)
+        extra = np.setdiff1d(unique, db_ids, assume_unique=True)
+        new_extra = np.setdiff1d(extra, space.tombstones, assume_unique=True)
+        space.tombstones = np.zeros(0, dtype=np.int64)
+        note = []
+        if len(extra):
+            if faiss_io.remove(index, extra):
+                note.append(f"{len(extra)} removed cases still indexed")
+            elif len(extra) > faiss_io.TOMBSTONE_REBUILD * max(1, index.ntotal):
+                space.index = index = faiss_io.copy_as(index, True, extra)
+                note.append(f"{len(extra)} removed cases still indexed")
+            else:
+                # The approximate index cannot delete: removed cases stay, excluded from every search.
+                space.tombstones = extra
+                if len(new_extra):
+                    _logger.debug("%d removed cases kept as tombstones", len(new_extra))
+            if note:
+                space.dirty = True
+        if note:
+            space.must_save = True
+        if len(missing):
+            for ids, vectors in self.store.vectors(row.space, row.dim, missing):
+                faiss_io.add(index, vectors, ids)
+            space.dirty = True
+            if len(unique) and missing[0] > unique[-1]:
+                # Cases added after the file was last written: adds defer rewriting a large FAISS
+                # file (see save), so a tail of newer cases is read from the database by design.
+                _logger.debug("%s space: %d newer cases read from the database", row.modality, len(missing))
+            else:
+                space.must_save = True
+                note.append(f"{len(missing)} cases missing from the FAISS file")
+        self._maybe_convert(space)
+        return "; ".join(note) or None
+
+    def _rebuild(self, row: SpaceRow, count: int):
+        index = faiss_io.new_index(row.dim, approximate=False)
+        for ids, vectors in self.store.vectors(row.space, row.dim):
+            faiss_io.add(index, vectors, ids)
+        if count >= self.approx_threshold:  # the quantiser trains on a sample of the stored vectors
+            index = faiss_io.copy_as(index, True)
+        return index
+
+    def _maybe_convert(self, space: Space) -> None:
+        if not faiss_io.is_approximate(space.index) and space.index.ntotal >= self.approx_threshold:
+            _logger.info("%s space of %s has %d vectors; switching to the approximate index", space.row.modality, self.directory, space.index.ntotal)
+            space.index = faiss_io.copy_as(space.index, True)
+            space.dirty = space.must_save = True
+
+    def save(self, force: bool = False, *, tail_ok: bool = False) -> None:
+        """Write dirty FAISS files (only while holding the lock, and only for committed state).
+
+        With ``tail_ok``, a space that has only been appended to keeps its file as it is while the
+        new cases are at most :data:`CHECKPOINT_SHARE` of what the file holds: rewriting a large
+        file for a small add would cost more than the add, and the next open reads the newer
+        cases from the database (ids only grow, so they are exactly those above the file's last).
+        """
+        now = time.monotonic()
+        for key, space in self.spaces.items():
+            if not space.dirty or not (force or now - space.saved_at >= self.checkpoint_s):
+                continue
+            tail = space.index.ntotal - space.saved_ntotal
+            if tail_ok and not space.must_save and space.saved_ntotal >= SMALL_SPACE and tail <= CHECKPOINT_SHARE * space.saved_ntotal:
+                continue
+            faiss_io.save_atomic(space.index, self.faiss_path(key))
+            space.dirty, space.must_save = False, False
+            space.saved_ntotal, space.saved_at = space.index.ntotal, time.monotonic()
+
+    @property
+    def dirty(self) -> bool:
+        return any(s.dirty for s in self.spaces.values())
+
+    # -- spaces and models -------------------------------------------------------------------
+    def for_modality(self, modality: str) -> Space | None:
+        return next((s for s in self.spaces.values() if s.row.modality == modality), None)
+
+    def check_fingerprint(self, modality: str, fingerprint: str) -> None:
+        """A one-line error when ``modality``'s space holds another model's vectors."""
+        space = self.for_modality(modality)
+        if space is None or space.row.fingerprint == fingerprint:
+            return
+        flag = f"--{modality}-model {space.row.model_ref or space.row.fingerprint}"
+        raise CaseIndexError(
+            f"index {self.directory} holds {modality} embeddings from {space.row.fingerprint}; this session uses {fingerprint}"
+            f" — open it with {flag} or use a new index"
+        )
+
+    def row_for(self, modality: str, fingerprint: str, dim: int, model_ref: str | None) -> SpaceRow:
+        """The space new vectors of ``modality`` go to (an existing one must match model and dimension)."""
+        space = self.for_modality(modality)
+        if space is not None:
+            self.check_fingerprint(modality, fingerprint)
+            if space.row.dim != dim:
+                raise CaseIndexError(
+                    f"index {self.directory} holds {space.row.dim}-dimensional {modality} vectors; these have {dim} dimensions"
+                )
+            return space.row
+        return SpaceRow(space_key(fingerprint), fingerprint, modality, int(dim), model_ref, utc_now())
+
+    # -- writing -----------------------------------------------------------------------------
+    def insert(self, rows: Sequence[tuple[SpaceRow, dict[str, Any]]]) -> list[int]:
+        """Insert case rows in one transaction; after it commits, add their vectors to the FAISS indexes."""
+        store = self.store
+        added: list[tuple[SpaceRow, int, np.ndarray]] = []
+        store.begin()
+        try:
+            by_space: dict[str, tuple[SpaceRow, list[dict[str, Any]]]] = {}
+            for row, case in rows:
+                by_space.setdefault(row.space, (row, []))[1].append(case)
+            for row, cases in by_space.values():
+                if row.space not in self.spaces:
+                    store.insert_space(row)
+                ids = store.insert_cases(row, cases)
+                added += [(row, i, case["vector"]) for i, case in zip(ids, cases)]
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+        self._version = store.data_version()
+        for row in {r.space: r for r, _, _ in added}.values():
+            if row.space not in self.spaces:
+                self.spaces[row.space] = Space(row, faiss_io.new_index(row.dim, approximate=False))
+            space = self.spaces[row.space]
+            mine = [(i, v) for r, i, v in added if r.space == row.space]
+            faiss_io.add(space.index, np.stack([v for _, v in mine]), np.array([i for i, _ in mine], dtype=np.int64))
+            space.dirty = True
+            self._maybe_convert(space)
+        self.save(tail_ok=True)
+        return [i for _, i, _ in added]
+
+    def delete(self, found: Sequence[tuple[int, str]]) -> None:
+        """Delete ``(id, space)`` cases in one transaction, then from FAISS (or as tombstones), and save."""
+        store = self.store
+        store.begin()
+        try:
+            store.delete([i for i, _ in found])
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+        self._version = store.data_version()
+        for key in {s for _, s in found}:
+            space = self.spaces.get(key)
+            if space is None:
+                continue
+            gone = np.array([i for i, s in found if s == key], dtype=np.int64)
+            if not faiss_io.remove(space.index, gone):
+                tomb = np.union1d(space.tombstones, gone)
+                if len(tomb) > faiss_io.TOMBSTONE_REBUILD * max(1, space.index.ntotal):
+                    space.index, tomb = faiss_io.copy_as(space.index, True, tomb), np.zeros(0, dtype=np.int64)
+                space.tombstones = tomb
+            space.dirty = space.must_save = True
+        self.save(force=True)
+
+    # -- reading -----------------------------------------------------------------------------
+    def search(self, space: Space, vector: np.ndarray, k: int, conditions: list, exact: bool) -> list[Hit]:
+        """The ``k`` best cases of one space for a normalised query vector, filtered in SQL first."""
+        store = self.store
+        allowed = store.filter_ids(space.row.space, conditions) if conditions else None
+        if allowed is not None and len(allowed) == 0:
+            return []
+        tomb = space.tombstones if len(space.tombstones) else None
+        if exact:
+            scores, ids = faiss_io.search_exact(space.index, vector, k, allowed=allowed, tombstones=tomb)
+        else:
+            scores, ids = faiss_io.search(space.index, vector, k, allowed=allowed, tombstones=tomb)
+        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        rows = store.rows([i for i, _ in found])
+        hits = []
+        for i, score in found:
+            row = rows.get(i)
+            if row is None:  # removed by another process since our last look
+                continue
+            metadata = dict(row.metadata)
+            if row.scores is not None:
+                metadata["task"] = row.task
+                metadata["scores"] = row.scores
+            hits.append(Hit(id=i, path=row.path, score=score, modality=row.modality, metadata=metadata))
+        return hits
+
+    def stats(self) -> list[dict[str, Any]]:
+        spaces = []
+        for key, space in self.spaces.items():
+            file = self.faiss_path(key)
+            spaces.append(
+                {
+                    "space": key,
+                    "fingerprint": space.row.fingerprint,
+                    "modality": space.row.modality,
+                    "dim": space.row.dim,
+                    "model": space.row.model_ref,
+                    "count": self.store.count(key),
+                    "index_type": faiss_io.index_type(space.index),
+                    "tombstones": int(len(space.tombstones)),
+                    "file": file.name,
+                    "file_bytes": file.stat().st_size if file.exists() else 0,
+                    "created_at": space.row.created_at,
+                }
+            )
+        return spaces
