@@ -10,6 +10,7 @@ Each subcommand lives in its own module; the ones that open a model or an index 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -27,23 +28,21 @@ def cli(verbose: int) -> None:
     """Zero-shot triage of recordings (CLAP) and X-ray/DICOM images (CLIP)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="medzero: %(levelname)s: %(message)s", stream=sys.stderr)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        if verbose == 0:
-            hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
+    # transformers and huggingface_hub read these when they are imported, which only the commands
+    # that load a model do: `medzero tasks` and `--help` never pay for importing them.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if verbose == 0:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _register() -> None:
     from .app import app
     from .classify import classify
+    from .evaluate import calibrate_command, eval_command
     from .index import index
     from .info import models, tasks
 
-    for command in (classify, tasks, models, index, app):
+    for command in (classify, tasks, models, index, eval_command, calibrate_command, app):
         cli.add_command(command)
 
 

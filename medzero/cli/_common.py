@@ -78,10 +78,11 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, empty
     return console.file.getvalue()
 
 
-def write_text(text: str, output: str | None) -> None:
-    """To ``output`` atomically (temp file, then rename), or to standard output."""
+def write_text(text: str, output: "str | os.PathLike | None") -> None:
+    """To ``output`` atomically (its folder made, a temp file renamed over it), or to standard output."""
     if output:
-        tmp = f"{output}.tmp{os.getpid()}"
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        tmp = f"{os.fspath(output)}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
         os.replace(tmp, output)

@@ -1,0 +1,48 @@
+"""Evaluation and site calibration of a task on labelled files.
+
+    from medzero.evaluation import evaluate, calibrate, apply_calibration
+    report = evaluate("site.csv", "chest_xray_findings")          # EvalReport; .to_dict() is JSON
+    site = calibrate("site.csv", "chest_xray_findings", method="sensitivity", target=0.9)
+    site.write("site.yaml")
+    task, calibration = apply_calibration(medzero.load_task("chest_xray_findings"), "site.yaml")
+
+- :mod:`.metrics`: the statistics, in numpy, defined as scikit-learn defines them;
+- :mod:`.manifest`: labelled CSV / JSONL manifests, checked against the task;
+- :mod:`.evaluate`: classify a manifest and compute the report (or from scores alone);
+- :mod:`.calibrate`: fitted thresholds with cross-validated estimates, and overlays;
+- :mod:`.report`: self-contained HTML / Markdown with inline SVG plots;
+- :mod:`.cli`: the ``medzero eval`` and ``medzero calibrate`` commands.
+"""
+from __future__ import annotations
+
+from .calibrate import (
+    UNCALIBRATED,
+    Calibration,
+    CalibrationWarning,
+    apply_calibration,
+    calibrate,
+    calibrate_scores,
+    check_model,
+    fit_threshold,
+    load_overlay,
+)
+from .evaluate import EvalReport, evaluate, evaluate_scores, task_sha256
+from .manifest import Manifest, read_manifest
+
+__all__ = [
+    "EvalReport",
+    "evaluate",
+    "evaluate_scores",
+    "task_sha256",
+    "Manifest",
+    "read_manifest",
+    "Calibration",
+    "CalibrationWarning",
+    "UNCALIBRATED",
+    "apply_calibration",
+    "calibrate",
+    "calibrate_scores",
+    "check_model",
+    "fit_threshold",
+    "load_overlay",
+]
