@@ -5,18 +5,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medzero-installed
 # espeak-ng, sox, ffmpeg make test audio; chromium drives the browser tests; the CJK font renders
-# the Chinese labels in their screenshots.
-APT_PACKAGES := espeak-ng sox ffmpeg chromium fonts-noto-cjk
+# the Chinese labels in their screenshots; orthanc is the PACS the DICOMweb/DIMSE tests talk to.
+APT_PACKAGES := espeak-ng sox ffmpeg chromium fonts-noto-cjk orthanc orthanc-dicomweb
+# Every optional feature is a pip extra; the tests cover them all, so set-up installs them all.
+EXTRAS := dev,pacs
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: app test bench system-deps venv clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 system-deps:

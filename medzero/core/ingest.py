@@ -20,9 +20,13 @@ do not sniff again. Nothing here knows a modality by name: modalities come from 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import itertools
 import logging
 import os
+import queue
 import re
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,21 +46,51 @@ __all__ = [
     "Prepared",
     "Pipeline",
     "expand",
+    "iter_expand",
     "source_name",
     "register_scheme",
+    "declare_scheme",
     "unrecognised_message",
 ]
 
 _logger = logging.getLogger(__name__)
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-#: scheme -> handler(url) -> iterable of sources (paths, bytes, named file objects or Sources)
-_SCHEMES: dict[str, Callable[[str], Iterable[Any]]] = {}
+#: scheme -> handler(url) -> iterable of sources (paths, bytes, named file objects or Sources),
+#: or the "module:function" that holds it, imported on first use
+_SCHEMES: dict[str, "Callable[[str], Iterable[Any]] | str"] = {}
+_SCHEME_EXTRAS: dict[str, str] = {}
 
 
 def register_scheme(scheme: str, handler: Callable[[str], Iterable[Any]]) -> None:
-    """Let ``scheme://...`` sources expand through ``handler`` (e.g. ``dicomweb`` for a PACS)."""
+    """Let ``scheme://...`` sources expand through ``handler`` (e.g. ``dicomweb`` for a PACS).
+
+    The handler may return a generator: sources are pulled from it as the pipeline needs them,
+    so a study of thousands of instances is never held in memory at once.
+    """
     _SCHEMES[scheme.lower()] = handler
+
+
+def declare_scheme(scheme: str, target: str, *, extra: str | None = None) -> None:
+    """Like :func:`register_scheme` with the handler named ``"module:function"``, imported on first
+    use; when it cannot be imported, the error names the pip ``extra`` that provides it."""
+    _SCHEMES.setdefault(scheme.lower(), target)
+    if extra:
+        _SCHEME_EXTRAS[scheme.lower()] = extra
+
+
+def _scheme_handler(scheme: str) -> Callable[[str], Iterable[Any]] | None:
+    handler = _SCHEMES.get(scheme)
+    if isinstance(handler, str):
+        module, _, name = handler.partition(":")
+        try:
+            handler = getattr(importlib.import_module(module), name)
+        except ImportError as exc:
+            extra = _SCHEME_EXTRAS.get(scheme)
+            how = f"pip install 'medzero[{extra}]'" if extra else f"install what {module} needs"
+            raise BadInputError(f"{scheme}:// sources need packages that are not installed ({exc.name or exc}); {how}") from None
+        _SCHEMES[scheme] = handler
+    return handler
 
 
 def source_name(source: Any, *, absolute: bool = False) -> str:
@@ -199,41 +233,49 @@ class Prepared:
 
 
 def expand(sources: "Iterable[Any] | Any", *, absolute: bool = False) -> list[Source]:
-    """Every source as a sniffed :class:`Source`, folders walked once and scheme URLs expanded.
+    """Every source as a sniffed :class:`Source`, as a list (see :func:`iter_expand`)."""
+    return list(iter_expand(sources, absolute=absolute))
+
+
+def is_url(obj: Any) -> bool:
+    """A ``scheme://`` source (expanded by a scheme handler) rather than a local path."""
+    return isinstance(obj, str) and bool(_SCHEME.match(obj)) and not os.path.exists(obj)
+
+
+def iter_expand(sources: "Iterable[Any] | Any", *, absolute: bool = False) -> Iterator[Source]:
+    """Every source as a sniffed :class:`Source`, folders walked once and scheme URLs expanded, lazily.
 
     Files named explicitly are kept whatever they hold, so that a bad file gets its own error row;
     files found inside a folder (sorted, hidden ones skipped) are kept only when their content is
     of a registered modality. ``absolute`` makes paths absolute (a case index must point at them).
     """
-    if isinstance(sources, (str, os.PathLike, Source, bytes, bytearray, memoryview)) or not isinstance(sources, (list, tuple, Iterator)):
+    if not isinstance(sources, (list, tuple, Iterator)):  # one source (a path, bytes, an array, ...)
         sources = [sources]
     known = {m.name for m in modalities()}
-    out: list[Source] = []
     for obj in sources:
-        if isinstance(obj, str) and _SCHEME.match(obj) and not os.path.exists(obj):
-            out.extend(_expand_url(obj, absolute))
+        if is_url(obj):
+            yield from _expand_url(obj, absolute)
         elif isinstance(obj, (str, os.PathLike)) and os.path.isdir(obj):
             root = Path(obj)
             for path in sorted(root.rglob("*")):
                 if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
                     found = Source.of(str(path), absolute=absolute)
                     if found.error is None and found.modality in known:
-                        out.append(found)
+                        yield found
         else:
-            out.append(Source.of(obj, absolute=absolute))
-    return out
+            yield Source.of(obj, absolute=absolute)
 
 
-def _expand_url(url: str, absolute: bool) -> list[Source]:
+def _expand_url(url: str, absolute: bool) -> Iterator[Source]:
     scheme = _SCHEME.match(url).group(1).lower()
-    handler = _SCHEMES.get(scheme)
-    if handler is None:
-        hint = " (install medzero[pacs] for dicomweb://)" if scheme.startswith("dicomweb") else ""
-        return [Source(url, url, error=BadInputError(f"{url}: no handler for {scheme}:// sources{hint}"))]
     try:
-        return [Source.of(item, absolute=absolute) for item in handler(url)]
+        handler = _scheme_handler(scheme)
+        if handler is None:
+            raise BadInputError(f"{url}: no handler for {scheme}:// sources")
+        for item in handler(url):
+            yield Source.of(item, absolute=absolute)
     except MedzeroError as exc:
-        return [Source(url, url, error=exc)]
+        yield Source(url, url, error=exc)
 
 
 class Pipeline:
@@ -292,16 +334,23 @@ class Pipeline:
         except MedzeroError as exc:
             return Prepared(source, error=exc)
 
-    def batches(self, sources: Sequence[Any]) -> Iterator[list[Prepared]]:
-        """Prepared batches in order; batch i+1 decodes in the worker threads while batch i is used."""
-        chunks = [sources[i : i + self.batch_size] for i in range(0, len(sources), self.batch_size)]
-        if not chunks:
+    def batches(self, sources: Iterable[Any]) -> Iterator[list[Prepared]]:
+        """Prepared batches in order; batch i+1 decodes in the worker threads while batch i is used.
+
+        ``sources`` may be a lazy iterable (a scheme handler's generator): it is pulled by a
+        background thread a batch ahead, so fetching overlaps embedding too, and at most about
+        three batches are in memory at a time.
+        """
+        chunks = _chunks(prefetch(sources, 2 * self.batch_size), self.batch_size)
+        first = next(chunks, None)
+        if first is None:
             return
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="medzero-ingest") as pool:
-            pending: list[Future] = [pool.submit(self.prepare, s) for s in chunks[0]]
-            for index in range(len(chunks)):
+            pending: list[Future] = [pool.submit(self.prepare, s) for s in first]
+            while pending:
                 ready = [f.result() for f in pending]
-                pending = [pool.submit(self.prepare, s) for s in chunks[index + 1]] if index + 1 < len(chunks) else []
+                following = next(chunks, None)
+                pending = [pool.submit(self.prepare, s) for s in following] if following else []
                 yield ready
 
     def embed(self, batch: Sequence[Prepared]) -> list[np.ndarray | None]:
@@ -324,3 +373,47 @@ class Pipeline:
             for i, vector in zip(indices, vectors):
                 out[i] = vector
         return out
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[Any], size: int) -> Iterator[Any]:
+    """``items`` pulled by a background thread up to ``size`` ahead (lists are returned as they are)."""
+    if isinstance(items, (list, tuple)):
+        yield from items
+        return
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, size))
+    stop = threading.Event()
+
+    def pull() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(_DONE)
+        except BaseException as exc:  # re-raised in the consumer
+            buffer.put(exc)
+
+    thread = threading.Thread(target=pull, name="medzero-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
