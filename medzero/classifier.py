@@ -5,6 +5,15 @@ one ingest path (:mod:`medzero.core.ingest`): sniffed once, decoded by its modal
 embedded by its modality's encoder, scored against the task. Nothing here names a modality: what
 differs between audio and images lives in their plug-ins (``medzero/audio/plugin.py``,
 ``medzero/image/plugin.py``). The CLI, the app, the service and the benchmarks all come through here.
+
+Two outcomes besides a triage verdict:
+
+- an input outside what the task judges (its ``applies_to`` block: a CT slice given to a chest
+  X-ray task, a recording with no voice given to a voice task) gets ``not_applicable``, with reasons;
+- when a modality's model cannot be loaded, a task with measurement rules (``metrics``) on a
+  modality that reports measurements still gets a verdict from those rules alone, marked
+  ``signal_only``; the source is then decoded again with no encoder (``prepare(source, None,
+  limits)``), in the calling thread. Any other task gives an error row, as before.
 """
 from __future__ import annotations
 
@@ -15,12 +24,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .core import encoder as _encoders
-from .core.errors import BadInputError, MedzeroError, TaskError
-from .core.ingest import Pipeline, Prepared, Source, expand
+from .core.errors import BadInputError, MedzeroError, ModelUnavailableError, TaskError, one_line
+from .core.ingest import Pipeline, Prepared, Source, expand, iter_expand
 from .core.modality import get_modality
-from .core.prompts import Task, load_task, task_from_labels
-from .core.results import Result
-from .core.scoring import TaskHead, build_head, evaluate
+from .core.prompts import NOT_APPLICABLE, Task, load_task, task_from_labels
+from .core.results import Reason, Result
+from .core.scoring import Applicability, TaskHead, applicability, build_head, evaluate
 
 __all__ = ["Classifier", "classify", "expand_sources"]
 
@@ -137,7 +146,7 @@ class Classifier:
     def classify_batch(self, sources: "Sequence[Any] | Any", *, progress: Callable[[int], None] | None = None) -> list[Result]:
         """Every source (folders expanded) in order; a bad one gets a Result with ``error`` set and the rest go on."""
         results: list[Result] = []
-        for batch in self.pipeline.batches(expand(sources)):
+        for batch in self.pipeline.batches(iter_expand(sources)):
             results.extend(self.classify_prepared(batch))
             if progress is not None:
                 progress(len(batch))
@@ -149,12 +158,15 @@ class Classifier:
             vectors = self.pipeline.embed(batch)
         results = []
         for p, vector in zip(batch, vectors):
-            if p.error is None and vector is not None:
-                try:
+            try:
+                if p.error is None and vector is not None:
                     results.append(self._result(p, vector))
                     continue
-                except MedzeroError as exc:
-                    p.error = exc
+                if isinstance(p.error, ModelUnavailableError) and self._signal_only_possible(p.modality):
+                    results.append(self._signal_only_result(p, p.error))
+                    continue
+            except MedzeroError as exc:
+                p.error = exc
             results.append(Result.failed(p.name, p.error, modality=p.modality))
         return results
 
@@ -163,12 +175,24 @@ class Classifier:
         head = self.head(p.modality)
         task = head.task
         scores = head.as_dict(head.scores(embedding)[0])
-        verdict, reasons = evaluate(task, scores, p.metrics, modality.metric_info)
-        result = Result(
+        gate = head.gate_scores(embedding)
+        scope = applicability(task, p.metadata, p.metrics, None if gate is None else float(gate[0]))
+        result = self._judged(p, task, scores, scope, model=head.fingerprint)
+        if modality.postprocess is not None and result.applicable:
+            modality.postprocess(result, p, self.encoder(p.modality), head, self.options)
+        return result
+
+    def _judged(self, p: Prepared, task: Task, scores: dict[str, float], scope: Applicability | None, *, model: str) -> Result:
+        """The Result of a prepared input: not applicable, or the verdict of the scores and metrics."""
+        if scope is not None and not scope.applicable:
+            verdict, reasons = NOT_APPLICABLE.id, list(scope.reasons)
+        else:
+            verdict, reasons = evaluate(task, scores, p.metrics, get_modality(p.modality).metric_info)
+        return Result(
             source=p.name,
             modality=p.modality,
             task=task.name,
-            model=head.fingerprint,
+            model=model,
             scores=scores,
             verdict=verdict,
             reasons=reasons,
@@ -177,9 +201,41 @@ class Classifier:
             thresholds={lb.id: lb.threshold for lb in task.labels},
             metrics=p.metrics,
             metadata=p.metadata,
+            applicable=scope is None or scope.applicable,
+            applicability=None if scope is None else scope.detail,
         )
-        if modality.postprocess is not None:
-            modality.postprocess(result, p, self.encoder(p.modality), head, self.options)
+
+    # -- without the model --------------------------------------------------------------------
+    def _signal_only_possible(self, modality: str) -> bool:
+        """A verdict without the model needs a task with measurement rules and a modality that measures."""
+        task = self.task_for(modality)
+        return bool(task.verdicts and task.metrics and get_modality(modality).metric_info)
+
+    def _signal_only_result(self, p: Prepared, error: ModelUnavailableError) -> Result:
+        """The verdict of the measurement rules alone (no scores), marked ``signal_only``."""
+        modality = get_modality(p.modality)
+        if not p.metrics:  # the encoder failed before decoding: decode for the measurements alone
+            limits = self.pipeline.limits.get(modality.name) or modality.limits()
+            p = modality.prepare(p.source, None, limits)
+        task = self.task_for(p.modality)
+        result = self._judged(p, task, {}, applicability(task, p.metadata, p.metrics), model="")
+        line = one_line(str(error).split("; ")[0], limit=160)  # what failed; the how-to stays in the error
+        result.reasons.append(
+            Reason(
+                kind="note",
+                id="signal_only",
+                name={"en": "Signal-only verdict", "zh": "仅依据信号指标"},
+                value=None,
+                limit=None,
+                direction="",
+                verdict=None,
+                message={
+                    "en": f"signal-only verdict: the {modality.name} model is not available ({line})",
+                    "zh": f"仅依据信号指标得出结论：{modality.name} 模型不可用（{line}）",
+                },
+            )
+        )
+        result.signal_only = True
         return result
 
 

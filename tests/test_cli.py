@@ -96,9 +96,15 @@ def test_usage_errors_are_one_line(folder, capsys, args, message):
 
 def test_model_unavailable_is_reported(folder, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = main(["classify", str(folder / "a_speech.wav"), "--audio-model", "laion/not-cached-here", "--format", "json"])
+    # Ad-hoc labels need the model: an error row and exit 1.
+    code = main(["classify", str(folder / "a_speech.wav"), "--audio-model", "laion/not-cached-here", "--labels", "speech,noise", "--format", "json"])
     out, err = capsys.readouterr()
     assert code == 1 and "laion/not-cached-here is not available offline" in json.loads(out)[0]["error"]
+    # A task with waveform rules still gives a verdict from the signal alone, and says why.
+    code = main(["classify", str(folder / "a_speech.wav"), "--audio-model", "laion/not-cached-here", "--format", "json"])
+    record = json.loads(capsys.readouterr().out)[0]
+    assert code == 0 and record["signal_only"] is True and record["verdict"] in ("accept", "review", "re-record")
+    assert "laion/not-cached-here is not available offline" in json.dumps(record)
 
 
 def test_tasks_and_models_listings(capsys):

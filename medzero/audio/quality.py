@@ -4,8 +4,8 @@ Pass the samples at the rate they were recorded, i.e. ``load_audio(path).samples
 ``sample_rate``: resampling low-passes the signal and smooths clipped peaks, which would hide what
 these metrics look for.
 
-All work is done in 20 ms frames (level, silence, SNR, DC) and in Hann-windowed FFT frames of about
-43 ms (bandwidth), a block of frames at a time, so a 10-minute 48 kHz clip takes well under a second
+All work is done in 20 ms frames (level, silence, SNR, DC, voice activity) and in Hann-windowed FFT
+frames of about 43 ms (bandwidth), a block of frames at a time, so a 10-minute 48 kHz clip takes well under a second
 and no copy of the whole clip is made. Results are plain Python numbers with no NaN or infinity:
 levels of digital silence read :data:`SILENCE_DBFS` and SNR is clamped to :data:`SNR_RANGE_DB`.
 
@@ -34,6 +34,7 @@ METRIC_NAMES = (
     "snr_db",
     "bandwidth_hz",
     "dc_offset",
+    "speech_ratio",
 )
 
 METRIC_INFO: dict[str, dict[str, str]] = {
@@ -47,6 +48,7 @@ METRIC_INFO: dict[str, dict[str, str]] = {
     "snr_db": {"en": "Signal-to-noise ratio", "zh": "信噪比", "unit": "dB"},
     "bandwidth_hz": {"en": "Effective bandwidth", "zh": "有效带宽", "unit": "Hz"},
     "dc_offset": {"en": "DC offset", "zh": "直流偏移", "unit": ""},
+    "speech_ratio": {"en": "Voice activity", "zh": "人声活动比例", "unit": "%"},
 }
 
 #: Level reported for digital silence, in dBFS.
@@ -59,6 +61,14 @@ CLIP_LEVEL = 0.999
 SILENT_FRAME_DBFS = -50.0
 #: Share of the long-term spectral energy that lies below the effective bandwidth.
 BANDWIDTH_ENERGY = 0.999
+#: The voice band (telephone speech), in Hz: a voice-like frame has most of its energy here...
+VOICE_BAND_HZ = (300.0, 3400.0)
+#: ... at least this share of it ...
+VOICE_BAND_SHARE = 0.5
+#: ... and a spectrum in that band peaked (harmonic) rather than flat (noise-like): its spectral
+#: flatness (geometric over arithmetic mean of the power spectrum) is under this value. Noise reads
+#: about 0.5 (white) and 0.4 (pink) on 20 ms frames; voiced speech reads under 0.1.
+VOICE_MAX_FLATNESS = 0.3
 
 _FRAME_S = 0.020
 _NOISE_PERCENTILE = 10
@@ -96,6 +106,13 @@ def compute_metrics(samples: np.ndarray, sample_rate: int, *, channels: int = 1)
           reads about 3.4 kHz whatever its sample rate, wideband speech 7 kHz and more. Noise
           counts as content, so hiss above -30 dB relative to the signal raises it.
         * ``dc_offset``: the mean sample value.
+        * ``speech_ratio``: a simple voice-activity measure, the fraction of 20 ms frames that
+          sound like voiced speech: above the silence floor (-50 dBFS), with at least half their
+          energy in 300-3400 Hz, and with a harmonic (not noise-like) spectrum there (spectral
+          flatness under 0.3; Hann window, mean removed). espeak-ng speech reads about 0.45
+          (0.3 under pink noise at 0 dB SNR); white, pink and brown noise, hum and silence read
+          0.01 or less. It is not a speech recogniser: a tone, singing or music in the voice band
+          counts as voice.
 
         Values are Python floats (``sample_rate`` and ``channels`` ints), finite and JSON-safe.
     """
@@ -119,6 +136,7 @@ def compute_metrics(samples: np.ndarray, sample_rate: int, *, channels: int = 1)
         "snr_db": SNR_RANGE_DB[0],
         "bandwidth_hz": 0.0,
         "dc_offset": 0.0,
+        "speech_ratio": 0.0,
     }
     if n == 0:
         return metrics
@@ -134,6 +152,7 @@ def compute_metrics(samples: np.ndarray, sample_rate: int, *, channels: int = 1)
         snr_db=_snr_db(power),
         bandwidth_hz=_bandwidth_hz(x, sample_rate),
         dc_offset=total / n,
+        speech_ratio=_speech_ratio(x, sample_rate, frame),
     )
     if not all(np.isfinite(v) for v in metrics.values()):
         raise ValueError("samples contain NaN or infinite values")
@@ -201,6 +220,34 @@ def _bandwidth_hz(x: np.ndarray, sample_rate: int) -> float:
         return 0.0
     index = int(np.searchsorted(cumulative, BANDWIDTH_ENERGY * cumulative[-1]))
     return float(index * sample_rate / n_fft)
+
+
+def _speech_ratio(x: np.ndarray, sample_rate: int, frame: int) -> float:
+    """Fraction of ``frame``-sample frames that are loud, voice-band and harmonic (see compute_metrics)."""
+    n_fft = 1 << max(int(np.ceil(np.log2(frame))), 4)
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    band = np.flatnonzero((freqs >= VOICE_BAND_HZ[0]) & (freqs <= VOICE_BAND_HZ[1]))
+    if len(band) == 0:
+        return 0.0
+    lo, hi = band[0], band[-1] + 1
+    window = np.hanning(frame).astype(np.float32)
+    floor = 10 ** (SILENT_FRAME_DBFS / 10)
+    voiced = counted = 0
+    for block in _frames(x, frame):
+        if block.shape[1] != frame:
+            continue  # the partial tail
+        counted += len(block)
+        b = block - block.mean(axis=1, keepdims=True, dtype=np.float32)
+        loud = np.einsum("ij,ij->i", b, b) / frame >= floor
+        if not loud.any():
+            continue
+        spec = np.fft.rfft(b[loud] * window, n_fft, axis=1)
+        power = spec.real**2 + spec.imag**2
+        in_band = power[:, lo:hi] + np.float32(1e-20)
+        share = in_band.sum(axis=1, dtype=np.float64) / np.maximum(power.sum(axis=1, dtype=np.float64), 1e-30)
+        flatness = np.exp(np.log(in_band).mean(axis=1, dtype=np.float64)) / in_band.mean(axis=1, dtype=np.float64)
+        voiced += int(np.count_nonzero((share >= VOICE_BAND_SHARE) & (flatness < VOICE_MAX_FLATNESS)))
+    return voiced / counted if counted else 0.0
 
 
 def _db(power: float) -> float:

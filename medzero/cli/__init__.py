@@ -29,10 +29,19 @@ def cli(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="medzero: %(levelname)s: %(message)s", stream=sys.stderr)
     # transformers and huggingface_hub read these when they are imported, which only the commands
-    # that load a model do: `medzero tasks` and `--help` never pay for importing them.
+    # that load a model do: `medzero tasks` and `--help` never pay for importing them. Where they
+    # are imported already (main() called from a program that uses them), set them directly.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if verbose == 0:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if verbose == 0:
+            hf_logging.set_verbosity_error()
 
 
 def _register() -> None:

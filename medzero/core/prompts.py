@@ -20,6 +20,21 @@ Example (see ``prompts/voice_quality.yaml`` for a full one)::
         threshold: 0.5
         polarity: bad
         advice: {en: Re-record in a quiet place., zh: 请换安静环境重新录制。}
+
+A task may say what it can judge, with an ``applies_to`` block; an input outside it gets the verdict
+``not_applicable`` (never a triage level) and reasons of kind ``applicability``::
+
+    applies_to:
+      what: {en: a frontal chest radiograph, zh: 胸部正位X光片}
+      dicom: {Modality: [CR, DX], ViewPosition: [PA, AP]}       # a check the image modality registers
+      gate:                                                     # zero-shot, for any modality
+        prompts: [a chest radiograph]
+        others: [a CT scan slice, a photograph]
+        min_score: 0.5
+
+``what`` and ``gate`` are common to every modality; any other key names a check that the task's
+modality registered with :func:`register_applies_to` (``dicom`` for images, ``speech`` for audio),
+validated by that check's own schema when the task loads.
 """
 from __future__ import annotations
 
@@ -27,8 +42,9 @@ import importlib.resources
 import logging
 import os
 from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,16 +52,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import MedzeroError, TaskError
 from .modality import get_modality
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .results import Reason
+
 __all__ = [
     "Localized",
     "Label",
     "MetricRule",
     "Verdict",
+    "Gate",
+    "AppliesTo",
     "Task",
     "load_task",
     "list_tasks",
     "task_from_labels",
+    "register_applies_to",
+    "applies_to_checks",
     "DEFAULT_VERDICTS",
+    "NOT_APPLICABLE",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -140,6 +164,132 @@ DEFAULT_VERDICTS = (
 )
 
 
+#: The verdict of an input outside what its task judges (a reserved id: no task may declare it).
+NOT_APPLICABLE = Verdict(id="not_applicable", name=Localized(en="Not applicable", zh="不适用"))
+
+
+# -- what a task applies to ----------------------------------------------------------------------
+
+#: ``check(params, metadata, metrics, what) -> (in_scope, reasons)``: ``in_scope`` is ``True`` when
+#: the input is what the task judges, ``False`` when it is not (``reasons`` say why, one
+#: ``Reason(kind="applicability", verdict="not_applicable")`` each), ``None`` when this check cannot
+#: tell (e.g. a DICOM tag rule on a PNG). ``metadata`` and ``metrics`` are the prepared input's;
+#: ``what`` is the task's ``applies_to.what`` as ``{"en", "zh"}``.
+ScopeCheck = Callable[
+    [Any, Mapping[str, Any], Mapping[str, float], Mapping[str, str]], "tuple[bool | None, list[Reason]]"
+]
+
+
+@dataclass(frozen=True)
+class AppliesToCheck:
+    """A key of ``applies_to`` that a modality checks: its parameters' schema and the check."""
+
+    params: type[BaseModel]
+    check: ScopeCheck
+
+
+_APPLIES_TO: dict[str, dict[str, AppliesToCheck]] = {}
+_COMMON_KEYS = ("what", "gate")
+
+
+def register_applies_to(modality: str, key: str, params: type[BaseModel], check: ScopeCheck) -> None:
+    """Let tasks of ``modality`` say ``applies_to: {key: ...}`` (called by the modality's plug-in).
+
+    ``params`` (a pydantic model) validates the block when a task loads; ``check`` (see
+    :data:`ScopeCheck`) runs on every prepared input before scoring.
+    """
+    if key in _COMMON_KEYS:
+        raise ValueError(f"applies_to.{key} is common to every modality")
+    _APPLIES_TO.setdefault(modality, {})[key] = AppliesToCheck(params, check)
+
+
+def applies_to_checks(modality: str) -> dict[str, AppliesToCheck]:
+    """The ``applies_to`` keys ``modality`` registered (its plug-in is imported first)."""
+    get_modality(modality)
+    return dict(_APPLIES_TO.get(modality, {}))
+
+
+class Gate(_Strict):
+    """A zero-shot check that the input is what the task judges, made from the task's own embedding.
+
+    As in CheXzero's multiclass use: the ``prompts`` (averaged into one class, every one in every
+    template) and each of the ``others`` (a class each) are scored with
+    ``softmax(logit_scale · e·Cᵀ)``; the gate's score is its class's probability, and an input
+    scoring under ``min_score`` is not applicable, when the gate decides (see :class:`AppliesTo`).
+    """
+
+    prompts: list[str] = Field(min_length=1)
+    others: list[str] = Field(min_length=1)
+    templates: list[str] = Field(default_factory=lambda: ["{}"], min_length=1)
+    min_score: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    @field_validator("prompts", "others")
+    @classmethod
+    def _non_empty_strings(cls, value: list[str]) -> list[str]:
+        for text in value:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("gate texts must be non-empty strings")
+        return value
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot(cls, value: list[str]) -> list[str]:
+        for template in value:
+            if template.count("{}") != 1:
+                raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
+        return value
+
+    def groups(self) -> list[list[str]]:
+        """The gate's class, then one class per other: each a list of templated texts."""
+        def expand(texts: list[str]) -> list[str]:
+            return [template.replace("{}", text) for text in texts for template in self.templates]
+
+        return [expand(self.prompts)] + [expand([other]) for other in self.others]
+
+
+class AppliesTo(_Strict):
+    """What a task can judge. An input is not applicable when any modality check says it is not;
+    otherwise, when the checks cannot settle it (none are declared, or one cannot tell, e.g. a tag
+    rule on a file without tags), the ``gate`` decides. The gate's score is reported either way."""
+
+    #: How reasons name what the task judges ("a frontal chest radiograph").
+    what: Localized | None = None
+    gate: Gate | None = None
+    #: The modality's own checks (any other key of the YAML block), parsed by their schemas.
+    checks: dict[str, Any] = Field(default_factory=dict)
+
+    def what_names(self, task_name: str) -> dict[str, str]:
+        if self.what is None:
+            return {"en": f"an input for {task_name}", "zh": f"{task_name} 任务的输入"}
+        return {"en": self.what.en, "zh": self.what.zh or self.what.en}
+
+
+def _parse_applies_to(block: dict, modality: Any) -> dict:
+    """``applies_to`` with every key other than ``what`` and ``gate`` parsed by the check
+    ``modality`` registered for it, under ``checks``; a one-line error names a bad field."""
+    sections = {k: v for k, v in block.items() if k not in (*_COMMON_KEYS, "checks")}
+    if isinstance(block.get("checks"), dict):  # a Task dumped and validated again
+        sections.update(block["checks"])
+    try:
+        known = applies_to_checks(modality) if isinstance(modality, str) else {}
+    except MedzeroError:
+        known = {}  # the modality field reports it
+    checks = {}
+    for key, raw in sections.items():
+        spec = known.get(key)
+        if spec is None:
+            names = ", ".join([*_COMMON_KEYS, *known])
+            raise ValueError(f"field 'applies_to.{key}': not a check of {modality} tasks (known: {names})")
+        try:
+            checks[key] = spec.params.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
+            message = first.get("msg", "invalid").removeprefix("Value error, ")
+            raise ValueError(f"field 'applies_to.{key}{'.' + loc if loc else ''}': {message}") from None
+    return {**{k: v for k, v in block.items() if k in _COMMON_KEYS}, "checks": checks}
+
+
 class Task(_Strict):
     name: str = Field(min_length=1)
     modality: str
@@ -152,8 +302,17 @@ class Task(_Strict):
     metrics: dict[str, MetricRule] = Field(default_factory=dict)
     #: Ordered from best to worst. Empty: the result's verdict is the top-scoring label.
     verdicts: list[Verdict] = Field(default_factory=lambda: list(DEFAULT_VERDICTS))
+    #: What the task can judge; ``None``: every input of its modality.
+    applies_to: AppliesTo | None = None
     #: Where the task came from (a file path, ``builtin:NAME`` or ``ad-hoc``); not part of the YAML.
     source: str = "ad-hoc"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _modality_checks(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("applies_to"), dict):
+            data = {**data, "applies_to": _parse_applies_to(data["applies_to"], data.get("modality"))}
+        return data
 
     @field_validator("modality")
     @classmethod
@@ -179,6 +338,8 @@ class Task(_Strict):
         if dupes:
             raise ValueError(f"duplicate label ids: {', '.join(dupes)}")
         verdict_ids = {v.id for v in self.verdicts}
+        if NOT_APPLICABLE.id in verdict_ids:
+            raise ValueError(f"verdict {NOT_APPLICABLE.id!r} is reserved for inputs outside the task (see applies_to)")
         for label in self.labels:
             if label.verdict is not None and label.verdict not in verdict_ids:
                 raise ValueError(f"label {label.id!r}: verdict {label.verdict!r} is not one of the task's verdicts")
@@ -223,6 +384,8 @@ class Task(_Strict):
         for v in self.verdicts:
             if v.id == verdict_id:
                 return v
+        if verdict_id == NOT_APPLICABLE.id:
+            return NOT_APPLICABLE
         return Verdict(id=verdict_id)
 
 

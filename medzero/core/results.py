@@ -9,20 +9,32 @@ __all__ = ["Reason", "Segment", "Result", "Hit", "format_value"]
 
 @dataclass(frozen=True)
 class Reason:
-    """Why a result got its verdict: a label score or a metric on the wrong side of its limit."""
+    """Why a result got its verdict: a label score or a metric on the wrong side of its limit.
 
-    kind: str  # "label" or "metric"
+    Kinds: ``label``, ``metric``; ``applicability`` (the input is outside what the task judges: a
+    DICOM tag, the zero-shot gate, no speech; verdict ``not_applicable``); ``note`` (says how the
+    verdict was reached, e.g. signal-only; verdict ``None``). An applicability reason on a tag has
+    no numbers (``value`` and ``limit`` are ``None``); ``message`` then gives the sentence, in
+    English and Chinese, that :meth:`text` returns (``to_dict()`` carries it as ``text``).
+    """
+
+    kind: str  # "label", "metric", "applicability" or "note"
     id: str
     name: dict[str, str]  # {"en": ..., "zh": ...}
-    value: float
-    limit: float
-    direction: str  # "above" (value >= limit is the problem) or "below"
+    value: float | None
+    limit: float | None
+    direction: str  # "above" (value >= limit is the problem), "below", or "" (no numbers)
     verdict: str | None
     unit: str = ""
     advice: dict[str, str] | None = None
+    message: dict[str, str] | None = None
 
     def text(self, lang: str = "en") -> str:
+        if self.message:
+            return self.message.get(lang) or self.message.get("en") or self.id
         name = self.name.get(lang) or self.name.get("en") or self.id
+        if self.value is None or self.limit is None:
+            return name
         value, limit = format_value(self.value, self.unit), format_value(self.limit, self.unit)
         if lang == "zh":
             word = "高于阈值" if self.direction == "above" else "低于"
@@ -32,6 +44,7 @@ class Reason:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["message"]  # it is the text
         data["text"] = {"en": self.text("en"), "zh": self.text("zh")}
         return data
 
@@ -84,6 +97,15 @@ class Result:
     timeline: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: ``False`` when the input is outside what the task judges: the verdict is then
+    #: ``not_applicable``, the reasons say why (kind ``applicability``), and no triage level is given.
+    applicable: bool = True
+    #: What the task's ``applies_to`` checks found (``{"checks": {name: "pass" | "fail" |
+    #: "unknown"}, "gate": {"score", "min_score", "decides"}}``); ``None`` for a task without them.
+    applicability: dict[str, Any] | None = None
+    #: ``True`` when the model could not be loaded and the verdict comes from measurement rules
+    #: alone (no scores); a reason of kind ``note`` says so and why.
+    signal_only: bool = False
     #: The error as raised, for callers that want its type; not part of ``to_dict()``.
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
@@ -122,6 +144,9 @@ class Result:
             "segments": [s.to_dict() for s in self.segments],
             "timeline": self.timeline,
             "metadata": dict(self.metadata),
+            "applicable": self.applicable,
+            "applicability": self.applicability,
+            "signal_only": self.signal_only,
             "error": self.error,
         }
 

@@ -7,21 +7,25 @@
   ``p = softmax(logit_scale · [e·pos, e·neg])[0]``, so labels do not compete.
 - Each label (and each waveform metric with a rule) is compared with its limit and polarity; the
   verdict is the worst verdict any of them triggers, else the task's first (best) verdict.
+- Before any of that, :func:`applicability` says whether the input is what the task judges (its
+  ``applies_to`` block: the modality's checks, then the zero-shot gate, a multiclass softmax of
+  the gate's class against the others, scored on the embedding already made). An input outside
+  the task gets the verdict ``not_applicable``, never a triage level.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
 from .cache import TextEmbeddingCache, text_cache
 from .encoder import Encoder
-from .prompts import Task
-from .results import Reason
+from .prompts import NOT_APPLICABLE, Task, applies_to_checks
+from .results import Reason, format_value
 from .vectors import l2_normalise
 
-__all__ = ["TaskHead", "build_head", "class_embeddings", "evaluate"]
+__all__ = ["TaskHead", "build_head", "class_embeddings", "evaluate", "Applicability", "applicability"]
 
 
 def class_embeddings(
@@ -53,6 +57,17 @@ class TaskHead:
     logit_scale: float
     positives: np.ndarray  # (labels, dim)
     negatives: np.ndarray | None  # (labels, dim), multilabel only
+    #: (1 + others, dim): the ``applies_to.gate`` class, then each other kind of input; or None.
+    gate: np.ndarray | None = None
+
+    def gate_scores(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """(n,) probabilities of the gate's class against the others, or ``None`` without a gate."""
+        if self.gate is None:
+            return None
+        e = np.asarray(embeddings, dtype=np.float64)
+        if e.ndim == 1:
+            e = e[None]
+        return _softmax(self.logit_scale * (e @ self.gate.astype(np.float64).T))[:, 0]
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, labels) probabilities for (n, dim) normalised embeddings."""
@@ -73,11 +88,16 @@ def build_head(task: Task, encoder: Encoder, *, cache: TextEmbeddingCache | None
     groups = [task.positive_texts(label) for label in task.labels]
     if task.mode == "multilabel":
         groups += [task.negative_texts(label) for label in task.labels]
+    n_task = len(groups)
+    gate = task.applies_to.gate if task.applies_to is not None else None
+    if gate is not None:
+        groups += gate.groups()
     # One pass over all the texts, so the encoder sees every new prompt in a single batch.
     embeddings = class_embeddings(encoder, groups, cache=cache)
     n = len(task.labels)
-    negatives = embeddings[n:] if task.mode == "multilabel" else None
-    return TaskHead(task, encoder.fingerprint, float(encoder.logit_scale), embeddings[:n], negatives)
+    negatives = embeddings[n:n_task] if task.mode == "multilabel" else None
+    gate_classes = embeddings[n_task:] if gate is not None else None
+    return TaskHead(task, encoder.fingerprint, float(encoder.logit_scale), embeddings[:n], negatives, gate_classes)
 
 
 def _names(localized, fallback: str) -> dict[str, str]:
@@ -148,3 +168,64 @@ def evaluate(
         return task.verdicts[0].id, []
     reasons.sort(key=lambda r: -task.verdict_rank(r.verdict))
     return reasons[0].verdict, reasons
+
+
+@dataclass(frozen=True)
+class Applicability:
+    """Whether an input is what its task judges; ``detail`` is plain JSON for the Result."""
+
+    applicable: bool
+    reasons: list[Reason] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def applicability(
+    task: Task,
+    metadata: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    gate_score: float | None = None,
+) -> Applicability | None:
+    """What the task's ``applies_to`` block says of one input; ``None`` for a task without one.
+
+    Every modality check runs; any that fails makes the input not applicable (its reasons say
+    why). Otherwise, when no check settles it (none declared, or one cannot tell), the gate
+    decides: a ``gate_score`` under ``min_score`` is not applicable. Without a score (no model:
+    a signal-only verdict) the gate cannot decide and does not reject.
+    """
+    scope = task.applies_to
+    if scope is None:
+        return None
+    what = scope.what_names(task.name)
+    registered = applies_to_checks(task.modality)
+    found: dict[str, str] = {}
+    reasons: list[Reason] = []
+    for key, params in scope.checks.items():
+        in_scope, why = registered[key].check(params, metadata or {}, metrics or {}, what)
+        found[key] = "pass" if in_scope is True else "fail" if in_scope is False else "unknown"
+        if in_scope is False:
+            reasons.extend(why)
+    applicable = "fail" not in found.values()
+    detail: dict[str, Any] = {"checks": found}
+    if scope.gate is not None:
+        decides = applicable and (not found or "unknown" in found.values()) and gate_score is not None
+        score = None if gate_score is None else float(gate_score)
+        detail["gate"] = {"score": score, "min_score": scope.gate.min_score, "decides": decides}
+        if decides and score < scope.gate.min_score:
+            applicable = False
+            value, limit = format_value(score), format_value(scope.gate.min_score)
+            reasons.append(
+                Reason(
+                    kind="applicability",
+                    id="gate",
+                    name={"en": "Zero-shot check", "zh": "零样本判别"},
+                    value=score,
+                    limit=scope.gate.min_score,
+                    direction="below",
+                    verdict=NOT_APPLICABLE.id,
+                    message={
+                        "en": f"Zero-shot check {value} below {limit}: does not look like {what['en']}",
+                        "zh": f"零样本判别 {value} 低于 {limit}：不像{what['zh']}",
+                    },
+                )
+            )
+    return Applicability(applicable, reasons, detail)

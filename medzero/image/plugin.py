@@ -1,15 +1,19 @@
-"""The image modality as core sees it: one :class:`~medzero.core.modality.Modality` row."""
+"""The image modality as core sees it: one :class:`~medzero.core.modality.Modality` row, and the
+``dicom`` check an image task may name in its ``applies_to`` block."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..core.ingest import Prepared, Source
 from ..core.modality import Modality, register_modality
+from ..core.prompts import NOT_APPLICABLE, register_applies_to
+from ..core.results import Reason
 from .pixels import ImageLimits
 
-__all__ = ["IMAGE"]
+__all__ = ["IMAGE", "DicomCheck"]
 
 
 def _prepare(source: Source, encoder, limits) -> Prepared:
@@ -45,3 +49,92 @@ IMAGE = register_modality(
         default_negative="something else",
     )
 )
+
+
+class DicomCheck(BaseModel):
+    """``applies_to: {dicom: {Modality: [CR, DX], ViewPosition: [PA, AP], ...}}``: allowed values of
+    the DICOM tags the loader reads (PHI-safe metadata), compared case-insensitively.
+
+    A rule applies only when its tag is present and not empty: a PNG, or a DICOM file without
+    BodyPartExamined, cannot be judged by that rule (the check then says it cannot tell, and the
+    task's zero-shot gate decides). A value outside a rule makes the input not applicable.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    Modality: list[str] | None = None
+    BodyPartExamined: list[str] | None = None
+    ViewPosition: list[str] | None = None
+    PhotometricInterpretation: list[str] | None = None
+    Manufacturer: list[str] | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _values(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            if not value or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ValueError("allowed values must be a non-empty list of non-empty strings")
+            return [v.strip().upper() for v in value]
+        return value
+
+    def rules(self) -> dict[str, list[str]]:
+        return {tag: values for tag, values in self.model_dump().items() if values is not None}
+
+
+#: How reasons call the tags.
+_TAG_NAMES = {
+    "Modality": {"en": "Modality", "zh": "成像类型"},
+    "BodyPartExamined": {"en": "Body part", "zh": "检查部位"},
+    "ViewPosition": {"en": "View position", "zh": "投照体位"},
+    "PhotometricInterpretation": {"en": "Photometric interpretation", "zh": "光度解释"},
+    "Manufacturer": {"en": "Manufacturer", "zh": "设备厂商"},
+}
+#: ViewPosition values that are lateral views, named in the reason.
+_LATERAL = {"LL": ("left lateral view", "左侧位"), "RL": ("right lateral view", "右侧位"),
+            "LATERAL": ("lateral view", "侧位"), "LAT": ("lateral view", "侧位")}
+
+
+def _either(values: list[str], word: str) -> str:
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + f" {word} {values[-1]}"
+
+
+def _check_dicom(
+    params: DicomCheck, metadata: Mapping[str, Any], metrics: Mapping[str, float], what: Mapping[str, str]
+) -> tuple[bool | None, list[Reason]]:
+    reasons: list[Reason] = []
+    missing = False
+    for tag, allowed in params.rules().items():
+        raw = metadata.get(tag)
+        value = str(raw).strip() if raw is not None else ""
+        if not value:
+            missing = True
+            continue
+        if value.upper() in allowed:
+            continue
+        name = _TAG_NAMES[tag]
+        lateral = _LATERAL.get(value.upper()) if tag == "ViewPosition" else None
+        shown_en = f"{value} ({lateral[0]})" if lateral else value
+        shown_zh = f"{value}（{lateral[1]}）" if lateral else value
+        reasons.append(
+            Reason(
+                kind="applicability",
+                id=tag,
+                name=dict(name),
+                value=None,
+                limit=None,
+                direction="",
+                verdict=NOT_APPLICABLE.id,
+                message={
+                    "en": f"{name['en']} {shown_en} is not {what['en']} (expected {_either(allowed, 'or')})",
+                    "zh": f"{name['zh']} {shown_zh}：不是{what['zh']}（应为 {_either(allowed, '或')}）",
+                },
+            )
+        )
+    if reasons:
+        return False, reasons
+    return (None if missing else True), []
+
+
+register_applies_to("image", "dicom", DicomCheck, _check_dicom)
