@@ -59,6 +59,8 @@ class Classifier:
         top_segments: how many top windows per label a Result lists.
         limits: ``{modality: limits}`` for inputs (default: each modality's, from the environment).
         workers: decoding threads (the next batch decodes while this one embeds).
+        calibration: a site overlay from ``medzero calibrate`` (a path or a loaded ``Calibration``):
+            its thresholds replace the task's. Without one, every Result says it is uncalibrated.
     """
 
     def __init__(
@@ -78,12 +80,20 @@ class Classifier:
         top_segments: int = 3,
         limits: Mapping[str, Any] | None = None,
         workers: int = 2,
+        calibration: Any = None,
     ):
         if task is not None and labels is not None:
             raise TaskError("give either a task or labels, not both")
         if window_s <= 0 or hop_s <= 0:
             raise BadInputError("window and hop must be positive numbers of seconds")
         self._task = load_task(task) if task is not None else None
+        self.calibration = None
+        if calibration is not None:
+            from .evaluation.calibrate import apply_calibration
+
+            if self._task is None:
+                raise TaskError("a calibration overlay goes with a task; name one")
+            self._task, self.calibration = apply_calibration(self._task, calibration)
         if labels is not None:  # fail on bad labels now, not once per file
             task_from_labels(labels, modality="audio", template=template, multilabel=multilabel)
         self._labels = labels
@@ -133,6 +143,10 @@ class Classifier:
         """The task's label embeddings for ``modality``'s encoder, built once."""
         if modality not in self._heads:
             self._heads[modality] = build_head(self.task_for(modality), self.encoder(modality))
+            if self.calibration is not None:
+                from .evaluation.calibrate import check_model
+
+                check_model(self.calibration, self._heads[modality].fingerprint)  # warns when fitted on another model
         return self._heads[modality]
 
     # -- classification ---------------------------------------------------------------------
@@ -203,7 +217,15 @@ class Classifier:
             metadata=p.metadata,
             applicable=scope is None or scope.applicable,
             applicability=None if scope is None else scope.detail,
+            calibration=self._calibration_info(),
         )
+
+    def _calibration_info(self) -> dict[str, Any]:
+        if self.calibration is not None:
+            return {"status": "calibrated", **self.calibration.result_info()}
+        from .evaluation.calibrate import UNCALIBRATED
+
+        return {"status": "uncalibrated", "summary": UNCALIBRATED}
 
     # -- without the model --------------------------------------------------------------------
     def _signal_only_possible(self, modality: str) -> bool:

@@ -106,6 +106,10 @@ class Result:
     #: ``True`` when the model could not be loaded and the verdict comes from measurement rules
     #: alone (no scores); a reason of kind ``note`` says so and why.
     signal_only: bool = False
+    #: Where the thresholds came from: a site overlay (``{"status": "calibrated", "summary", "path",
+    #: "sha256", "method", "model", "sources": {label: how it was fitted}}``) or
+    #: ``{"status": "uncalibrated", "summary": ...}``: every result says which.
+    calibration: dict[str, Any] | None = None
     #: The error as raised, for callers that want its type; not part of ``to_dict()``.
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
@@ -147,6 +151,7 @@ class Result:
             "applicable": self.applicable,
             "applicability": self.applicability,
             "signal_only": self.signal_only,
+            "calibration": self.calibration,
             "error": self.error,
         }
 
