@@ -18,12 +18,16 @@ def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 
 def db_vectors(path, where_sql: str = "1", params=()) -> tuple[np.ndarray, np.ndarray]:
-    """Every stored (id, vector) read with sqlite3 directly: the brute-force reference."""
+    """Every stored (id, vector) read directly, rows with sqlite3 and vectors with numpy from each
+    space's vector file: the brute-force reference."""
     db = sqlite3.connect(str(path / "cases.sqlite"))
-    rows = db.execute(f"SELECT id, vector FROM cases WHERE {where_sql} ORDER BY id", params).fetchall()
+    rows = db.execute(f"SELECT id, space, vector_row FROM cases WHERE {where_sql} ORDER BY id", params).fetchall()
+    dims = dict(db.execute("SELECT space, dim FROM spaces").fetchall())
     db.close()
+    files = {s: np.fromfile(path / f"vectors-{s}.f32", dtype="<f4") for s in {r[1] for r in rows}}
+    files = {s: v[: len(v) // dims[s] * dims[s]].reshape(-1, dims[s]) for s, v in files.items()}
     ids = np.array([r[0] for r in rows], dtype=np.int64)
-    vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]) if rows else np.zeros((0, 0), np.float32)
+    vecs = np.stack([files[space][row] for _, space, row in rows]) if rows else np.zeros((0, 0), np.float32)
     return ids, vecs
 
 

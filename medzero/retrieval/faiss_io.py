@@ -33,6 +33,8 @@ __all__ = [
     "TRAIN_SAMPLE",
     "TOMBSTONE_REBUILD",
     "new_index",
+    "sample_rows",
+    "training_sample",
     "is_approximate",
     "index_type",
     "ids_of",
@@ -86,12 +88,16 @@ def new_index(dim: int, approximate: bool, train: np.ndarray | None = None) -> f
     return faiss.IndexIDMap2(inner)  # faiss's Python wrappers keep references to their sub-indexes
 
 
+def sample_rows(count: int, size: int = TRAIN_SAMPLE) -> np.ndarray:
+    """Sorted positions of a fixed-seed sample of ``size`` rows out of ``count`` (all when fewer)."""
+    if count <= size:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, size, replace=False))
+
+
 def training_sample(vectors: np.ndarray, size: int = TRAIN_SAMPLE) -> np.ndarray:
     """A fixed-seed sample of rows (all of them when there are fewer than ``size``)."""
-    if len(vectors) <= size:
-        return vectors
-    rows = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))
-    return vectors[rows]
+    return vectors if len(vectors) <= size else vectors[sample_rows(len(vectors), size)]
 
 
 def _inner(index: faiss.IndexIDMap2):

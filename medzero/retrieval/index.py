@@ -48,7 +48,7 @@ import numpy as np
 
 from ..core import encoder as _encoders
 from ..core.errors import BadInputError, CaseIndexError, MedzeroError
-from ..core.ingest import Pipeline, expand
+from ..core.ingest import Pipeline, iter_expand
 from ..core.modality import modality_names
 from ..core.results import Hit
 from ..core.vectors import l2_normalise
@@ -208,7 +208,7 @@ class CaseIndex:
         With ``task``, each case also stores that task's zero-shot scores (cases of the other
         modality store none).
         """
-        sources = expand(sources, absolute=True)
+        sources = iter_expand(sources, absolute=True)
         with self._writing():
             report = self._ingest.add(sources, task, batch_size=max(1, int(batch_size)), progress=progress)
             self._spaces.save(force=True, tail_ok=True)
@@ -255,7 +255,7 @@ class CaseIndex:
                     raise CaseIndexError(f"vectors {start}..{start + batch_size - 1} include a zero or non-finite vector") from None
                 fields = [dict(rows[start + j]) if rows is not None else {} for j in range(len(chunk))]
                 shas = [str(f.get("sha256") or hashlib.sha256(v.tobytes()).hexdigest()) for f, v in zip(fields, chunk)]
-                known = self._db().known_sha(space_row.space, shas)
+                known = self._spaces.known_sha(space_row.space, shas)
                 batch = []
                 for j, (f, v, sha) in enumerate(zip(fields, chunk, shas)):
                     path = str(f.get("path") or f"vector:{start + j}")

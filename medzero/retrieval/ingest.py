@@ -8,11 +8,12 @@ one transaction commits.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -75,12 +76,12 @@ class CaseIngest:
         self.workers = max(1, int(workers))
         self._heads: dict[tuple[int, str], TaskHead | None] = {}
 
-    def add(self, sources: Sequence[Source], task: "str | os.PathLike | Task | None", *, batch_size: int, progress=None) -> AddReport:
+    def add(self, sources: Iterable[Source], task: "str | os.PathLike | Task | None", *, batch_size: int, progress=None) -> AddReport:
         report = AddReport()
         task_obj = load_task(task) if task is not None else None
+        sources = iter(sources)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="medzero-index") as pool:
-            for start in range(0, len(sources), batch_size):
-                chunk = sources[start : start + batch_size]
+            while chunk := list(itertools.islice(sources, batch_size)):
                 cases = list(pool.map(self._read, chunk))
                 self._drop_duplicates(cases, report)
                 cases = list(pool.map(self._prepare, cases))
@@ -127,7 +128,7 @@ class CaseIngest:
                     continue
                 by_space.setdefault(space_key(encoder.fingerprint), []).append(case)
         for key, group in by_space.items():
-            known = self.spaces.store.known_sha(key, [c.sha256 for c in group])
+            known = self.spaces.known_sha(key, [c.sha256 for c in group])
             for case in group:
                 if case.sha256 in known:
                     case.error = "duplicate"

@@ -1,10 +1,10 @@
-"""The consistency core of a case index: FAISS files kept in step with the SQLite database.
+"""The consistency core of a case index: FAISS files kept in step with the stored cases.
 
-The database (:mod:`.store`) is the source of truth; each embedding space's FAISS file is a cache
-of it, replaced atomically after the transaction it reflects commits (:func:`faiss_io.save_atomic`),
-checked against the database whenever it is opened and brought back in step from the stored
-vectors when it is not. This module knows nothing of models or files: it takes vectors and rows,
-so it is tested alone with generated vectors.
+The database and its vector files (:mod:`.store`) are the source of truth; each embedding space's
+FAISS file is a cache of them, replaced atomically after the transaction it reflects commits
+(:func:`faiss_io.save_atomic`), checked against the database whenever it is opened and brought
+back in step from the stored vectors when it is not. This module knows nothing of models or
+files: it takes vectors and rows, so it is tested alone with generated vectors.
 
 - **Spaces.** One per modality: the fingerprint of the encoder that made its vectors.
 - **Index type.** Exact (``IndexFlatIP``) up to ``approx_threshold`` vectors in a space; above it
@@ -12,7 +12,12 @@ so it is tested alone with generated vectors.
 - **Deferred saves.** A space of :data:`SMALL_SPACE` vectors or more does not rewrite its file
   after an append while the cases added since stay under :data:`CHECKPOINT_SHARE` of it: ids only
   grow, so the newer cases are exactly those above the file's last id, and opening reads them
-  from the database.
+  from the vector file.
+- **Duplicates** are found in memory (:meth:`SpaceSet.known_sha`): a sorted array of the 64-bit sha
+  keys of every row of a space's vector file (:class:`KnownShas`), read from its idx file on the
+  first check in a process (16 bytes a case: ~10 ms for a million) and followed by the rows any
+  writer appended since; a key match is confirmed in the database by case id, so removed cases
+  are not duplicates. A database of the earlier format is migrated first (:meth:`SpaceSet.upgrade`).
 """
 from __future__ import annotations
 
@@ -29,9 +34,9 @@ from ..core.errors import CaseIndexError
 from ..core.results import Hit
 from . import faiss_io
 from .locking import WriteLock
-from .store import SpaceRow, Store, utc_now
+from .store import SpaceRow, Store, sha_keys, utc_now
 
-__all__ = ["Space", "SpaceSet", "space_key", "SMALL_SPACE", "CHECKPOINT_SHARE"]
+__all__ = ["Space", "SpaceSet", "KnownShas", "space_key", "SMALL_SPACE", "CHECKPOINT_SHARE"]
 
 _logger = logging.getLogger(__name__)
 
@@ -59,11 +64,45 @@ class Space:
     saved_at: float = field(default_factory=time.monotonic)
 
 
+class KnownShas:
+    """The sha keys of rows ``0..rows`` of one space's vector file, sorted, with their case ids.
+
+    Kept as a few sorted parts (the rows loaded first, then those appended since) that are merged
+    when they grow numerous, so following an add costs a sort of the new rows only.
+    """
+
+    MAX_PARTS = 8
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def extend(self, idx: np.ndarray) -> None:
+        """Follow ``idx`` (rows of the idx file, ``id`` and ``key``) appended after ``rows``."""
+        order = np.argsort(idx["key"], kind="stable")
+        self.parts.append((idx["key"][order], idx["id"][order]))
+        self.rows += len(idx)
+        if len(self.parts) > self.MAX_PARTS:
+            small = self.parts[1:] if sum(len(k) for k, _ in self.parts[1:]) < len(self.parts[0][0]) else self.parts
+            keys, ids = np.concatenate([k for k, _ in small]), np.concatenate([i for _, i in small])
+            order = np.argsort(keys, kind="stable")
+            self.parts = self.parts[: len(self.parts) - len(small)] + [(keys[order], ids[order])]
+
+    def candidates(self, keys: np.ndarray) -> np.ndarray:
+        """Ids of the rows whose key is among ``keys`` (removed cases and key collisions included)."""
+        found = []
+        for part_keys, part_ids in self.parts:
+            lo, hi = np.searchsorted(part_keys, keys, "left"), np.searchsorted(part_keys, keys, "right")
+            hit = hi > lo
+            found += [part_ids[a:b] for a, b in zip(lo[hit], hi[hit])]
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
 class SpaceSet:
     """The spaces of one index directory, in step with its database.
 
-    Writing methods (:meth:`insert`, :meth:`delete`, :meth:`save`) must run while ``lock`` is held
-    (the front, :class:`~medzero.retrieval.CaseIndex`, takes it per operation).
+    Writing methods (:meth:`known_sha`, :meth:`insert`, :meth:`delete`, :meth:`save`) must run while
+    ``lock`` is held (the front, :class:`~medzero.retrieval.CaseIndex`, takes it per operation).
     """
 
     def __init__(self, directory: Path, store: Store, lock: WriteLock, *, readonly: bool, approx_threshold: int, checkpoint_s: float):
@@ -74,6 +113,7 @@ class SpaceSet:
         self.approx_threshold = int(approx_threshold)
         self.checkpoint_s = float(checkpoint_s)
         self.spaces: dict[str, Space] = {}
+        self._known: dict[str, KnownShas] = {}
         self._version = -1
 
     def faiss_path(self, key: str) -> Path:
@@ -130,14 +170,14 @@ class SpaceSet:
         db_ids = self.store.ids(row.space)
         index = space.index
         if index is None or index.d != row.dim:
-            space.index = self._rebuild(row, len(db_ids))
+            space.index = self._rebuild(row, db_ids)
             space.tombstones = np.zeros(0, dtype=np.int64)
             space.dirty = space.must_save = True
             return "FAISS file missing or unreadable" if index is None else f"dimension {index.d} instead of {row.dim}"
         f_ids = faiss_io.ids_of(index)
         unique = np.unique(f_ids)
         if len(unique) != len(f_ids):
-            space.index = self._rebuild(row, len(db_ids))
+            space.index = self._rebuild(row, db_ids)
             space.tombstones = np.zeros(0, dtype=np.int64)
             space.dirty = space.must_save = True
             return "repeated ids"
@@ -162,25 +202,37 @@ class SpaceSet:
         if note:
             space.must_save = True
         if len(missing):
-            for ids, vectors in self.store.vectors(row.space, row.dim, missing):
+            tail = bool(len(unique)) and missing[0] > unique[-1]
+            chunks = self.store.vectors(row.space, row.dim, after=unique[-1]) if tail else self.store.vectors(row.space, row.dim, missing)
+            for ids, vectors in chunks:
                 faiss_io.add(index, vectors, ids)
             space.dirty = True
-            if len(unique) and missing[0] > unique[-1]:
+            if tail:
                 # Cases added after the file was last written: adds defer rewriting a large FAISS
-                # file (see save), so a tail of newer cases is read from the database by design.
-                _logger.debug("%s space: %d newer cases read from the database", row.modality, len(missing))
+                # file (see save), so a tail of newer cases is read from the vector file by design.
+                _logger.debug("%s space: %d newer cases read from the vector file", row.modality, len(missing))
             else:
                 space.must_save = True
                 note.append(f"{len(missing)} cases missing from the FAISS file")
         self._maybe_convert(space)
         return "; ".join(note) or None
 
-    def _rebuild(self, row: SpaceRow, count: int):
-        index = faiss_io.new_index(row.dim, approximate=False)
-        for ids, vectors in self.store.vectors(row.space, row.dim):
-            faiss_io.add(index, vectors, ids)
-        if count >= self.approx_threshold:  # the quantiser trains on a sample of the stored vectors
-            index = faiss_io.copy_as(index, True)
+    def _rebuild(self, row: SpaceRow, ids: np.ndarray | None = None):
+        """A new index of every stored vector of the space (``ids``: its case ids, if already read).
+
+        An approximate one first trains its quantiser on a fixed-seed sample of the vectors (the
+        same rows :func:`faiss_io.training_sample` picks), then each vector is read from the
+        memory-mapped vector file and encoded once.
+        """
+        ids = self.store.ids(row.space) if ids is None else ids
+        if len(ids) >= self.approx_threshold:
+            sample = ids[faiss_io.sample_rows(len(ids))]
+            train = np.concatenate([v for _, v in self.store.vectors(row.space, row.dim, sample)])
+            index = faiss_io.new_index(row.dim, approximate=True, train=train)
+        else:
+            index = faiss_io.new_index(row.dim, approximate=False)
+        for chunk_ids, vectors in self.store.vectors(row.space, row.dim):
+            faiss_io.add(index, vectors, chunk_ids)
         return index
 
     def _maybe_convert(self, space: Space) -> None:
@@ -240,35 +292,61 @@ class SpaceSet:
         return SpaceRow(space_key(fingerprint), fingerprint, modality, int(dim), model_ref, utc_now())
 
     # -- writing -----------------------------------------------------------------------------
+    def upgrade(self) -> None:
+        """Migrate a database of the earlier format to the vector files (once; lock held)."""
+        if self.store.legacy:
+            _logger.info("index %s: moving the stored vectors from the database into vector files (once)", self.directory)
+            self.store.migrate()
+
+    def known_sha(self, key: str, shas: Sequence[str]) -> set[str]:
+        """Those of ``shas`` already indexed in the space ``key`` (lock held).
+
+        Looked up in memory in :class:`KnownShas`, which reads the idx file's rows up to the
+        committed count: all of them on the first check in a process, then only the rows appended
+        since (by this or any other writer). Matches are confirmed in the database by case id.
+        """
+        self.upgrade()
+        if not len(shas):
+            return set()
+        rows = self.store.vector_rows(key)
+        known = self._known.get(key)
+        if known is None or known.rows > rows:
+            known = self._known[key] = KnownShas()
+        if known.rows < rows:
+            known.extend(self.store.idx_rows(key, known.rows, rows))
+        ids = known.candidates(sha_keys(shas))
+        return self.store.confirm_sha(key, ids, shas) if len(ids) else set()
+
     def insert(self, rows: Sequence[tuple[SpaceRow, dict[str, Any]]]) -> list[int]:
-        """Insert case rows in one transaction; after it commits, add their vectors to the FAISS indexes."""
+        """Insert case rows in one transaction (vector files first, see :meth:`Store.insert_cases`);
+        after it commits, add their vectors to the FAISS indexes."""
+        self.upgrade()
         store = self.store
-        added: list[tuple[SpaceRow, int, np.ndarray]] = []
+        by_space: dict[str, tuple[SpaceRow, list[dict[str, Any]]]] = {}
+        for row, case in rows:
+            by_space.setdefault(row.space, (row, []))[1].append(case)
+        added: list[tuple[SpaceRow, list[int], np.ndarray]] = []
         store.begin()
         try:
-            by_space: dict[str, tuple[SpaceRow, list[dict[str, Any]]]] = {}
-            for row, case in rows:
-                by_space.setdefault(row.space, (row, []))[1].append(case)
             for row, cases in by_space.values():
                 if row.space not in self.spaces:
                     store.insert_space(row)
-                ids = store.insert_cases(row, cases)
-                added += [(row, i, case["vector"]) for i, case in zip(ids, cases)]
+                vectors = np.stack([c["vector"] for c in cases]).astype(np.float32, copy=False)
+                added.append((row, store.insert_cases(row, cases, vectors), vectors))
             store.commit()
         except BaseException:
             store.rollback()
             raise
         self._version = store.data_version()
-        for row in {r.space: r for r, _, _ in added}.values():
+        for row, ids, vectors in added:
             if row.space not in self.spaces:
                 self.spaces[row.space] = Space(row, faiss_io.new_index(row.dim, approximate=False))
             space = self.spaces[row.space]
-            mine = [(i, v) for r, i, v in added if r.space == row.space]
-            faiss_io.add(space.index, np.stack([v for _, v in mine]), np.array([i for i, _ in mine], dtype=np.int64))
+            faiss_io.add(space.index, vectors, np.array(ids, dtype=np.int64))
             space.dirty = True
             self._maybe_convert(space)
         self.save(tail_ok=True)
-        return [i for _, i, _ in added]
+        return [i for _, ids, _ in added for i in ids]
 
     def delete(self, found: Sequence[tuple[int, str]]) -> None:
         """Delete ``(id, space)`` cases in one transaction, then from FAISS (or as tombstones), and save."""
@@ -323,7 +401,7 @@ class SpaceSet:
     def stats(self) -> list[dict[str, Any]]:
         spaces = []
         for key, space in self.spaces.items():
-            file = self.faiss_path(key)
+            file, vectors = self.faiss_path(key), Path(self.store.vector_path(key))
             spaces.append(
                 {
                     "space": key,
@@ -336,6 +414,9 @@ class SpaceSet:
                     "tombstones": int(len(space.tombstones)),
                     "file": file.name,
                     "file_bytes": file.stat().st_size if file.exists() else 0,
+                    "vector_file": vectors.name,
+                    "vector_rows": self.store.vector_rows(key),
+                    "vector_bytes": vectors.stat().st_size if vectors.exists() else 0,
                     "created_at": space.row.created_at,
                 }
             )
