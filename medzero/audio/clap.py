@@ -17,13 +17,29 @@ extractor's own code, called through its methods.
 """
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..core.encoder import ModelCfg, local_dir, register_family, register_model, weights_fingerprint
-from ..core.errors import BadInputError, ModelUnavailableError
+from ..core import hub
+from ..core.encoder import (
+    Location,
+    ModelCfg,
+    Target,
+    local_dir,
+    missing_error,
+    model_error,
+    register_family,
+    register_family_hook,
+    register_model,
+    short_reason,
+    weights_fingerprint,
+)
+from ..core.errors import BadInputError
+from ..core.packs import LICENCE_PATTERNS, TOKENIZER_FILES, copy_files
 
 __all__ = ["ClapEncoder", "load_clap", "CLAP_FUSED"]
 
@@ -39,6 +55,7 @@ CLAP_FUSED = register_model(
         revision="main",
         description="LAION CLAP, HTSAT audio tower with feature fusion, RoBERTa text tower (48 kHz)",
         default=True,
+        extra={"license": "apache-2.0"},
     )
 )
 register_model(
@@ -49,8 +66,15 @@ register_model(
         hub_id="laion/clap-htsat-unfused",
         revision="main",
         description="LAION CLAP, HTSAT audio tower without fusion (10 s centre crop for long clips)",
+        extra={"license": "apache-2.0"},
     )
 )
+
+#: Files a Hugging Face CLAP folder needs besides its weights (processor and tokenizer).
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+#: A text whose token ids a pack records, so ``verify`` notices another tokenizer.
+PROBE_TEXT = "a person speaking in a quiet room"
 
 
 @register_family("clap", "audio")
@@ -67,15 +91,15 @@ def load_clap(source: str, *, revision: str | None = None, device: str = "cpu", 
         processor = ClapProcessor.from_pretrained(where, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         if local is not None:
-            raise ModelUnavailableError(
-                f"cannot load CLAP from {local}: {str(exc).splitlines()[0]} "
-                "(expected a save_pretrained directory with config.json, model.safetensors and the processor files)"
+            raise model_error(
+                f"cannot load CLAP from {local} ({short_reason(exc)})",
+                "expected a save_pretrained directory with config.json, model.safetensors and the processor files",
             ) from None
-        raise ModelUnavailableError(
-            f"audio model {source} is not available offline; on a connected machine run "
-            f"`hf download {source}` and copy the Hugging Face cache here, or save it with "
-            f"ClapModel/ClapProcessor.save_pretrained and pass --audio-model /path/to/dir (or MEDZERO_AUDIO_MODEL)"
-        ) from None
+        target = Target(source, "audio", "clap", source, revision, cfg)
+        because = hub.offline_reason()
+        if because is not None:
+            raise missing_error(target, because, locate_clap(source, revision, cfg) or Location("hub", source)) from None
+        raise model_error(f"audio model {target.display} could not be loaded from the hub ({short_reason(exc)})") from None
     if local is not None:
         fingerprint = f"{local.resolve().name}@sha256:{weights_fingerprint(local)}"
         model_id = str(local.resolve())
@@ -191,3 +215,70 @@ class ClapEncoder:
 
     def __repr__(self) -> str:
         return f"ClapEncoder({self.fingerprint!r}, device={self.device!r})"
+
+    def preprocess_config(self) -> dict[str, Any]:
+        """The feature extraction and tokenisation this model really applies (recorded in model packs)."""
+        fe = self.feature_extractor
+        keys = ("sampling_rate", "feature_size", "fft_window_size", "hop_length", "max_length_s", "nb_max_samples",
+                "padding", "truncation", "frequency_min", "frequency_max", "top_db")
+        config: dict[str, Any] = {key: getattr(fe, key, None) for key in keys}
+        config["fusion"] = self.fusion
+        config["tokenizer"] = {
+            "class": type(self.tokenizer).__name__,
+            "probe_ids": [int(i) for i in self.tokenizer(PROBE_TEXT)["input_ids"]],
+        }
+        return config
+
+
+# -- without loading: where the files are, packing, recognising a folder --------------------------
+
+
+@register_family_hook("clap", "locate")
+def locate_clap(source: str, revision: str | None, cfg: ModelCfg | None) -> Location | None:
+    """Whether a hub CLAP's config, weights and processor files are in the Hugging Face cache."""
+    config = hub.cached_file(source, "config.json", revision)
+    if config is None:
+        return Location("hub", source)
+    if not any(hub.cached_file(source, name, revision) for name in _WEIGHT_FILES):
+        return Location("hub", source, "its weights are not in the Hugging Face cache")
+    if not any(hub.cached_file(source, name, revision) for name in _PROCESSOR_FILES):
+        return Location("hub", source, "its processor files are not in the Hugging Face cache")
+    return Location("hub-cache", str(config.parent))
+
+
+@register_family_hook("clap", "recognise")
+def recognise_clap(directory: Path) -> bool:
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "clap"
+
+
+@register_family_hook("clap", "stage")
+def stage_clap(encoder: "ClapEncoder", target: Target, dest: Path) -> dict[str, Path]:
+    """The folder of a CLAP pack: the source's configs, safetensors weights, processor and
+    tokenizer files and model card (from the directory, the installed pack or the hub snapshot
+    that was loaded); weights stored only as ``.bin`` are written again as safetensors."""
+    if target.pack is not None:
+        source = target.pack.path
+    elif target.directory is not None:
+        source = target.directory
+    else:
+        commit = encoder.fingerprint.rsplit("@", 1)[-1]
+        config = hub.cached_file(target.source, "config.json", commit) or hub.cached_file(target.source, "config.json", target.revision)
+        if config is None:
+            raise model_error(f"the Hugging Face cache holds no snapshot of {target.source} to pack")
+        source = config.parent
+    files = copy_files(source, ("*.json", "*.safetensors", *TOKENIZER_FILES, *LICENCE_PATTERNS))
+    files = {k: v for k, v in files.items() if not k.endswith(".bin.index.json")}
+    if not any(k.endswith(".safetensors") for k in files):
+        written = dest / "weights"
+        encoder.model.float().save_pretrained(written)
+        files.pop("model.safetensors.index.json", None)
+        files.update({p.name: p for p in written.iterdir() if p.is_file()})
+    if not any(k in files for k in _PROCESSOR_FILES) or not any(k in files for k in TOKENIZER_FILES):
+        written = dest / "processor"
+        encoder.processor.save_pretrained(written)
+        files.update({p.name: p for p in written.iterdir() if p.is_file() and p.name not in files})
+    return files

@@ -5,10 +5,18 @@ embeddings in one shared space. Each model *family* (``clap``, ``open_clip``) re
 each *named model* (``clap-htsat-fused``, ``biomedclip``) is a row of data naming its family, hub id
 and pinned revision. :func:`create` resolves what a user typed:
 
-- a registered name: ``clap-htsat-fused``;
-- a local directory: ``/models/clap`` or ``local-dir:/models/clap``;
-- a hub id: ``laion/clap-htsat-fused`` or ``hf-hub:org/name`` (loaded from the local hub cache
-  when offline).
+- a registered name: ``clap-htsat-fused`` (an installed model pack of that name first, see
+  :mod:`medzero.core.packs`, else its hub id);
+- a local directory: ``/models/clap`` or ``local-dir:/models/clap`` (a path that does not exist is
+  an error saying so, never taken for a hub id);
+- an installed pack by name, or by the hub id it was packed from;
+- a hub id: ``laion/clap-htsat-fused`` or ``hf-hub:org/name``.
+
+Models from the hub fail fast offline: one probe of the hub (:mod:`medzero.core.hub`, at most a
+second and a half) decides whether the hub can be used; if not, the model loads from the local cache
+with the hub libraries in offline mode, or a missing one raises at once a one-line
+:class:`ModelUnavailableError` that says what to do (install a pack, pass a directory, or fill the
+cache). :func:`availability` answers the same question without loading anything.
 
 Loaded encoders are kept per (reference, device), so a process loads each model once.
 """
@@ -25,19 +33,30 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from . import hub
 from .errors import ModelUnavailableError
 
 __all__ = [
     "Encoder",
     "ModelCfg",
+    "Location",
+    "Availability",
+    "Target",
     "register_family",
+    "register_family_hook",
     "register_model",
     "list_models",
     "create",
+    "resolve",
+    "availability",
     "default_model",
     "resolve_device",
     "weights_fingerprint",
     "local_dir",
+    "model_error",
+    "missing_error",
+    "short_reason",
+    "forget",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -58,6 +77,9 @@ class Encoder(Protocol):
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, L2-normalised."""
 
+    # Optional: ``preprocess_config() -> dict``, the preprocessing the loaded model really applies
+    # (JSON-able). Model packs record it and ``medzero models verify`` compares it.
+
 
 @dataclass(frozen=True)
 class ModelCfg:
@@ -71,8 +93,70 @@ class ModelCfg:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where a model's files are on this machine, found without loading it.
+
+    ``kind``: ``pack`` (an installed model pack), ``directory``, ``hub-cache`` (the Hugging Face
+    cache), ``hub`` (not here; it would be downloaded) or ``missing`` (a directory that does not
+    exist). ``where`` is a path or a hub id; ``detail`` says what is missing, if anything.
+    """
+
+    kind: str
+    where: str = ""
+    detail: str = ""
+
+    @property
+    def local(self) -> bool:
+        return self.kind in ("pack", "directory", "hub-cache")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a reference resolves to: the family and source its loader is given."""
+
+    ref: str
+    modality: str
+    family: str
+    source: str
+    revision: str | None = None
+    cfg: ModelCfg | None = None
+    pack: Any = None  # a medzero.core.packs.InstalledPack
+    directory: Path | None = None
+
+    @property
+    def display(self) -> str:
+        return f"{self.cfg.name} ({self.cfg.hub_id})" if self.cfg is not None else self.ref
+
+    @property
+    def on_hub(self) -> bool:
+        return self.pack is None and self.directory is None
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a modality's model can be loaded here, and from where (see :func:`availability`)."""
+
+    ref: str
+    modality: str
+    available: bool
+    location: Location
+    reason: str = ""  # why not, a sentence without command-line advice (front ends add their own)
+    advice: str = ""  # what to do, for the command line
+    why: str = ""  # the short cause: "it is not in the Hugging Face cache, and huggingface.co cannot be reached"
+    name: str = ""  # the registered or pack name, if any
+    hub_id: str = ""
+
+    @property
+    def where(self) -> str:
+        return self.location.where
+
+
 #: family -> (modality, loader(source, revision, device, cfg) -> Encoder)
 _FAMILIES: dict[str, tuple[str, Callable[..., Encoder]]] = {}
+#: family -> hook name -> function; see register_family_hook
+_HOOKS: dict[str, dict[str, Callable[..., Any]]] = {}
+_HOOK_NAMES = ("locate", "stage", "recognise")
 _MODELS: dict[str, ModelCfg] = {}
 _LOADED: dict[tuple[str, str, str], Encoder] = {}
 _LOAD_LOCK = threading.Lock()
@@ -85,6 +169,62 @@ def register_family(family: str, modality: str) -> Callable[[Callable[..., Encod
         return loader
 
     return decorator
+
+
+def register_family_hook(family: str, hook: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register one of a family's optional functions:
+
+    - ``locate(source, revision, cfg) -> Location | None``: where a hub source's files are, without
+      loading (``None``: cannot tell; the loader decides);
+    - ``stage(encoder, target, dest) -> dict``: write a self-contained folder that the family loads
+      as ``local-dir:`` (safetensors weights, configs, tokenizer, preprocessing, licence) for a
+      model pack; returns extra manifest fields (e.g. ``{"licence": ...}``);
+    - ``recognise(directory) -> bool``: whether a folder holds a model of this family.
+    """
+    if hook not in _HOOK_NAMES:
+        raise ValueError(f"unknown family hook {hook!r}; expected one of {', '.join(_HOOK_NAMES)}")
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _HOOKS.setdefault(family, {})[hook] = fn
+        return fn
+
+    return decorator
+
+
+def family_hook(family: str, hook: str) -> Callable[..., Any] | None:
+    _ensure_registered()
+    return _HOOKS.get(family, {}).get(hook)
+
+
+def family_modality(family: str) -> str:
+    _ensure_registered()
+    return _FAMILIES[family][0]
+
+
+def families(modality: str | None = None) -> list[str]:
+    _ensure_registered()
+    return [f for f, (m, _) in _FAMILIES.items() if modality in (None, m)]
+
+
+def model_error(reason: str, advice: str = "") -> ModelUnavailableError:
+    """A one-line :class:`ModelUnavailableError`: ``reason`` (what is wrong), then ``advice``
+    (what to do, for the command line). ``reason`` is kept as ``error.reason`` for front ends that
+    give their own advice (the app never shows command-line flags)."""
+    error = ModelUnavailableError(f"{reason}; {advice}" if advice else reason)
+    error.reason = " ".join(str(reason).split())  # type: ignore[attr-defined]
+    return error
+
+
+def short_reason(error: BaseException | str, limit: int = 200) -> str:
+    """Another library's message on one line, cut at a sentence or word boundary (never mid-word)."""
+    text = " ".join(str(error).split()) or (type(error).__name__ if isinstance(error, BaseException) else "")
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    sentence = head.rfind(". ")
+    if sentence >= limit // 3:
+        return head[: sentence + 1]
+    return head.rsplit(" ", 1)[0].rstrip(",;:") + " …"
 
 
 def register_model(cfg: ModelCfg) -> ModelCfg:
@@ -130,11 +270,46 @@ def resolve_device(device: str | None = "auto") -> str:
     return device
 
 
-def _family_for(modality: str) -> str:
-    for family, (fam_modality, _) in _FAMILIES.items():
-        if fam_modality == modality:
-            return family
-    raise ModelUnavailableError(f"no model family is registered for {modality}")
+def _family_for(modality: str, directory: Path | None = None) -> str:
+    """The family that loads ``modality``: the one that recognises ``directory`` if given, else the first."""
+    candidates = [family for family, (fam_modality, _) in _FAMILIES.items() if fam_modality == modality]
+    if not candidates:
+        raise ModelUnavailableError(f"no model family is registered for {modality}")
+    if directory is not None:
+        for family in candidates:
+            recognise = _HOOKS.get(family, {}).get("recognise")
+            if recognise is not None and recognise(directory):
+                return family
+    return candidates[0]
+
+
+def _revision(cfg: ModelCfg) -> str | None:
+    return os.environ.get(f"MEDZERO_{cfg.name.upper().replace('-', '_')}_REVISION", cfg.revision)
+
+
+def resolve(ref: str | None = None, *, modality: str) -> Target:
+    """What ``ref`` names, without loading it: a registered name (its installed pack first), an
+    existing directory, an installed pack's name or hub id, else a hub reference."""
+    from .packs import find_installed
+
+    _ensure_registered()
+    ref = ref or default_model(modality)
+    cfg = _MODELS.get(ref)
+    if cfg is not None:
+        if cfg.modality != modality:
+            raise model_error(f"model {ref!r} is an {cfg.modality} model, not an {modality} model")
+        revision = _revision(cfg)
+        pack = find_installed(cfg.name, modality=modality, revision=revision if revision != cfg.revision else None)
+        if pack is not None:
+            return Target(ref, modality, pack.family, f"local-dir:{pack.path}", pack.revision, cfg, pack=pack)
+        return Target(ref, modality, cfg.family, cfg.hub_id, revision, cfg)
+    directory = local_dir(ref, modality=modality)
+    if directory is not None:
+        return Target(ref, modality, _family_for(modality, directory), f"local-dir:{directory}", directory=directory)
+    pack = find_installed(ref, modality=modality)
+    if pack is not None:
+        return Target(ref, modality, pack.family, f"local-dir:{pack.path}", pack.revision, pack=pack)
+    return Target(ref, modality, _family_for(modality), ref)
 
 
 def create(ref: str | None = None, *, modality: str, device: str | None = "auto") -> Encoder:
@@ -146,32 +321,124 @@ def create(ref: str | None = None, *, modality: str, device: str | None = "auto"
     with _LOAD_LOCK:
         if key in _LOADED:
             return _LOADED[key]
-        cfg = _MODELS.get(ref)
-        if cfg is not None:
-            if cfg.modality != modality:
-                raise ModelUnavailableError(f"model {ref!r} is an {cfg.modality} model, not an {modality} model")
-            source, revision, family = cfg.hub_id, os.environ.get(f"MEDZERO_{cfg.name.upper().replace('-', '_')}_REVISION", cfg.revision), cfg.family
+        target = resolve(ref, modality=modality)
+        _, loader = _FAMILIES[target.family]
+        if target.pack is not None:
+            target.pack.check_files()
+        hub.quiet_logging()
+        _logger.info("loading %s model %s on %s", modality, target.source, device)
+        offline_because = hub.offline_reason() if target.on_hub else None
+        if offline_because is None:
+            encoder = loader(target.source, revision=target.revision, device=device, cfg=target.cfg)
         else:
-            source, revision, family = ref, None, _family_for(modality)
-        _, loader = _FAMILIES[family]
-        _logger.info("loading %s model %s on %s", modality, source, device)
-        encoder = loader(source, revision=revision, device=device, cfg=cfg)
+            location = _locate(target)
+            if location is not None and not location.local:
+                raise missing_error(target, offline_because, location)
+            with hub.offline():
+                encoder = loader(target.source, revision=target.revision, device=device, cfg=target.cfg)
+        if target.pack is not None:
+            # A pack loads as a folder; it keeps the identity of what was packed (hub id@commit,
+            # or the packed directory's weights hash), so caches and indexes carry over.
+            encoder.fingerprint = target.pack.fingerprint
         _LOADED[key] = encoder
         return encoder
 
 
+def _locate(target: Target) -> Location | None:
+    locate = _HOOKS.get(target.family, {}).get("locate")
+    return locate(target.source, target.revision, target.cfg) if locate is not None else None
+
+
+def _pack_command(target: Target) -> str:
+    if target.cfg is not None:
+        return f"medzero models pack {target.cfg.name} -o models.tar"
+    return f"medzero models pack {target.ref} --modality {target.modality} -o models.tar"
+
+
+def advice(target: Target) -> str:
+    """What to do on the command line when ``target`` is not on this machine and the hub is out of reach."""
+    hub_id = target.cfg.hub_id if target.cfg is not None else target.ref
+    return (
+        f"on a connected machine run `{_pack_command(target)}`, copy models.tar here and run "
+        f"`medzero models install models.tar`; or pass a model folder with --{target.modality}-model "
+        f"local-dir:/path/to/folder (or MEDZERO_{target.modality.upper()}_MODEL); or copy a Hugging Face "
+        f"cache that holds {hub_id.removeprefix('hf-hub:')} to {hub.cache_path()}"
+    )
+
+
+def _why(because: str, location: Location | None) -> str:
+    detail = (location.detail if location is not None else "") or "it is not in the Hugging Face cache"
+    return f"{detail}, and {because}"
+
+
+def missing_error(target: Target, because: str, location: Location | None = None) -> ModelUnavailableError:
+    """The one-line error for a hub model that is not on this machine while the hub cannot be used
+    (``because``: "HF_HUB_OFFLINE is set", "huggingface.co cannot be reached")."""
+    reason = f"{target.modality} model {target.display} is not available offline ({_why(because, location)})"
+    return model_error(reason, advice(target))
+
+
+def availability(ref: str | None = None, *, modality: str) -> Availability:
+    """Whether ``ref`` (default: the modality's configured model) can be loaded here, and from
+    where, without loading it: an installed pack, a directory, the Hugging Face cache, or the hub
+    when it can be reached (probed at most once per few minutes)."""
+    try:
+        ref = ref or default_model(modality)
+        target = resolve(ref, modality=modality)
+    except ModelUnavailableError as exc:
+        reason = getattr(exc, "reason", str(exc))
+        missing = Location("missing", str(ref or ""), reason)
+        return Availability(str(ref or ""), modality, False, missing, reason=reason, advice=str(exc), why=reason)
+    name = target.cfg.name if target.cfg is not None else (target.pack.name if target.pack is not None else "")
+    hub_id = target.cfg.hub_id if target.cfg is not None else (target.ref if target.on_hub else "")
+    common = dict(ref=ref, modality=modality, name=name, hub_id=hub_id)
+    if target.pack is not None:
+        return Availability(available=True, location=Location("pack", str(target.pack.path)), **common)
+    if target.directory is not None:
+        return Availability(available=True, location=Location("directory", str(target.directory)), **common)
+    location = _locate(target) or Location("hub", target.source)
+    if location.local:
+        return Availability(available=True, location=location, **common)
+    because = hub.offline_reason()
+    if because is None:
+        return Availability(available=True, location=Location("hub", location.where or target.source, "downloads on first use"), **common)
+    error = missing_error(target, because, location)
+    return Availability(
+        available=False, location=location, reason=error.reason, advice=advice(target), why=_why(because, location), **common
+    )
+
+
+def _looks_like_path(ref: str) -> bool:
+    """A reference that can only be a filesystem path (a hub id is ``org/name``)."""
+    if ref.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in ref:
+        return True
+    if len(ref) > 2 and ref[1] == ":" and ref[0].isalpha() and ref[2] in "/\\":
+        return True  # C:\models
+    return ref.count("/") > 1 and ":" not in ref
+
+
 def local_dir(ref: str, *, modality: str = "") -> Path | None:
     """The directory that ``local-dir:PATH`` or a plain existing directory names; ``None`` for
-    any other reference (a registered name, a hub id). A ``local-dir:`` reference to a missing
-    directory is a one-line error saying so."""
+    any other reference (a registered name, a hub id). A ``local-dir:`` reference, or one that can
+    only be a path (``/…``, ``./…``, ``~/…``), to a missing directory is a one-line error saying so."""
     explicit = ref.startswith("local-dir:")
     path = Path(ref.removeprefix("local-dir:")).expanduser()
     if path.is_dir():
         return path
-    if explicit:
+    if explicit or _looks_like_path(ref):
         what = f"{modality} model directory" if modality else "model directory"
-        raise ModelUnavailableError(f"{what} not found: {path} (it does not exist)")
+        if path.exists():
+            raise model_error(f"{what} {path} is a file, not a directory")
+        hint = "check the path" + (f" given with --{modality}-model or MEDZERO_{modality.upper()}_MODEL" if modality else "")
+        raise model_error(f"{what} not found: {path} (it does not exist)", hint)
     return None
+
+
+def forget(refs: Sequence[str]) -> None:
+    """Drop loaded encoders whose reference is one of ``refs`` (after a pack is installed)."""
+    with _LOAD_LOCK:
+        for key in [k for k in _LOADED if k[1] in set(refs)]:
+            del _LOADED[key]
 
 
 def clear_loaded() -> None:

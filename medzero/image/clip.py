@@ -5,9 +5,9 @@ References the ``open_clip`` family accepts (``create("...", modality="image")``
 - ``local-dir:/path`` or a plain existing directory: a folder holding ``open_clip_config.json``
   (with ``model_cfg`` and ``preprocess_cfg``) and ``open_clip_model.safetensors`` (``*.bin`` is
   accepted too and loaded with ``weights_only``). A text tower from Hugging Face
-  (``text_cfg.hf_model_name``, as in BiomedCLIP) is found as a local directory, else as a
-  ``config.json`` inside the folder itself, else in the Hugging Face cache;
-  its tokenizer files must sit in the folder;
+  (``text_cfg.hf_model_name``, as in BiomedCLIP) is found as a ``config.json`` inside the folder
+  itself (so a folder that carries one, like a model pack's, needs nothing else), else as a local
+  directory, else in the Hugging Face cache; its tokenizer files must sit in the folder;
 - ``hf-hub:org/name``: an open_clip repository on the Hugging Face Hub, read from the local hub
   cache when offline;
 - ``ARCH@TAG``: an open_clip architecture with a pretrained tag, e.g. ``ViT-B-16@openai``
@@ -28,8 +28,22 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..core.encoder import ModelCfg, local_dir, register_family, register_model, weights_fingerprint
-from ..core.errors import ModelUnavailableError, one_line
+from ..core import hub
+from ..core.encoder import (
+    Location,
+    ModelCfg,
+    Target,
+    local_dir,
+    missing_error,
+    model_error,
+    register_family,
+    register_family_hook,
+    register_model,
+    short_reason,
+    weights_fingerprint,
+)
+from ..core.errors import ModelUnavailableError
+from ..core.packs import LICENCE_PATTERNS, TOKENIZER_FILES, copy_files
 from ..core.vectors import l2_normalise
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,6 +66,7 @@ register_model(
         hub_id="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
         default=True,
         description="BiomedCLIP (ViT-B/16 + PubMedBERT), trained on 15M PubMed Central figure-caption pairs",
+        extra={"license": "mit"},
     )
 )
 register_model(
@@ -61,9 +76,14 @@ register_model(
         family="open_clip",
         hub_id="ViT-B-16",
         description="OpenAI CLIP ViT-B/16 (general-domain baseline)",
-        extra={"pretrained": "openai"},
+        # hf_hub: where open_clip keeps the tag's weights, so finding them needs no open_clip import.
+        extra={"pretrained": "openai", "license": "mit", "hf_hub": "timm/vit_base_patch16_clip_224.openai/"},
     )
 )
+
+#: A text whose token ids a pack records, so ``verify`` notices another tokenizer.
+PROBE_TEXT = "a chest x ray showing a pleural effusion"
+_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class OpenClipEncoder:
@@ -107,6 +127,34 @@ class OpenClipEncoder:
 
     def __repr__(self) -> str:
         return f"OpenClipEncoder({self.model_id!r}, dim={self.dim}, device={self.device!r})"
+
+    def preprocess_config(self) -> dict[str, Any]:
+        """The preprocessing this model really applies, read from its transform (image size, resize,
+        interpolation, mean, std, every step) and its tokenizer (recorded in model packs)."""
+        steps = []
+        summary: dict[str, Any] = {}
+        for step in getattr(self.preprocess, "transforms", [self.preprocess]):
+            name = getattr(step, "__name__", None) or type(step).__name__
+            entry: dict[str, Any] = {"op": name}
+            for attr in ("size", "max_size", "interpolation", "mean", "std", "mode", "fill"):
+                if hasattr(step, attr) and not callable(getattr(step, attr)):
+                    entry[attr] = _plain(getattr(step, attr))
+            steps.append(entry)
+            if name == "Normalize":
+                summary.update(mean=entry.get("mean"), std=entry.get("std"))
+            elif "interpolation" in entry:
+                summary.setdefault("interpolation", entry["interpolation"])
+                summary.setdefault("resize", entry.get("size"))
+            elif name == "CenterCrop":
+                summary["image_size"] = entry.get("size")
+        tokens = self.tokenizer([PROBE_TEXT])
+        summary["steps"] = steps
+        summary["tokenizer"] = {
+            "class": type(self.tokenizer).__name__,
+            "context_length": int(tokens.shape[-1]),
+            "probe_ids": [int(i) for i in tokens[0].tolist()],
+        }
+        return summary
 
     # -- images ----------------------------------------------------------------------------------
     def to_pil(self, item: Any) -> Any:
@@ -184,6 +232,17 @@ def _normalise(features: "torch.Tensor") -> np.ndarray:
 # -- loading -------------------------------------------------------------------------------------
 
 
+def _plain(value: Any) -> Any:
+    """A transform attribute as JSON: enums by value, tuples as lists, tensors as lists."""
+    if hasattr(value, "value") and not isinstance(value, (int, float, str)):
+        return value.value
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
 @register_family("open_clip", "image")
 def load_open_clip(source: str, *, revision: str | None = None, device: str = "cpu", cfg: ModelCfg | None = None) -> OpenClipEncoder:
     """Load an open_clip model from a ``local-dir:``/directory, ``hf-hub:`` or ``ARCH@TAG`` reference."""
@@ -193,75 +252,79 @@ def load_open_clip(source: str, *, revision: str | None = None, device: str = "c
     local = None if remote else local_dir(source, modality="image")
     if local is not None:
         return _load_local_dir(local, device=device, display=display)
+    target = Target(source, "image", "open_clip", source, revision, cfg)
     if source.startswith("hf-hub:"):
-        return _load_hub(source.removeprefix("hf-hub:"), revision=revision, device=device, display=display)
+        return _load_hub(source.removeprefix("hf-hub:"), revision=revision, device=device, target=target)
     arch, _, tag = source.partition("@")
     tag = tag or (cfg.extra.get("pretrained") if cfg is not None else None)
     if not tag and "/" in arch and not Path(arch).exists():
-        return _load_hub(arch, revision=revision, device=device, display=display)  # a bare hub id
-    return _load_builtin(arch, tag, device=device, display=display)
+        return _load_hub(arch, revision=revision, device=device, target=target)  # a bare hub id
+    return _load_builtin(arch, tag, device=device, display=display, target=target)
 
 
-def _unavailable(display: str, reason: str) -> ModelUnavailableError:
-    return ModelUnavailableError(
-        f"image model {display} is not available ({reason}); download it once with network access, {LOCAL_COPY_HINT}"
+def _unavailable(target: Target, reason: str) -> ModelUnavailableError:
+    return model_error(f"image model {target.display} is not available ({reason})", _local_copy_hint(target))
+
+
+def _local_copy_hint(target: Target) -> str:
+    pack = f"medzero models pack {target.cfg.name}" if target.cfg is not None else f"medzero models pack {target.ref} --modality image"
+    return (
+        f"with network access run `{pack} -o models.tar` and install it here with `medzero models install models.tar`, "
+        f"{LOCAL_COPY_HINT}"
     )
-
-
-def _offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    if value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.is_offline_mode())
-    except (ImportError, AttributeError):
-        return False
 
 
 def _load_local_dir(path: Path, *, device: str, display: str) -> OpenClipEncoder:
     path = path.resolve()
     if not path.is_dir():
-        raise ModelUnavailableError(f"image model folder {path} does not exist; {LOCAL_COPY_HINT.removeprefix('or ')}")
+        raise model_error(f"image model folder {path} does not exist", LOCAL_COPY_HINT.removeprefix("or "))
     config_path = path / "open_clip_config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         model_cfg = config["model_cfg"]
     except FileNotFoundError:
-        raise ModelUnavailableError(f"{path} has no open_clip_config.json; an open_clip folder needs it and open_clip_model.safetensors") from None
+        raise model_error(f"{path} has no open_clip_config.json", "an open_clip folder needs it and open_clip_model.safetensors") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelUnavailableError(f"{config_path} is not a valid open_clip config ({type(exc).__name__}: {exc}); it needs a 'model_cfg' entry") from None
+        raise model_error(f"{config_path} is not a valid open_clip config ({type(exc).__name__}: {short_reason(exc)})", "it needs a 'model_cfg' entry") from None
     weights = [p for pattern in ("*.safetensors", "*.bin", "*.pth") for p in path.glob(pattern)]
     if not weights:
-        raise ModelUnavailableError(f"{path} holds no weights; put open_clip_model.safetensors next to open_clip_config.json")
+        raise model_error(f"{path} holds no weights", "put open_clip_model.safetensors next to open_clip_config.json")
     overrides: dict[str, Any] = {}
     text_cfg = dict(model_cfg.get("text_cfg") or {})
     hf_name = text_cfg.get("hf_model_name")
-    if hf_name and not Path(hf_name).expanduser().is_dir():
-        if (path / "config.json").is_file():
-            text_cfg.update(hf_model_name=str(path), hf_model_pretrained=False)
-            overrides["text_cfg"] = text_cfg
-        elif not _hub_file_cached(hf_name, "config.json") and _offline():
-            raise _unavailable(display, f"its text tower config {hf_name} is not cached; put that config.json in {path}")
+    offline_because: str | None = None
+    if hf_name and (path / "config.json").is_file():
+        text_cfg.update(hf_model_name=str(path), hf_model_pretrained=False)  # the folder carries its text tower
+        overrides["text_cfg"] = text_cfg
+    elif hf_name and not Path(hf_name).expanduser().is_dir():
+        offline_because = hub.offline_reason()
+        if offline_because is not None and hub.cached_file(hf_name, "config.json") is None:
+            raise model_error(
+                f"image model {display} is not available (its text tower config {hf_name} is not cached, and {offline_because})",
+                f"put that config.json in {path}",
+            )
+    import contextlib
+
     import open_clip
 
     ref = f"local-dir:{path}"
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(ref, device=device, **overrides)
-        tokenizer = open_clip.get_tokenizer(ref)
+        with hub.offline() if offline_because is not None else contextlib.nullcontext():
+            model, _, preprocess = open_clip.create_model_and_transforms(ref, device=device, **overrides)
+            tokenizer = open_clip.get_tokenizer(ref)
     except Exception as exc:  # open_clip, timm, transformers and safetensors raise many types
-        raise ModelUnavailableError(f"cannot load image model from {path} ({type(exc).__name__}: {one_line(exc)})") from None
+        raise model_error(f"cannot load image model from {path} ({type(exc).__name__}: {short_reason(exc)})") from None
     fingerprint = f"local-dir:{path.name}:{weights_fingerprint(path)}"
     return OpenClipEncoder(
         model, preprocess, tokenizer, model_id=str(path), fingerprint=fingerprint, device=device, dim=model_cfg.get("embed_dim")
     )
 
 
-def _load_hub(repo: str, *, revision: str | None, device: str, display: str) -> OpenClipEncoder:
-    cached = _hub_file_cached(repo, "open_clip_config.json", revision)
-    if not cached and _offline():
-        raise _unavailable(display, "not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+def _load_hub(repo: str, *, revision: str | None, device: str, target: Target) -> OpenClipEncoder:
+    location = locate_open_clip(f"hf-hub:{repo}", revision, target.cfg)
+    because = hub.offline_reason() if location is None or not location.local else None
+    if because is not None:
+        raise missing_error(target, because, location)
     import open_clip
 
     ref = f"hf-hub:{repo}"
@@ -269,51 +332,155 @@ def _load_hub(repo: str, *, revision: str | None, device: str, display: str) -> 
         model, _, preprocess = open_clip.create_model_and_transforms(ref, device=device)
         tokenizer = open_clip.get_tokenizer(ref)
     except Exception as exc:
-        raise _unavailable(display, f"{type(exc).__name__}: {one_line(exc)}") from None
-    cached = cached or _hub_file_cached(repo, "open_clip_config.json", revision)
-    commit = Path(cached).parent.name if cached else (revision or "main")
+        raise _unavailable(target, f"{type(exc).__name__}: {short_reason(exc)}") from None
+    cached = hub.cached_file(repo, "open_clip_config.json", revision)
+    commit = cached.parent.name if cached else (revision or "main")
     if revision and commit != revision:
         _logger.info("%s: open_clip loads the cached snapshot %s (asked for revision %s)", repo, commit, revision)
     dim = (open_clip.get_model_config(ref) or {}).get("embed_dim")
     return OpenClipEncoder(model, preprocess, tokenizer, model_id=ref, fingerprint=f"{ref}@{commit}", device=device, dim=dim)
 
 
-def _load_builtin(arch: str, tag: str | None, *, device: str, display: str) -> OpenClipEncoder:
+def _load_builtin(arch: str, tag: str | None, *, device: str, display: str, target: Target) -> OpenClipEncoder:
     import open_clip
 
     if arch not in open_clip.list_models():
-        raise ModelUnavailableError(
-            f"unknown image model {display}; use a registered name, local-dir:/path, hf-hub:org/name or ARCH@TAG (open_clip.list_models())"
+        raise model_error(
+            f"unknown image model {display}",
+            "use a registered name, local-dir:/path, hf-hub:org/name or ARCH@TAG (open_clip.list_models())",
         )
     if not tag:
-        raise ModelUnavailableError(
-            f"image model {display} names an architecture without weights; add a pretrained tag, e.g. {arch}@openai, or use local-dir:/path"
+        raise model_error(
+            f"image model {display} names an architecture without weights",
+            f"add a pretrained tag, e.g. {arch}@openai, or use local-dir:/path",
         )
     pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not pretrained_cfg and not Path(tag).is_file():
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
-        raise ModelUnavailableError(f"{arch} has no pretrained tag {tag!r}; known tags: {tags}")
-    if pretrained_cfg and _offline():
-        hub = pretrained_cfg.get("hf_hub", "")
-        repo_id, filename = os.path.split(hub)  # 'org/name/' or 'org/name/file.bin'
-        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        if not hub or not any(_hub_file_cached(repo_id, n) for n in names):
-            raise _unavailable(display, "its weights are not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+        raise model_error(f"{arch} has no pretrained tag {tag!r}", f"known tags: {tags}")
+    if pretrained_cfg:
+        location = _locate_builtin(arch, tag)
+        because = hub.offline_reason() if location is None or not location.local else None
+        if because is not None:
+            raise missing_error(target, because, location)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device)
         tokenizer = open_clip.get_tokenizer(arch)
     except Exception as exc:
-        raise _unavailable(display, f"{type(exc).__name__}: {one_line(exc)}") from None
+        raise _unavailable(target, f"{type(exc).__name__}: {short_reason(exc)}") from None
     dim = (open_clip.get_model_config(arch) or {}).get("embed_dim")
     fingerprint = f"{arch}@{tag}" if pretrained_cfg else f"{arch}@{Path(tag).name}:{weights_fingerprint(Path(tag).parent)}"
     return OpenClipEncoder(model, preprocess, tokenizer, model_id=f"{arch}@{tag}", fingerprint=fingerprint, device=device, dim=dim)
 
 
-def _hub_file_cached(repo: str, filename: str, revision: str | None = None) -> str | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
+# -- without loading: where the files are, packing, recognising a folder --------------------------
 
-        found = try_to_load_from_cache(repo, filename, revision=revision)
-    except Exception:  # an invalid repo id, or no huggingface_hub
+
+@register_family_hook("open_clip", "locate")
+def locate_open_clip(source: str, revision: str | None, cfg: ModelCfg | None) -> Location | None:
+    """Whether an ``hf-hub:`` (or bare hub id) open_clip model, its weights and its Hugging Face
+    text tower are in the local cache; ``ARCH@TAG`` asks open_clip where the tag's weights live.
+    ``None`` when the reference names nothing that can be looked up (the loader says why)."""
+    source = str(source).strip()
+    arch, _, tag = source.partition("@")
+    tag = tag or (cfg.extra.get("pretrained") if cfg is not None else None)
+    if not source.startswith("hf-hub:") and not ("/" in arch and not tag):
+        if cfg is not None and cfg.extra.get("hf_hub") and tag == cfg.extra.get("pretrained"):
+            return _locate_weights(str(cfg.extra["hf_hub"]), f"{arch}@{tag}")
+        return _locate_builtin(arch, tag) if tag else None
+    repo = source.removeprefix("hf-hub:")
+    config = hub.cached_file(repo, "open_clip_config.json", revision)
+    if config is None:
+        return Location("hub", repo)
+    if not any(hub.cached_file(repo, name, revision) for name in _WEIGHTS):
+        return Location("hub", repo, "its weights are not in the Hugging Face cache")
+    try:
+        text_cfg = json.loads(config.read_text(encoding="utf-8"))["model_cfg"].get("text_cfg") or {}
+    except (OSError, ValueError, KeyError, AttributeError):
+        text_cfg = {}
+    for key, filename in (("hf_model_name", "config.json"), ("hf_tokenizer_name", "tokenizer_config.json")):
+        name = text_cfg.get(key)
+        if name and not Path(name).expanduser().is_dir() and hub.cached_file(name, filename) is None:
+            return Location("hub", repo, f"its text tower {name} is not in the Hugging Face cache")
+    return Location("hub-cache", str(config.parent))
+
+
+def _locate_builtin(arch: str, tag: str | None) -> Location | None:
+    import open_clip
+
+    pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else None
+    if not pretrained_cfg:
         return None
-    return found if isinstance(found, str) else None
+    return _locate_weights(pretrained_cfg.get("hf_hub", ""), f"{arch}@{tag}")
+
+
+def _locate_weights(hub_path: str, display: str) -> Location:
+    """open_clip's ``hf_hub`` entry of a pretrained tag ('org/name/' or 'org/name/file.bin') in the cache."""
+    repo_id, filename = (hub_path.rstrip("/"), "") if hub_path.endswith("/") else os.path.split(hub_path)
+    if not repo_id:
+        return Location("hub", display, "its weights are not on the Hugging Face hub")
+    names = [filename] if filename else list(_WEIGHTS)
+    for name in names:
+        found = hub.cached_file(repo_id, name)
+        if found is not None:
+            return Location("hub-cache", str(found.parent))
+    return Location("hub", repo_id, "its weights are not in the Hugging Face cache")
+
+
+@register_family_hook("open_clip", "recognise")
+def recognise_open_clip(directory: Path) -> bool:
+    return (directory / "open_clip_config.json").is_file()
+
+
+@register_family_hook("open_clip", "stage")
+def stage_open_clip(encoder: OpenClipEncoder, target: Target, dest: Path) -> dict[str, Path]:
+    """The folder of an open_clip pack, loadable as ``local-dir:``: ``open_clip_config.json`` (the
+    source's, or one written from open_clip's built-in config and the preprocessing in use),
+    ``open_clip_model.safetensors`` (copied, or written from the loaded weights when the source has
+    only ``.bin``/``.pth``), a Hugging Face text tower's ``config.json`` and tokenizer files in the
+    folder itself, and the source's model card or licence."""
+    from safetensors.torch import save_file
+
+    if target.pack is not None:
+        source: Path | None = target.pack.path
+    elif target.directory is not None:
+        source = target.directory
+    elif target.source.startswith("hf-hub:") or ("/" in target.source and "@" not in target.source):
+        repo = target.source.removeprefix("hf-hub:")
+        commit = encoder.fingerprint.rsplit("@", 1)[-1]
+        config = hub.cached_file(repo, "open_clip_config.json", commit) or hub.cached_file(repo, "open_clip_config.json", target.revision)
+        if config is None:
+            raise model_error(f"the Hugging Face cache holds no snapshot of {repo} to pack")
+        source = config.parent
+    else:
+        source = None  # ARCH@TAG: open_clip's built-in config
+    files = copy_files(source, ("open_clip_config.json", *LICENCE_PATTERNS)) if source is not None else {}
+    if "open_clip_config.json" not in files:
+        import open_clip
+
+        arch = encoder.model_id.partition("@")[0]
+        config = {"model_cfg": open_clip.get_model_config(arch), "preprocess_cfg": _plain(dict(encoder.model.visual.preprocess_cfg))}
+        (dest / "open_clip_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        files["open_clip_config.json"] = dest / "open_clip_config.json"
+    if source is not None and (source / "open_clip_model.safetensors").is_file():
+        files["open_clip_model.safetensors"] = source / "open_clip_model.safetensors"
+    else:
+        state = {k: v.detach().float().cpu().contiguous().clone() for k, v in encoder.model.state_dict().items()}
+        save_file(state, str(dest / "open_clip_model.safetensors"))
+        files["open_clip_model.safetensors"] = dest / "open_clip_model.safetensors"
+    model_cfg = json.loads(files["open_clip_config.json"].read_text(encoding="utf-8"))["model_cfg"]
+    if (model_cfg.get("text_cfg") or {}).get("hf_model_name"):
+        text = dest / "text"
+        text.mkdir()
+        if source is not None and (source / "config.json").is_file():
+            files["config.json"] = source / "config.json"
+        else:
+            encoder.model.text.transformer.config.to_json_file(str(text / "config.json"))
+            files["config.json"] = text / "config.json"
+        in_source = copy_files(source, TOKENIZER_FILES) if source is not None else {}
+        if in_source:
+            files.update(in_source)
+        else:
+            encoder.tokenizer.tokenizer.save_pretrained(str(text))
+            files.update({p.name: p for p in text.iterdir() if p.is_file() and p.name != "config.json"})
+    return files
