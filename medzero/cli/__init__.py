@@ -50,8 +50,10 @@ def _register() -> None:
     from .evaluate import calibrate_command, eval_command
     from .index import index
     from .info import models, tasks
+    from ..pacs.cli import listen_command
+    from ..service.cli import serve_command
 
-    for command in (classify, tasks, models, index, eval_command, calibrate_command, app):
+    for command in (classify, tasks, models, index, eval_command, calibrate_command, listen_command, serve_command, app):
         cli.add_command(command)
 
 
