@@ -86,15 +86,69 @@ def model_status() -> dict[str, dict[str, Any]]:
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _classifier(task: str | None, labels: str | None, template: str | None, multilabel: bool,
-                audio_ref: str, image_ref: str) -> medzero.Classifier:
+                audio_ref: str, image_ref: str, calibration: str | None) -> medzero.Classifier:
     return medzero.Classifier(task, labels=labels, template=template, multilabel=multilabel,
-                              audio_model=audio_ref, image_model=image_ref)
+                              audio_model=audio_ref, image_model=image_ref, calibration=calibration)
 
 
 def classifier(task: str | None = None, *, labels: str | None = None, template: str | None = None,
-               multilabel: bool = False) -> medzero.Classifier:
-    """A Classifier kept for the process, so task heads (label embeddings) are built once per model."""
-    return _classifier(task, labels, template, multilabel, model_ref("audio"), model_ref("image"))
+               multilabel: bool = False, calibration: str | None = None) -> medzero.Classifier:
+    """A Classifier kept for the process, so task heads (label embeddings) are built once per model.
+
+    ``calibration``: the path of a site overlay (see :func:`calibration_control`)."""
+    return _classifier(task, labels, template, multilabel, model_ref("audio"), model_ref("image"), calibration)
+
+
+# -- site calibration -----------------------------------------------------------------------------
+
+_CALIBRATION_TEXT = {
+    "en": {
+        "title": "Site calibration",
+        "help": "Upload the thresholds file that the evaluation step wrote for this task on your own labelled cases. "
+                "Without one, the task's default thresholds are used, and every result says they are uncalibrated.",
+        "upload": "Calibration file (YAML)",
+        "using": "Using site thresholds from {name}.",
+    },
+    "zh": {
+        "title": "本院校准",
+        "help": "上传评估步骤在本院已标注病例上为此任务生成的阈值文件。未上传时使用任务的默认阈值，每个结果都会注明“未校准”。",
+        "upload": "校准文件（YAML）",
+        "using": "正在使用 {name} 中的本院阈值。",
+    },
+}
+
+
+def calibration_control(task: str | None, *, key: str) -> str | None:
+    """An expander to upload a site calibration overlay for ``task``; the path of the overlay in use
+    (saved once per content under the app's temporary folder), or ``None``. A file that is not an
+    overlay for this task is refused here, with a one-line message, before anyone presses Classify."""
+    if task is None:
+        return None
+    text = _CALIBRATION_TEXT[lang()]
+    with st.expander(text["title"]):
+        st.caption(text["help"])
+        upload = st.file_uploader(text["upload"], type=["yaml", "yml"], key=f"{key}_calibration")
+        if upload is None:
+            return None
+        import hashlib
+        import tempfile
+
+        data = upload.getvalue()
+        folder = Path(tempfile.gettempdir()) / "medzero-app-calibration"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}-{Path(upload.name).name}"
+        if not path.exists():
+            path.write_bytes(data)
+        try:
+            # the overlay is checked against the task without loading a model
+            from medzero.evaluation import apply_calibration
+
+            apply_calibration(medzero.load_task(task), str(path))
+        except medzero.MedzeroError as exc:
+            st.error(str(exc))
+            return None
+        st.success(text["using"].format(name=upload.name))
+        return str(path)
 
 
 def classify_upload(clf: medzero.Classifier, modality: str, data: bytes, name: str) -> medzero.Result:
@@ -122,7 +176,11 @@ def task_label(task: medzero.Task) -> str:
 # -- formatting -----------------------------------------------------------------------------------
 
 
-def verdict_colour(task: medzero.Task, verdict: str | None) -> str:
+def verdict_colour(task: medzero.Task, verdict: str | None, *, applicable: bool = True) -> str:
+    """Green, orange or red along the task's verdicts, best to worst; grey for an input the task
+    does not judge (``not_applicable`` is no triage level, so it must not look like one)."""
+    if not applicable:
+        return "gray"
     if not task.verdicts or verdict is None:
         return "blue"
     rank = task.verdict_rank(verdict) if verdict in [v.id for v in task.verdicts] else len(task.verdicts) - 1
@@ -139,12 +197,18 @@ def show_verdict(result: medzero.Result, task: medzero.Task, *, heading: str) ->
     """The verdict in large type, then each reason with its advice."""
     lg = lang()
     name = (result.verdict_name or {}).get(lg) or result.verdict or "—"
-    colour = verdict_colour(task, result.verdict)
+    colour = verdict_colour(task, result.verdict, applicable=result.applicable)
     timing = st.session_state.get(f"{result.modality}_timing")
     st.caption(heading + (f" · classified in {timing[0]:.2f} s on {timing[1]}" if timing is not None else ""))
     st.markdown(f"# :{colour}[{name}]")
     if not task.verdicts:
         st.caption("Typed labels have no verdict scheme: the verdict is the top-scoring label.")
+    elif result.calibration:
+        calibrated = result.calibration.get("status") == "calibrated"
+        if lg == "zh":
+            st.caption("阈值：本院校准" if calibrated else "阈值：未校准（任务默认值，未在本院数据上拟合）")
+        else:
+            st.caption(result.calibration.get("summary") or ("thresholds: calibrated" if calibrated else "thresholds: uncalibrated"))
     if result.reasons:
         st.markdown("**Why**" if lg == "en" else "**原因**")
         for reason in result.reasons:

@@ -50,13 +50,16 @@ if upload is not None:
     ext = upload.name.rsplit(".", 1)[-1].lower()
     st.audio(upload.getvalue(), format=upload.type or _MIME.get(ext, "audio/wav"))
 
+calibration = common.calibration_control(None if choice == common.CUSTOM_TASK else choice, key="voice")
+
 clicked = st.button("Classify", type="primary", disabled=upload is None, key="voice_classify")
-request = (getattr(upload, "file_id", None), choice, labels, template, multilabel)
+request = (getattr(upload, "file_id", None), choice, labels, template, multilabel, calibration)
 
 if clicked and upload is not None:
     st.session_state.pop("voice_result", None)
     try:
-        clf = common.classifier(None if choice == common.CUSTOM_TASK else choice, labels=labels, template=template, multilabel=multilabel)
+        clf = common.classifier(None if choice == common.CUSTOM_TASK else choice, labels=labels, template=template, multilabel=multilabel,
+                                calibration=calibration)
         result = common.classify_upload(clf, "audio", upload.getvalue(), upload.name)
         st.session_state["voice_result"] = (request, result, clf.task_for("audio"))
     except medzero.MedzeroError as exc:

@@ -69,13 +69,14 @@ if upload is not None:
 
 choice = st.selectbox("Task", names, index=names.index(_DEFAULT_TASK) if _DEFAULT_TASK in names else 0,
                       format_func=lambda n: common.task_label(by_name[n]), key="xray_task")
+calibration = common.calibration_control(choice, key="xray")
 clicked = st.button("Classify", type="primary", disabled=upload is None, key="xray_classify")
-request = (getattr(upload, "file_id", None), choice)
+request = (getattr(upload, "file_id", None), choice, calibration)
 
 if clicked and upload is not None:
     st.session_state.pop("xray_result", None)
     try:
-        clf = common.classifier(choice)
+        clf = common.classifier(choice, calibration=calibration)
         result = common.classify_upload(clf, "image", upload.getvalue(), upload.name)
         st.session_state["xray_result"] = (request, result, clf.task_for("image"))
     except medzero.MedzeroError as exc:

@@ -44,16 +44,16 @@ def model_options(command: Callable) -> Callable:
 
 
 @contextmanager
-def progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on standard error (only on a terminal, and only for more than one item);
-    yields ``advance(n)``."""
+def progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on standard error (only on a terminal, and only for more than one item;
+    ``total=None`` when the count is not known in advance, e.g. a PACS query); yields ``advance(n)``."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     with Progress(
         TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=total <= 1 or not console.is_terminal,
+        console=console, transient=True, disable=(total is not None and total <= 1) or not console.is_terminal,
     ) as bar:
         job = bar.add_task(label, total=total)
         yield lambda n: bar.advance(job, n)

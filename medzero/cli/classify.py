@@ -1,4 +1,8 @@
-"""``medzero classify``: recordings and images, files or folders, sniffed by content."""
+"""``medzero classify``: recordings and images, files or folders, sniffed by content.
+
+``--engine ray`` runs the same classification on a Ray cluster (:mod:`medzero.distributed`) and
+writes Parquet: one row per file, scores as columns, failed files kept as error rows.
+"""
 from __future__ import annotations
 
 import csv
@@ -9,8 +13,10 @@ import click
 
 from ..core.errors import MedzeroError
 from ._common import fail, model_options, progress, render_table, write_text
+from ..pacs.cli import apply_dicomweb_options, dicomweb_options
+from ._engine import engine_options, ray_session
 
-FORMATS = ("table", "json", "jsonl", "csv")
+FORMATS = ("table", "json", "jsonl", "csv", "parquet")
 
 
 @click.command()
@@ -24,35 +30,76 @@ FORMATS = ("table", "json", "jsonl", "csv")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--window", "window_s", default=10.0, show_default=True, type=click.FloatRange(min=0.5), help="Timeline window of long recordings, seconds.")
 @click.option("--hop", "hop_s", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="Timeline hop, seconds.")
-@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="[default: table; parquet with --engine ray] Parquet needs --output.")
 @click.option("--lang", default="en", show_default=True, type=click.Choice(["en", "zh"]), help="Language of names and reasons in the table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write the results here instead of standard output.")
-def classify(paths, task, prompts_file, labels, template, multilabel, models, device, batch_size, window_s, hop_s, fmt, lang, output):
+@click.option(
+    "--calibration", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+    help="A site calibration overlay written by `medzero calibrate` (its thresholds replace the task's).",
+)
+@dicomweb_options
+@engine_options
+def classify(
+    paths, task, prompts_file, labels, template, multilabel, models, device, batch_size, window_s, hop_s, fmt, lang, output,
+    calibration, query, credentials, ray_options,
+):
     """Classify recordings and images (files or folders, sniffed by content)."""
     from ..classifier import Classifier, expand_sources
+    from ..core.ingest import is_url
 
     if sum(x is not None for x in (task, prompts_file, labels)) > 1:
         raise fail("give one of --task, --prompts and --labels", 2)
     if (template or multilabel) and labels is None:
         raise fail("--template and --multilabel go with --labels", 2)
+    fmt = fmt or ("parquet" if ray_options is not None else "table")
+    if ray_options is not None and fmt != "parquet":
+        raise fail("--engine ray writes Parquet: --output FILE.parquet", 2)
+    if fmt == "parquet" and not output:
+        raise fail("Parquet goes to a file: add --output FILE.parquet", 2)
+    if calibration and not (task or prompts_file):
+        raise fail("--calibration goes with the --task (or --prompts) it was fitted for", 2)
+    paths = apply_dicomweb_options(paths, query, credentials)
     try:
         classifier = Classifier(
             task or prompts_file, labels=labels, template=template, multilabel=multilabel, models=models,
-            device=device, batch_size=batch_size, window_s=window_s, hop_s=hop_s,
+            device=device, batch_size=batch_size, window_s=window_s, hop_s=hop_s, calibration=calibration,
         )
-        sources = expand_sources(list(paths))
+        if ray_options is not None:
+            errors = _classify_on_ray(classifier, paths, ray_options, output)
+        else:
+            # PACS sources are listed and fetched as they are classified, so their count is not known up front.
+            lazy = any(is_url(p) for p in paths)
+            sources = list(paths) if lazy else expand_sources(list(paths))
+            with progress("classifying", None if lazy else len(sources)) as advance:
+                results = classifier.classify_batch(sources, progress=advance)
+            if not results:
+                raise fail("no audio or image files found in " + ", ".join(paths))
+            if fmt == "parquet":
+                from ..distributed import results_table, write_parquet
+
+                write_parquet(results_table(results), output)
+            else:
+                write_text(render(results, fmt, lang), output)
+            errors = [r.error for r in results if r.error]
     except MedzeroError as exc:
         raise fail(str(exc))
-    if not sources:
-        raise fail("no audio or image files found in " + ", ".join(paths))
-    with progress("classifying", len(sources)) as advance:
-        results = classifier.classify_batch(sources, progress=advance)
-    write_text(render(results, fmt, lang), output)
-    failed = [r for r in results if r.error]
-    for r in failed:
-        click.echo(f"medzero: error: {r.error}", err=True)
-    if failed:
+    for error in errors:
+        click.echo(f"medzero: error: {error}", err=True)
+    if errors:
         raise click.exceptions.Exit(1)
+
+
+def _classify_on_ray(classifier, paths, ray_options, output) -> list[str]:
+    """Classify on the cluster, write the Parquet file; the failed files' errors."""
+    from ..distributed import classify_files, list_files, write_parquet
+
+    files = list_files(list(paths))
+    with ray_session(ray_options), progress("classifying", len(files)) as advance:
+        table = classify_files(classifier, files, options=ray_options, progress=advance)
+    if table.num_rows == 0:
+        raise fail("no audio or image files found in " + ", ".join(paths))
+    write_parquet(table, output)
+    return [e for e in table.column("error").to_pylist() if e]
 
 
 def render(results, fmt: str, lang: str) -> str:
@@ -69,10 +116,11 @@ def render(results, fmt: str, lang: str) -> str:
             metrics += [k for k in r.metrics if k not in metrics]
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["path", "modality", "task", "verdict", "error", *labels, *metrics])
+        writer.writerow(["path", "modality", "task", "verdict", "applicable", "signal_only", "calibration", "error", *labels, *metrics])
         for r in results:
             writer.writerow(
-                [r.source, r.modality, r.task, r.verdict or "", r.error or ""]
+                [r.source, r.modality, r.task, r.verdict or "", "" if r.error else str(r.applicable).lower(),
+                 "" if r.error else str(r.signal_only).lower(), (r.calibration or {}).get("status", ""), r.error or ""]
                 + [f"{r.scores[k]:.6f}" if k in r.scores else "" for k in labels]
                 + [r.metrics.get(k, "") for k in metrics]
             )
@@ -86,4 +134,7 @@ def render(results, fmt: str, lang: str) -> str:
         top = ", ".join(f"{names.get(k, k)} {v:.2f}" for k, v in r.top(3))
         reasons = "; ".join(reason.text(lang) for reason in r.reasons)
         rows.append((r.source, (r.verdict_name or {}).get(lang) or r.verdict or "", top, reasons))
-    return render_table(("file", "verdict", "top labels", "reasons"), rows)
+    table = render_table(("file", "verdict", "top labels", "reasons"), rows)
+    # Where the thresholds came from, once per distinct overlay (every JSON/CSV row carries it too).
+    notes = dict.fromkeys(r.calibration.get("summary") or r.calibration.get("status", "") for r in results if r.calibration)
+    return table + "".join(f"thresholds: {note}\n" for note in notes if note)
