@@ -423,6 +423,55 @@ def test_credentials_are_checked_and_never_shown(orthanc, pacs_files, tmp_path, 
     assert "can be read by other users" in caplog.text and PASSWORD not in caplog.text
 
 
+def _medzero(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed ``medzero`` command, as a user runs it (no credentials in the environment)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MEDZERO_DICOMWEB")}
+    return subprocess.run(
+        [sys.executable, "-m", "medzero.cli", *args], capture_output=True, text=True, timeout=300, env={**clean, **(env or {})}
+    )
+
+
+def test_cli_classify_and_index_add_over_dicomweb(orthanc, pacs_files, tiny_clip_dir, credentials_file, tmp_path):
+    model = ["--image-model", str(tiny_clip_dir), "--device", "cpu"]
+    run = _medzero(
+        "classify", orthanc.dicomweb, "--query", "Modality=CR&StudyDate=20260101-", "--credentials", str(credentials_file),
+        "--task", "chest_xray_findings", *model, "--format", "json",
+    )
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout)
+    cr = pacs_files["cr"][1]
+    assert [r["path"].rsplit("/", 1)[-1] for r in results] == [cr.SOPInstanceUID]
+    assert results[0]["verdict"] in {"routine", "review", "urgent"}
+    assert PASSWORD not in run.stdout + run.stderr and USER not in run.stdout + run.stderr
+
+    # the CT and MR studies are fetched, and not triaged by a chest X-ray task
+    run = _medzero("classify", orthanc.dicomweb, "--query", "Modality=CT&Modality=MR", "--task", "chest_xray_findings", *model,
+                   "--format", "json", env={"MEDZERO_DICOMWEB_USER": USER, "MEDZERO_DICOMWEB_PASSWORD": PASSWORD})
+    assert run.returncode == 0, run.stderr
+    assert sorted(r["verdict"] for r in json.loads(run.stdout)) == ["not_applicable", "not_applicable"]
+
+    index = tmp_path / "cases"
+    add = ["index", "add", str(index), orthanc.dicomweb, "--query", "Modality=CR", "--credentials", str(credentials_file), *model,
+           "--format", "json"]
+    run = _medzero(*add)
+    assert run.returncode == 0, run.stderr
+    assert len(json.loads(run.stdout)["added"]) == 1
+    run = _medzero(*add)  # the same instance again: a duplicate, by content
+    assert run.returncode == 0 and json.loads(run.stdout)["added"] == [] and len(json.loads(run.stdout)["duplicates"]) == 1
+    run = _medzero("index", "search", str(index), "a chest radiograph", *model, "--format", "json")
+    assert run.returncode == 0, run.stderr
+    assert cr.SOPInstanceUID in run.stdout
+
+    wrong = tmp_path / "wrong.credentials"
+    wrong.write_text(f"{USER}:not-the-password\n")
+    wrong.chmod(0o600)
+    run = _medzero("classify", orthanc.dicomweb, "--query", "Modality=CR", "--credentials", str(wrong), *model)
+    assert run.returncode == 1 and "HTTP 401" in run.stderr and "not-the-password" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    run = _medzero("classify", str(pacs_files["ct"][0]), "--query", "Modality=CR", *model)
+    assert run.returncode == 2 and "--query and --credentials go with dicomweb:// sources" in run.stderr
+
+
 # -- receiving: medzero listen ------------------------------------------------------------------
 
 

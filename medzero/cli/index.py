@@ -8,6 +8,8 @@ import click
 from ..core.errors import MedzeroError
 from ..core.modality import modality_names
 from ._common import fail, model_options, progress, render_table
+from ..pacs.cli import apply_dicomweb_options, dicomweb_options
+from ._engine import engine_options, ray_session
 
 
 @click.group()
@@ -28,15 +30,33 @@ def _open(path, models=None, device="auto", readonly=False):
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json"]))
 @model_options
-def index_add(index_path, paths, task, batch_size, fmt, models, device):
-    """Add recordings and images (files or folders) to INDEX, creating it if needed."""
-    from ..core.ingest import expand
+@dicomweb_options
+@engine_options
+def index_add(index_path, paths, task, batch_size, fmt, models, device, query, credentials, ray_options):
+    """Add recordings and images (files or folders) to INDEX, creating it if needed.
 
+    With --engine ray the files are read, decoded and embedded on a Ray cluster; this process
+    stays the index's one writer and commits each batch as it comes back, so a run that is
+    stopped keeps every committed batch and the same command adds only what is missing.
+    """
+    from ..core.ingest import expand, is_url
+
+    paths = apply_dicomweb_options(paths, query, credentials)
     try:
         with _open(index_path, models, device) as idx:
-            sources = expand(list(paths), absolute=True)
-            with progress("indexing", len(sources)) as advance:
-                report = idx.add(sources, task=task, batch_size=batch_size, progress=advance)
+            if ray_options is not None:
+                from ..distributed import add_with_ray, list_files
+
+                files = list_files(list(paths), absolute=True)
+                with ray_session(ray_options), progress("indexing", len(files)) as advance:
+                    report = add_with_ray(idx, files, task, batch_size=batch_size, options=ray_options, progress=advance)
+            elif any(is_url(p) for p in paths):  # PACS sources: listed and fetched as they are added
+                with progress("indexing", None) as advance:
+                    report = idx.add(list(paths), task=task, batch_size=batch_size, progress=advance)
+            else:
+                sources = expand(list(paths), absolute=True)
+                with progress("indexing", len(sources)) as advance:
+                    report = idx.add(sources, task=task, batch_size=batch_size, progress=advance)
             total = len(idx)
     except MedzeroError as exc:
         raise fail(str(exc))

@@ -17,7 +17,7 @@ import click
 
 from ..core.errors import MedzeroError
 
-__all__ = ["listen_command", "dicomweb_options", "main"]
+__all__ = ["listen_command", "dicomweb_options", "apply_dicomweb_options", "main"]
 
 
 def dicomweb_options(command: Callable) -> Callable:
@@ -36,6 +36,29 @@ def dicomweb_options(command: Callable) -> Callable:
         help="QIDO-RS query for dicomweb:// URLs, e.g. 'Modality=CR&StudyDate=20260101-' (limit=N caps the instances).",
     )(command)
     return command
+
+
+def apply_dicomweb_options(paths, query: str | None, credentials: str | None) -> list[str]:
+    """The sources with ``--query`` and ``--credentials`` applied to their ``dicomweb://`` URLs.
+
+    The query joins each URL's own (``?Modality=CR`` ...); the credentials file is handed to the
+    scheme handler through ``MEDZERO_DICOMWEB_CREDENTIALS`` of this process, so it never appears in a
+    source name, a result or a log line.
+    """
+    import os
+
+    from ..core.ingest import is_url
+
+    paths = [str(p) for p in paths]
+    urls = [p for p in paths if is_url(p) and p.lower().startswith(("dicomweb://", "dicomwebs://"))]
+    if (query or credentials) and not urls:
+        raise click.UsageError("--query and --credentials go with dicomweb:// sources")
+    if credentials:
+        os.environ["MEDZERO_DICOMWEB_CREDENTIALS"] = os.path.abspath(credentials)
+    if not query:
+        return paths
+    query = query.lstrip("?&")
+    return [p + ("&" if "?" in p else "?") + query if p in urls else p for p in paths]
 
 
 @click.command("listen")
