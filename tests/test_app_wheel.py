@@ -29,7 +29,7 @@ SITECUSTOMIZE = """\
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
 """
-APP_FILES = ["__init__.py", "main.py", "common.py", "voice.py", "xray.py", "search.py", "models.py"]
+APP_FILES = ["__init__.py", "main.py", "common.py", "voice.py", "xray.py", "search.py", "models.py", "model_check.py"]
 
 
 def _free_port() -> int:
@@ -47,6 +47,7 @@ def test_command_runs_main_py_with_the_app_settings():
         "--server.address": "127.0.0.1",
         "--server.headless": "true",
         "--server.maxUploadSize": "200",
+        "--server.fileWatcherType": "none",
         "--browser.gatherUsageStats": "false",
         "--client.toolbarMode": "viewer",
     }

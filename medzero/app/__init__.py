@@ -22,10 +22,13 @@ ENTRY = Path(__file__).resolve().with_name("main.py")
 #: working directory's ``.streamlit/``).
 #: The server listens on this machine only, prints its URL instead of asking for an e-mail, caps
 #: uploads at the library's audio limit (200 MB), sends no usage statistics and shows no Deploy button.
+#: It watches no files: the app's scripts do not change while it runs, and a watcher on a large
+#: working directory (a checkout with its .venv) floods the terminal with "Inotify queue overflowed".
 OPTIONS: dict[str, str] = {
     "server.address": "127.0.0.1",
     "server.headless": "true",
     "server.maxUploadSize": "200",
+    "server.fileWatcherType": "none",
     "browser.gatherUsageStats": "false",
     "client.toolbarMode": "viewer",
 }

@@ -31,6 +31,34 @@ def lang() -> str:
     return st.session_state.get("lang", "en")
 
 
+def init_lang() -> str:
+    """The session's language, first taken from the page address (``?lang=zh``), so that a reload
+    or a shared link keeps it; the sidebar switch changes it from then on (see :func:`keep_lang_in_url`)."""
+    if st.session_state.get("lang") not in LANGS:
+        asked = st.query_params.get("lang", "en")
+        st.session_state["lang"] = asked if asked in LANGS else "en"
+    return st.session_state["lang"]
+
+
+def keep_lang_in_url() -> None:
+    """Write the language into the page address (``?lang=``): every run, since moving to another page clears it."""
+    if st.query_params.get("lang") != lang():
+        st.query_params["lang"] = lang()
+
+
+def tr(en: str, zh: str) -> str:
+    """``en`` or ``zh``, whichever the page is shown in."""
+    return zh if lang() == "zh" else en
+
+
+def app_message(error: BaseException) -> str:
+    """A library error as the app shows it: what went wrong, without the command-line advice that
+    the same error carries for the terminal (the app gives its own way to fix a missing model)."""
+    text = getattr(error, "reason", None) or str(error)
+    parts = [p for p in str(text).split("; ") if "--" not in p and "`medzero " not in p]
+    return "; ".join(parts) or str(text).split("; ")[0]
+
+
 def named_buffer(data: bytes, name: str) -> io.BytesIO:
     """Bytes as a file object that carries the upload's name, so results and errors name the file."""
     buf = io.BytesIO(data)
@@ -63,11 +91,12 @@ def load_encoder(modality: str) -> medzero.Encoder:
     """
     ref = model_ref(modality)
     log = _model_log()
-    with st.spinner(f"Loading the {modality} model {ref} (first use only)…"):
+    noun = tr(modality, {"audio": "音频", "image": "图像"}.get(modality, modality))
+    with st.spinner(tr(f"Loading the {modality} model {ref} (first use only)…", f"正在加载{noun}模型 {ref}（仅首次使用时）……")):
         try:
             enc = medzero.create_encoder(ref, modality=modality)
         except medzero.MedzeroError as exc:
-            log[modality] = {"ref": ref, "error": str(exc)}
+            log[modality] = {"ref": ref, "error": app_message(exc)}
             raise
     log[modality] = {
         "ref": ref,
@@ -141,9 +170,7 @@ def calibration_control(task: str | None, *, key: str) -> str | None:
             path.write_bytes(data)
         try:
             # the overlay is checked against the task without loading a model
-            from medzero.evaluation import apply_calibration
-
-            apply_calibration(medzero.load_task(task), str(path))
+            medzero.apply_calibration(medzero.load_task(task), str(path))
         except medzero.MedzeroError as exc:
             st.error(str(exc))
             return None
@@ -154,7 +181,7 @@ def calibration_control(task: str | None, *, key: str) -> str | None:
 def classify_upload(clf: medzero.Classifier, modality: str, data: bytes, name: str) -> medzero.Result:
     """Load the model (spinner), then classify the uploaded bytes; raises MedzeroError for a bad file."""
     enc = load_encoder(modality)
-    with st.spinner(f"Classifying {name}…"):
+    with st.spinner(tr(f"Classifying {name}…", f"正在分类 {name}……")):
         start = time.perf_counter()
         result = clf.classify(named_buffer(data, name))
         st.session_state[f"{modality}_timing"] = (time.perf_counter() - start, str(enc.device))
@@ -199,10 +226,12 @@ def show_verdict(result: medzero.Result, task: medzero.Task, *, heading: str) ->
     name = (result.verdict_name or {}).get(lg) or result.verdict or "—"
     colour = verdict_colour(task, result.verdict, applicable=result.applicable)
     timing = st.session_state.get(f"{result.modality}_timing")
-    st.caption(heading + (f" · classified in {timing[0]:.2f} s on {timing[1]}" if timing is not None else ""))
+    if timing is not None:
+        heading += tr(f" · classified in {timing[0]:.2f} s on {timing[1]}", f" · 分类用时 {timing[0]:.2f} 秒（{timing[1]}）")
+    st.caption(heading)
     st.markdown(f"# :{colour}[{name}]")
     if not task.verdicts:
-        st.caption("Typed labels have no verdict scheme: the verdict is the top-scoring label.")
+        st.caption(tr("Typed labels have no verdict scheme: the verdict is the top-scoring label.", "自己输入的标签没有结论方案：结论就是得分最高的标签。"))
     elif result.calibration:
         calibrated = result.calibration.get("status") == "calibrated"
         if lg == "zh":
@@ -247,17 +276,16 @@ def label_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
 
 def score_chart(frame: pd.DataFrame) -> alt.LayerChart:
     """Horizontal bars sorted by score, each label's threshold drawn as a black tick."""
-    data = frame.assign(
-        status=frame.apply(lambda r: "sets the verdict" if r.problem else ("above threshold" if r.positive else "below threshold"), axis=1)
-    )
+    sets, above, below = tr("sets the verdict", "决定结论"), tr("above threshold", "高于阈值"), tr("below threshold", "低于阈值")
+    data = frame.assign(status=frame.apply(lambda r: sets if r.problem else (above if r.positive else below), axis=1))
     order = list(data["label"])
     y = alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=260, labelOverlap=False))
     bars = alt.Chart(data).mark_bar().encode(
-        x=alt.X("score:Q", scale=alt.Scale(domain=[0, 1]), title="score"),
+        x=alt.X("score:Q", scale=alt.Scale(domain=[0, 1]), title=tr("score", "分数")),
         y=y,
         color=alt.Color(
             "status:N",
-            scale=alt.Scale(domain=["sets the verdict", "above threshold", "below threshold"], range=["#d62728", "#ff9f1c", "#7f9cc6"]),
+            scale=alt.Scale(domain=[sets, above, below], range=["#d62728", "#ff9f1c", "#7f9cc6"]),
             legend=alt.Legend(orient="bottom", title=None),
         ),
         tooltip=[alt.Tooltip("label:N"), alt.Tooltip("score:Q", format=".3f"), alt.Tooltip("threshold:Q", format=".2f")],
@@ -266,15 +294,16 @@ def score_chart(frame: pd.DataFrame) -> alt.LayerChart:
     return (bars + ticks).properties(height=alt.Step(26))
 
 
-def score_table(frame: pd.DataFrame, *, title: str = "Label"):
+def score_table(frame: pd.DataFrame, *, title: str | None = None):
     """The label rows as a styled table: positives highlighted, the ones that set the verdict in red."""
+    yes, no = tr("yes", "是"), tr("no", "否")
     shown = pd.DataFrame(
         {
-            title: frame["label"],
-            "Score": frame["score"].map(lambda v: f"{v:.3f}"),
-            "Threshold": frame["threshold"].map(lambda v: f"{v:.2f}"),
-            "Positive": frame["positive"].map(lambda v: "yes" if v else "no"),
-            "Sets verdict": frame["sets"],
+            title or tr("Label", "标签"): frame["label"],
+            tr("Score", "分数"): frame["score"].map(lambda v: f"{v:.3f}"),
+            tr("Threshold", "阈值"): frame["threshold"].map(lambda v: f"{v:.2f}"),
+            tr("Positive", "阳性"): frame["positive"].map(lambda v: yes if v else no),
+            tr("Sets verdict", "决定结论"): frame["sets"],
         }
     )
 
@@ -294,7 +323,7 @@ def score_table(frame: pd.DataFrame, *, title: str = "Label"):
 def download_json(result: medzero.Result, *, key: str) -> None:
     stem = Path(result.source).stem or "result"
     st.download_button(
-        "Download JSON",
+        tr("Download JSON", "下载 JSON"),
         data=json.dumps(result.to_dict(), ensure_ascii=False, indent=2),
         file_name=f"{stem}.medzero.json",
         mime="application/json",
@@ -324,8 +353,8 @@ def metric_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
             status = "outside the limit" if lg == "en" else "超出限值"
         else:
             status = "ok" if lg == "en" else "正常"
-        rows.append({"Measurement": info.get(lg) or info["en"], "Value": medzero.format_value(float(value), unit),
-                     "Limit": " and ".join(limits), "Status": status})
+        rows.append({tr("Measurement", "测量项"): info.get(lg) or info["en"], tr("Value", "数值"): medzero.format_value(float(value), unit),
+                     tr("Limit", "限值"): tr(" and ", " 且 ").join(limits), tr("Status", "状态"): status})
     return pd.DataFrame(rows)
 
 

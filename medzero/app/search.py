@@ -9,20 +9,28 @@ from pathlib import Path
 import streamlit as st
 
 import medzero
-from medzero.app import common
+from medzero.app import common, model_check
+from medzero.app.common import tr
 
-st.title("Case search")
-st.caption(
+st.title(tr("Case search", "病例检索"))
+st.caption(tr(
     "Find similar cases: every file added is embedded by its modality's model and stored in a local index. "
-    "Search with words (\"a noisy recording\", \"chest x-ray with pleural effusion\") or with an example file."
-)
+    "Search with words (\"a noisy recording\", \"chest x-ray with pleural effusion\") or with an example file.",
+    "查找相似病例：添加的每个文件都由其模态的模型编码，并存入本地索引。可以用文字（“a noisy recording”、"
+    "“chest x-ray with pleural effusion”）或一个示例文件来检索。",
+))
+model_check.banner("audio", key="search_audio", expanded=False, without=tr(
+    "Recordings cannot be added or searched until then.", "在此之前无法添加或检索录音。"))
+model_check.banner("image", key="search_image", expanded=False, without=tr(
+    "Images cannot be added or searched until then.", "在此之前无法添加或检索图像。"))
 
 try:
     CaseIndex = medzero.CaseIndex  # imports faiss on first use
 except ImportError:
     st.error(
-        "Case search needs `medzero.CaseIndex`, which this installation of medzero cannot load. "
-        "The other pages work without it.",
+        tr("Case search needs `medzero.CaseIndex`, which this installation of medzero cannot load. "
+           "The other pages work without it.",
+           "病例检索需要 `medzero.CaseIndex`，而这个 medzero 安装无法加载它。其他页面不受影响。"),
         icon=":material/construction:",
     )
     st.stop()
@@ -48,66 +56,78 @@ def _safe_name(name: str) -> str:
 # -- choose or create ---------------------------------------------------------------------------
 existing = sorted(p.name for p in ROOT.glob("*") if p.is_dir()) if ROOT.is_dir() else []
 options = existing + [NEW]
-picked = st.selectbox("Index", options, format_func=lambda n: "New index…" if n == NEW else n, key="search_index")
+picked = st.selectbox(tr("Index", "索引"), options, format_func={n: tr("New index…", "新建索引……") if n == NEW else n for n in options}.get,
+                      key="search_index")
 if picked == NEW:
-    name = st.text_input("Name of the new index", "cases", key="search_new_name")
+    name = st.text_input(tr("Name of the new index", "新索引的名称"), "cases", key="search_new_name")
     index_dir = ROOT / _safe_name(name)
 else:
     index_dir = ROOT / picked
-with st.expander("Use an index in another directory"):
-    other = st.text_input("Index directory on the server", "", key="search_other_dir", placeholder="/data/medzero-index")
+with st.expander(tr("Use an index in another directory", "使用其他目录中的索引")):
+    other = st.text_input(tr("Index directory on the server", "服务器上的索引目录"), "", key="search_other_dir", placeholder="/data/medzero-index")
 if other.strip():
     index_dir = Path(other.strip()).expanduser()
-st.caption(f"Index directory: `{index_dir}`")
+st.caption(tr(f"Index directory: `{index_dir}`", f"索引目录：`{index_dir}`"))
 
 index = None
 try:
-    with st.spinner("Opening the index…"):
+    with st.spinner(tr("Opening the index…", "正在打开索引……")):
         index = open_index(index_dir)
     stats = index.stats()
     spaces = ", ".join(f"{sp['count']} {sp['modality']} ({sp['model']})" for sp in stats.get("spaces", []))
-    st.markdown(f"**{len(index)} cases** in this index" + (f": {spaces}" if spaces else ""))
-    with st.expander("Index details"):
+    st.markdown(tr(f"**{len(index)} cases** in this index", f"此索引中有 **{len(index)} 个病例**") + (f": {spaces}" if spaces else ""))
+    with st.expander(tr("Index details", "索引详情")):
         st.json(stats, expanded=True)
 except medzero.MedzeroError as exc:
-    st.error(f"**Cannot open the index.** {exc}", icon=":material/error:")
+    st.error(tr("**Cannot open the index.** ", "**无法打开索引。** ") + common.app_message(exc), icon=":material/error:")
     st.stop()
 
 
 def _run_add(sources: list[str], what: str) -> None:
-    bar = st.progress(0.0, text=f"Adding {what}…")
+    bar = st.progress(0.0, text=tr(f"Adding {what}…", f"正在添加{what}……"))
     done = {"n": 0}
     total = max(1, len(sources))
 
     def progress(n: int) -> None:  # called with the number of files just processed
         done["n"] += int(n)
-        bar.progress(min(1.0, done["n"] / total), text=f"Adding {what}: {done['n']} of {total}")
+        bar.progress(min(1.0, done["n"] / total), text=tr(f"Adding {what}: {done['n']} of {total}", f"正在添加{what}：{done['n']} / {total}"))
 
     try:
         with common.lock_for(str(index_dir)):
             report = index.add(sources, progress=progress)
     except medzero.MedzeroError as exc:
         bar.empty()
-        st.error(f"**Could not add {what}.** {exc}", icon=":material/error:")
+        st.error(tr(f"**Could not add {what}.** ", f"**无法添加{what}。** ") + common.app_message(exc), icon=":material/error:")
         return
     bar.empty()
     st.session_state["search_add_report"] = (
-        f"Added {len(report.added)} · already in the index {len(report.duplicates)} · errors {len(report.errors)}",
-        [f"{name}: {message}" for name, message in report.errors],
+        tr(f"Added {len(report.added)} · already in the index {len(report.duplicates)} · errors {len(report.errors)}",
+           f"已添加 {len(report.added)} · 已在索引中 {len(report.duplicates)} · 出错 {len(report.errors)}"),
+        _error_lines(report.errors),
     )
     st.rerun()  # redraw the case count with the new cases
 
 
+def _error_lines(errors: list[tuple[str, str]]) -> list[str]:
+    """One line per file, but a message shared by many files (a missing model) once, with their count."""
+    by_message: dict[str, list[str]] = {}
+    for name, message in errors:
+        by_message.setdefault(common.app_message(message), []).append(name)
+    return [f"{names[0]}: {message}" if len(names) == 1 else tr(f"{len(names)} files: {message}", f"{len(names)} 个文件：{message}")
+            for message, names in by_message.items()]
+
+
 # -- add ----------------------------------------------------------------------------------------
-st.subheader("Add cases")
-add_files, add_folder = st.tabs(["Upload files", "A folder on the server"])
+st.subheader(tr("Add cases", "添加病例"))
+add_files, add_folder = st.tabs([tr("Upload files", "上传文件"), tr("A folder on the server", "服务器上的文件夹")])
 with add_files:
     uploads = st.file_uploader(
-        "Recordings and images", accept_multiple_files=True, key="search_uploads",
+        tr("Recordings and images", "录音和图像"), accept_multiple_files=True, key="search_uploads",
         type=["wav", "mp3", "flac", "ogg", "m4a", "amr", "dcm", "dicom", "png", "jpg", "jpeg", "tif", "tiff"],
     )
-    st.caption(f"Uploaded files are kept in `{index_dir / 'uploads'}` so that hits can show them later.")
-    if st.button("Add uploaded files", disabled=not uploads, key="search_add_uploads"):
+    st.caption(tr(f"Uploaded files are kept in `{index_dir / 'uploads'}` so that hits can show them later.",
+                  f"上传的文件保存在 `{index_dir / 'uploads'}`，以便之后在检索结果中显示。"))
+    if st.button(tr("Add uploaded files", "添加上传的文件"), disabled=not uploads, key="search_add_uploads"):
         store = index_dir / "uploads"
         store.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -117,18 +137,19 @@ with add_files:
             if not path.exists():
                 path.write_bytes(data)
             paths.append(str(path))
-        _run_add(paths, f"{len(paths)} uploaded file(s)")
+        _run_add(paths, tr(f"{len(paths)} uploaded file(s)", f" {len(paths)} 个上传的文件"))
 with add_folder:
-    folder = st.text_input("Folder (searched recursively; files are recognised by content)", key="search_folder")
-    if st.button("Add folder", disabled=not folder.strip(), key="search_add_folder"):
+    folder = st.text_input(tr("Folder (searched recursively; files are recognised by content)", "文件夹（递归查找；按内容识别文件）"),
+                           key="search_folder")
+    if st.button(tr("Add folder", "添加文件夹"), disabled=not folder.strip(), key="search_add_folder"):
         if not Path(folder.strip()).expanduser().is_dir():
-            st.error(f"No such folder on the server: {folder.strip()}", icon=":material/error:")
+            st.error(tr(f"No such folder on the server: {folder.strip()}", f"服务器上没有这个文件夹：{folder.strip()}"), icon=":material/error:")
         else:
             sources = medzero.expand_sources(str(Path(folder.strip()).expanduser()))
             if not sources:
-                st.warning("No audio or image files found in that folder.")
+                st.warning(tr("No audio or image files found in that folder.", "该文件夹中没有音频或图像文件。"))
             else:
-                _run_add(sources, f"{len(sources)} file(s) from {folder.strip()}")
+                _run_add(sources, tr(f"{len(sources)} file(s) from {folder.strip()}", f" {folder.strip()} 中的 {len(sources)} 个文件"))
 report = st.session_state.get("search_add_report")
 if report:
     st.success(report[0])
@@ -136,33 +157,36 @@ if report:
         st.error(line)
 
 # -- search -------------------------------------------------------------------------------------
-st.subheader("Search")
-by = st.radio("Search by", ["Text", "An example file"], horizontal=True, key="search_by")
+st.subheader(tr("Search", "检索"))
+_BY = {"Text": "文字", "An example file": "示例文件"}
+by = st.radio(tr("Search by", "检索方式"), list(_BY), horizontal=True, key="search_by", format_func={b: tr(b, zh) for b, zh in _BY.items()}.get)
 query_text, example = "", None
 if by == "Text":
-    query_text = st.text_input("Describe what you are looking for", key="search_text", placeholder="a noisy recording")
+    query_text = st.text_input(tr("Describe what you are looking for", "描述您要找的内容"), key="search_text", placeholder="a noisy recording")
 else:
-    example = st.file_uploader("Example recording or image", key="search_example")
+    example = st.file_uploader(tr("Example recording or image", "示例录音或图像"), key="search_example")
 cols = st.columns(2)
 if by == "Text":
-    modality = cols[0].selectbox("Modality", ["any", "audio", "image"], key="search_modality")
+    _MODALITY = {"any": "全部", "audio": "音频", "image": "图像"}
+    modality = cols[0].selectbox(tr("Modality", "模态"), list(_MODALITY), key="search_modality",
+                                 format_func={m: tr(m, zh) for m, zh in _MODALITY.items()}.get)
 else:
     modality = "any"
-    cols[0].caption("An example is searched among the cases of its own modality.")
-k = cols[1].slider("Number of hits", 1, 30, 6, key="search_k")
+    cols[0].caption(tr("An example is searched among the cases of its own modality.", "示例文件只在同一模态的病例中检索。"))
+k = cols[1].slider(tr("Number of hits", "结果数量"), 1, 30, 6, key="search_k")
 
-if st.button("Search", type="primary", key="search_go", disabled=not (query_text.strip() or example)):
+if st.button(tr("Search", "检索"), type="primary", key="search_go", disabled=not (query_text.strip() or example)):
     st.session_state.pop("search_hits", None)
     mod = None if modality == "any" else modality
     try:
-        with st.spinner("Searching…"):
+        with st.spinner(tr("Searching…", "正在检索……")):
             if example is not None:  # embedded with its own modality's model; searches that modality
                 hits = index.search_example(common.named_buffer(example.getvalue(), example.name), k)
             else:
                 hits = index.search_text(query_text.strip(), k, modality=mod)
         st.session_state["search_hits"] = (query_text.strip() or example.name, hits)
     except medzero.MedzeroError as exc:
-        st.error(f"**Search failed.** {exc}", icon=":material/error:")
+        st.error(tr("**Search failed.** ", "**检索失败。** ") + common.app_message(exc), icon=":material/error:")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -175,18 +199,18 @@ def _thumbnail(path: str, mtime: float):
 stored = st.session_state.get("search_hits")
 if stored is not None:
     query, hits = stored
-    st.markdown(f"**{len(hits)} hit(s)** for *{query}*")
+    st.markdown(tr(f"**{len(hits)} hit(s)** for *{query}*", f"*{query}* 的结果：**{len(hits)} 条**"))
     if not hits:
-        st.info("No cases matched (an empty index, or none of that modality).")
+        st.info(tr("No cases matched (an empty index, or none of that modality).", "没有匹配的病例（索引为空，或没有该模态的病例）。"))
     per_row = 3
     for start in range(0, len(hits), per_row):
         row = st.columns(per_row)
         for col, hit in zip(row, hits[start : start + per_row]):
             with col.container(border=True):
-                st.markdown(f"**{Path(hit.path).name}**  \nscore {hit.score:.3f} · {hit.modality}")
+                st.markdown(f"**{Path(hit.path).name}**  \n{tr('score', '分数')} {hit.score:.3f} · {model_check.noun(hit.modality)}")
                 try:
                     if not os.path.exists(hit.path):
-                        st.caption("(file no longer on disk)")
+                        st.caption(tr("(file no longer on disk)", "（文件已不在磁盘上）"))
                     elif hit.modality == "image":
                         st.image(_thumbnail(hit.path, os.path.getmtime(hit.path)), width="stretch")
                     else:
@@ -194,5 +218,5 @@ if stored is not None:
                 except medzero.MedzeroError as exc:
                     st.caption(str(exc))
                 if hit.metadata:
-                    with st.expander("metadata"):
+                    with st.expander(tr("metadata", "元数据")):
                         st.json(hit.metadata)

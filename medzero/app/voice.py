@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 import medzero
-from medzero.app import common
+from medzero.app import common, model_check
+from medzero.app.common import tr
 
 AUDIO_TYPES = ["wav", "mp3", "flac", "ogg", "m4a", "amr"]
 _MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg", "m4a": "audio/mp4", "amr": "audio/amr"}
@@ -16,35 +17,46 @@ _DISPLAY_RATE = 16000
 #: Where the default task and the template for typed labels come from.
 AUDIO = medzero.get_modality("audio")
 
-st.title("Voice quality")
-st.caption(
+st.title(tr("Voice quality", "语音质量"))
+st.caption(tr(
     "Upload or record a patient's voice message. CLAP scores how it sounds (noise, music, crowd, wind, hum…) "
-    "and the waveform is measured directly (SNR, clipping, silence, bandwidth). It does not understand the words."
-)
+    "and the waveform is measured directly (SNR, clipping, silence, bandwidth). It does not understand the words.",
+    "上传或录制患者的语音留言。CLAP 评估它听起来如何（噪声、音乐、人声嘈杂、风声、嗡嗡声……），"
+    "并直接测量波形（信噪比、削波、静音、带宽）。它不理解说话的内容。",
+))
+model_check.banner("audio", key="voice", without=tr(
+    "Until it is installed, Classify judges a recording by its waveform measurements alone.",
+    "安装之前，“分类”只依据波形测量结果做出判断。",
+))
 
-mode = st.radio("Recording", ["Upload a file", "Record in the browser"], horizontal=True, label_visibility="collapsed")
+_MODES = {"Upload a file": "上传文件", "Record in the browser": "在浏览器中录音"}
+# Labels are worked out now, in this run's language (a format_func may be called outside the run).
+mode = st.radio("Recording", list(_MODES), horizontal=True, label_visibility="collapsed",
+                format_func={m: tr(m, zh) for m, zh in _MODES.items()}.get)
 if mode == "Upload a file":
-    upload = st.file_uploader("Recording (WAV, MP3, FLAC, Ogg, M4A, AMR; up to 200 MB)", type=AUDIO_TYPES, key="voice_file")
+    upload = st.file_uploader(tr("Recording (WAV, MP3, FLAC, Ogg, M4A, AMR; up to 200 MB)", "录音（WAV、MP3、FLAC、Ogg、M4A、AMR；最大 200 MB）"),
+                              type=AUDIO_TYPES, key="voice_file")
 else:
-    upload = st.audio_input("Record a voice message", sample_rate=48000, key="voice_mic")
+    upload = st.audio_input(tr("Record a voice message", "录制语音留言"), sample_rate=48000, key="voice_mic")
 
 tasks = common.tasks_for("audio")
 names = [t.name for t in tasks]
 options = names + [common.CUSTOM_TASK]
 by_name = {t.name: t for t in tasks}
 choice = st.selectbox(
-    "Task",
+    tr("Task", "任务"),
     options,
     index=options.index(AUDIO.default_task) if AUDIO.default_task in options else 0,
-    format_func=lambda n: "Type my own labels…" if n == common.CUSTOM_TASK else common.task_label(by_name[n]),
+    format_func={n: tr("Type my own labels…", "自己输入标签……") if n == common.CUSTOM_TASK else common.task_label(by_name[n])
+                 for n in options}.get,
     key="voice_task",
 )
 labels = template = None
 multilabel = False
 if choice == common.CUSTOM_TASK:
-    labels = st.text_input("Labels, comma-separated", "a person speaking, background noise, music, silence", key="voice_labels")
-    template = st.text_input("Template ({} is replaced by each label)", AUDIO.default_template, key="voice_template")
-    multilabel = st.checkbox("Score each label on its own (multilabel)", key="voice_multilabel")
+    labels = st.text_input(tr("Labels, comma-separated", "标签，用逗号分隔"), "a person speaking, background noise, music, silence", key="voice_labels")
+    template = st.text_input(tr("Template ({} is replaced by each label)", "模板（{} 会被替换为每个标签）"), AUDIO.default_template, key="voice_template")
+    multilabel = st.checkbox(tr("Score each label on its own (multilabel)", "每个标签单独评分（多标签）"), key="voice_multilabel")
 
 if upload is not None:
     ext = upload.name.rsplit(".", 1)[-1].lower()
@@ -52,7 +64,7 @@ if upload is not None:
 
 calibration = common.calibration_control(None if choice == common.CUSTOM_TASK else choice, key="voice")
 
-clicked = st.button("Classify", type="primary", disabled=upload is None, key="voice_classify")
+clicked = st.button(tr("Classify", "分类"), type="primary", disabled=upload is None, key="voice_classify")
 request = (getattr(upload, "file_id", None), choice, labels, template, multilabel, calibration)
 
 if clicked and upload is not None:
@@ -63,7 +75,7 @@ if clicked and upload is not None:
         result = common.classify_upload(clf, "audio", upload.getvalue(), upload.name)
         st.session_state["voice_result"] = (request, result, clf.task_for("audio"))
     except medzero.MedzeroError as exc:
-        st.error(f"**Could not classify {upload.name}.** {exc}", icon=":material/error:")
+        st.error(tr(f"**Could not classify {upload.name}.** ", f"**无法分类 {upload.name}。** ") + common.app_message(exc), icon=":material/error:")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -79,8 +91,10 @@ def _waveform_chart(samples: np.ndarray, rate: int, segments: pd.DataFrame) -> a
     lo = np.array([samples[a:b].min() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
     hi = np.array([samples[a:b].max() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
     wave = pd.DataFrame({"t": edges[:-1] / rate, "lo": lo, "hi": hi})
-    x = alt.X("t:Q", title="seconds", scale=alt.Scale(domain=[0, len(samples) / rate], nice=False))
-    chart = alt.Chart(wave).mark_area(color="#4c78a8").encode(x=x, y=alt.Y("lo:Q", title="amplitude", scale=alt.Scale(domain=[-1, 1])), y2="hi:Q")
+    x = alt.X("t:Q", title=tr("seconds", "秒"), scale=alt.Scale(domain=[0, len(samples) / rate], nice=False))
+    chart = alt.Chart(wave).mark_area(color="#4c78a8").encode(
+        x=x, y=alt.Y("lo:Q", title=tr("amplitude", "振幅"), scale=alt.Scale(domain=[-1, 1])), y2="hi:Q"
+    )
     if len(segments):
         shade = alt.Chart(segments).mark_rect(opacity=0.25, color="#d62728").encode(
             x=alt.X("start:Q"), x2="end:Q", tooltip=["label:N", alt.Tooltip("score:Q", format=".3f"), "start:Q", "end:Q"]
@@ -124,19 +138,19 @@ if stored is not None and stored[0] == request and upload is not None:
     lg = common.lang()
     left, right = st.columns([2, 3], gap="large")
     with left:
-        common.show_verdict(result, task, heading=f"{result.source} · task {result.task}")
+        common.show_verdict(result, task, heading=f"{result.source} · {tr('task', '任务')} {result.task}")
         common.download_json(result, key="voice_json")
     frame = common.label_frame(result, task)
     with right:
-        st.subheader("Label scores")
+        st.subheader(tr("Label scores", "标签分数"))
         st.altair_chart(common.score_chart(frame), width="stretch")
-        st.caption("Black tick: the label's threshold. Red: the label set the verdict.")
+        st.caption(tr("Black tick: the label's threshold. Red: the label set the verdict.", "黑色刻度：该标签的阈值。红色：该标签决定了结论。"))
     st.table(common.score_table(frame))
 
-    st.subheader("Waveform measurements")
+    st.subheader(tr("Waveform measurements", "波形测量"))
     st.table(common.metric_frame(result, task).style.hide(axis="index"))
 
-    st.subheader("Waveform and mel spectrogram")
+    st.subheader(tr("Waveform and mel spectrogram", "波形和梅尔频谱图"))
     try:
         samples, rate = _display_audio(upload.file_id, upload.getvalue(), upload.name)
     except medzero.MedzeroError as exc:
@@ -148,7 +162,7 @@ if stored is not None and stored[0] == request and upload is not None:
             first_problem = next((r.id for r in result.reasons if r.kind == "label" and r.id in label_ids), None)
             default = first_problem or result.top(1)[0][0]
             shade = st.selectbox(
-                "Shade the top windows of",
+                tr("Shade the top windows of", "标出得分最高的窗口："),
                 label_ids,
                 index=label_ids.index(default) if default in label_ids else 0,
                 format_func=lambda i: result.label_names.get(i, {}).get(lg, i),
@@ -156,12 +170,15 @@ if stored is not None and stored[0] == request and upload is not None:
             )
             segs = segs[segs["label"] == shade].assign(label=lambda d: d["label"].map(lambda i: result.label_names.get(i, {}).get(lg, i)))
         else:
-            st.caption(
+            st.caption(tr(
                 "Recordings longer than the model's 10 s input are scored in windows; their top windows are shaded here. "
-                "This one fits in a single window."
-            )
+                "This one fits in a single window.",
+                "长于模型 10 秒输入的录音按窗口评分，得分最高的窗口会在这里标出。这段录音只有一个窗口。",
+            ))
         st.altair_chart(_waveform_chart(samples, rate, segs), width="stretch")
-        st.image(_mel_image(samples, rate, segs), caption=f"Mel spectrogram (0–{rate // 2000} kHz, display copy at {rate} Hz)", width="stretch")
+        st.image(_mel_image(samples, rate, segs), width="stretch", caption=tr(
+            f"Mel spectrogram (0–{rate // 2000} kHz, display copy at {rate} Hz)", f"梅尔频谱图（0–{rate // 2000} kHz，显示用副本 {rate} Hz）"
+        ))
         if result.timeline:
             tl = result.timeline
             rows = [
@@ -169,10 +186,12 @@ if stored is not None and stored[0] == request and upload is not None:
                 for lab, values in tl["scores"].items()
                 for s, v in zip(tl["start"], values)
             ]
-            st.markdown(f"**Timeline** ({tl['window_s']:g} s windows every {tl['hop_s']:g} s)")
+            st.markdown(tr(f"**Timeline** ({tl['window_s']:g} s windows every {tl['hop_s']:g} s)",
+                           f"**时间线**（{tl['window_s']:g} 秒窗口，每 {tl['hop_s']:g} 秒一个）"))
             st.altair_chart(
                 alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
-                    x=alt.X("start:Q", title="window start (s)"), y=alt.Y("score:Q", scale=alt.Scale(domain=[0, 1])), color="label:N"
+                    x=alt.X("start:Q", title=tr("window start (s)", "窗口起点（秒）")),
+                    y=alt.Y("score:Q", title=tr("score", "分数"), scale=alt.Scale(domain=[0, 1])), color=alt.Color("label:N", title=tr("label", "标签"))
                 ).properties(height=220),
                 width="stretch",
             )

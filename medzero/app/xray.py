@@ -9,19 +9,24 @@ import streamlit as st
 
 import medzero
 from medzero import WINDOW_PRESETS, read_image
-from medzero.app import common
+from medzero.app import common, model_check
+from medzero.app.common import tr
 
 IMAGE_TYPES = ["dcm", "dicom", "png", "jpg", "jpeg", "tif", "tiff"]
 _DEFAULT_TASK = medzero.get_modality("image").default_task
 _OWN_WINDOW = "dicom"
+_PRESET_ZH = {"lung": "肺窗", "mediastinum": "纵隔窗", "bone": "骨窗"}
 
-st.title("Chest X-ray")
-st.caption(
+st.title(tr("Chest X-ray", "胸部 X 光"))
+st.caption(tr(
     "Upload a DICOM, PNG or JPEG. Findings are scored zero-shot against text descriptions (CheXzero method); "
-    "thresholds are uncalibrated starting points. The triage level orders a reading list, it is not a diagnosis."
-)
+    "thresholds are uncalibrated starting points. The triage level orders a reading list, it is not a diagnosis.",
+    "上传 DICOM、PNG 或 JPEG 图像。各项发现以零样本方式与文字描述比对评分（CheXzero 方法）；"
+    "阈值是未经校准的起点。分诊级别用于排列阅片顺序，不是诊断。",
+))
+model_ready = model_check.banner("image", key="xray", without=tr("Classify is off until then.", "在此之前无法使用“分类”。"))
 
-upload = st.file_uploader("Image (DICOM, PNG, JPEG)", type=IMAGE_TYPES, key="xray_file")
+upload = st.file_uploader(tr("Image (DICOM, PNG, JPEG)", "图像（DICOM、PNG、JPEG）"), type=IMAGE_TYPES, key="xray_file")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -46,31 +51,36 @@ if upload is not None:
         left, right = st.columns([3, 2], gap="large")
         with right:
             window = st.radio(
-                "Window",
+                tr("Window", "窗宽窗位"),
                 windows,
-                format_func=lambda w: ("the file's own window" if fmt == "dicom" else "as stored")
-                if w == _OWN_WINDOW
-                else f"{w} (C {WINDOW_PRESETS[w][0]:g} / W {WINDOW_PRESETS[w][1]:g} HU)",
+                format_func={  # worked out now, in this run's language
+                    w: (tr("the file's own window", "文件自带的窗") if fmt == "dicom" else tr("as stored", "按存储原样"))
+                    if w == _OWN_WINDOW
+                    else f"{tr(w, _PRESET_ZH.get(w, w))} (C {WINDOW_PRESETS[w][0]:g} / W {WINDOW_PRESETS[w][1]:g} HU)"
+                    for w in windows
+                }.get,
                 key="xray_window",
-                help="Changes the display only: the model always sees the file's own window.",
+                help=tr("Changes the display only: the model always sees the file's own window.", "只改变显示：模型看到的始终是文件自带的窗。"),
             )
             if window != _OWN_WINDOW:
                 pixels, _, _, _ = _preview(upload.file_id, data, upload.name, window)
-            st.markdown("**Metadata** (PHI-free: no names, IDs, dates or free text)")
+            st.markdown(tr("**Metadata** (PHI-free: no names, IDs, dates or free text)",
+                           "**元数据**（不含受保护的健康信息：没有姓名、编号、日期或自由文本）"))
+            field, value = tr("field", "字段"), tr("value", "值")
             st.table(
                 pd.DataFrame(
-                    [{"field": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else str(v)} for k, v in metadata.items()]
+                    [{field: k, value: json.dumps(v) if isinstance(v, (dict, list)) else str(v)} for k, v in metadata.items()]
                 ).style.hide(axis="index")
             )
         with left:
             st.image(pixels, caption=f"{upload.name} · {fmt.upper()} · {shape[1]}×{shape[0]} px", width="stretch")
     except medzero.MedzeroError as exc:
-        st.error(f"**Could not read {upload.name}.** {exc}", icon=":material/error:")
+        st.error(tr(f"**Could not read {upload.name}.** ", f"**无法读取 {upload.name}。** ") + common.app_message(exc), icon=":material/error:")
 
-choice = st.selectbox("Task", names, index=names.index(_DEFAULT_TASK) if _DEFAULT_TASK in names else 0,
-                      format_func=lambda n: common.task_label(by_name[n]), key="xray_task")
+choice = st.selectbox(tr("Task", "任务"), names, index=names.index(_DEFAULT_TASK) if _DEFAULT_TASK in names else 0,
+                      format_func={n: common.task_label(by_name[n]) for n in names}.get, key="xray_task")
 calibration = common.calibration_control(choice, key="xray")
-clicked = st.button("Classify", type="primary", disabled=upload is None, key="xray_classify")
+clicked = st.button(tr("Classify", "分类"), type="primary", disabled=upload is None or not model_ready, key="xray_classify")
 request = (getattr(upload, "file_id", None), choice, calibration)
 
 if clicked and upload is not None:
@@ -80,23 +90,25 @@ if clicked and upload is not None:
         result = common.classify_upload(clf, "image", upload.getvalue(), upload.name)
         st.session_state["xray_result"] = (request, result, clf.task_for("image"))
     except medzero.MedzeroError as exc:
-        st.error(f"**Could not classify {upload.name}.** {exc}", icon=":material/error:")
+        st.error(tr(f"**Could not classify {upload.name}.** ", f"**无法分类 {upload.name}。** ") + common.app_message(exc), icon=":material/error:")
 
 stored = st.session_state.get("xray_result")
 if stored is not None and stored[0] == request and upload is not None:
     _, result, task = stored
     left, right = st.columns([2, 3], gap="large")
     with left:
-        common.show_verdict(result, task, heading=f"Triage level · {result.source} · task {result.task}")
+        common.show_verdict(result, task, heading=f"{tr('Triage level', '分诊级别')} · {result.source} · {tr('task', '任务')} {result.task}")
         common.download_json(result, key="xray_json")
     frame = common.label_frame(result, task)
     with right:
-        st.subheader("Findings")
-        st.table(common.score_table(frame, title="Finding"))
+        st.subheader(tr("Findings", "发现"))
+        st.table(common.score_table(frame, title=tr("Finding", "发现")))
         st.caption(
-            "Probability of each finding scored on its own against its negation; highlighted rows are at or above "
-            "their threshold, red rows set the triage level."
+            tr("Probability of each finding scored on its own against its negation; highlighted rows are at or above "
+               "their threshold, red rows set the triage level.",
+               "每项发现单独与其否定描述比较得出概率；高亮的行达到或超过阈值，红色的行决定了分诊级别。")
             if task.mode == "multilabel"
-            else "Probabilities across the labels sum to 1; highlighted rows are at or above their threshold."
+            else tr("Probabilities across the labels sum to 1; highlighted rows are at or above their threshold.",
+                    "各标签的概率之和为 1；高亮的行达到或超过阈值。")
         )
     st.altair_chart(common.score_chart(frame), width="stretch")

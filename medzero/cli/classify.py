@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 
 import click
 
@@ -83,8 +84,8 @@ def classify(
             errors = [r.error for r in results if r.error]
     except MedzeroError as exc:
         raise fail(str(exc))
-    for error in errors:
-        click.echo(f"medzero: error: {error}", err=True)
+    for error, count in Counter(errors).items():  # a missing model fails every file alike: said once
+        click.echo(f"medzero: error: {error}" + (f" ({count} files)" if count > 1 else ""), err=True)
     if errors:
         raise click.exceptions.Exit(1)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import click
 
@@ -67,8 +68,8 @@ def index_add(index_path, paths, task, batch_size, fmt, models, device, query, c
                    f"{len(report.errors)} error(s); {total} case(s) in {index_path}")
         for path in report.duplicates:
             click.echo(f"  duplicate: {path}")
-    for path, message in report.errors:
-        click.echo(f"medzero: error: {message}", err=True)
+    for message, count in Counter(message for _, message in report.errors).items():  # a missing model: said once
+        click.echo(f"medzero: error: {message}" + (f" ({count} files)" if count > 1 else ""), err=True)
     if report.errors:
         raise click.exceptions.Exit(1)
 

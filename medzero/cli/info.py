@@ -67,6 +67,10 @@ def _availability_rows(modality: str | None) -> list[dict]:
             where = f"{_KIND.get(found.location.kind, found.location.kind)}: {found.where}"
             if found.location.kind == "hub":
                 where = f"downloads on first use from {found.where}"
+            elif found.location.kind == "pack":  # what the pack holds, not what the name would fetch
+                pack = next((p for p in installed() if str(p.path) == found.where), None)
+                if pack is not None:
+                    model = pack.source + (f"@{pack.revision}" if pack.revision else "")
         else:
             where = f"not here: {found.why}"
         rows.append({

@@ -2,10 +2,13 @@
 
 On a machine without internet, ``huggingface_hub`` retries every request five times with back-off
 (about 28 s per file, each retry logged twice) before transformers or open_clip give up. medzero
-asks once instead: :func:`reachable` opens one TCP connection to the hub's host (or the proxy in
-between) with a one-second limit and remembers the answer for a few minutes. When the hub cannot be
-reached, models are loaded from the local cache with the hub libraries switched to offline mode
-(:func:`offline`), so no request is made at all, and a model that is not cached fails at once.
+asks once instead: :func:`probe` opens one TCP connection to the hub's host (or the proxy in
+between) and, if that works, sends one HEAD request to the hub through huggingface_hub's own client;
+no connection, no answer within about a second, or an answer that huggingface_hub would retry (5xx,
+408) or a proxy's 407 means the hub cannot be used. The answer is kept for a few minutes. When the
+hub cannot be used, models are loaded from the local cache with the hub libraries switched to
+offline mode (:func:`offline`), so no request is made at all, and a model that is not cached fails
+at once, before torch or the model libraries are imported.
 
 Only ``huggingface_hub`` is imported here (it is light); transformers and open_clip are not.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-__all__ = ["endpoint", "reachable", "offline_reason", "offline", "cache_path", "cached_file", "quiet_logging"]
+__all__ = ["endpoint", "host", "probe", "reachable", "forget_probe", "offline_reason", "offline", "cache_path", "cached_file", "quiet_logging"]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ _logger = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 1.0
 #: How long a probe's answer is kept.
 PROBE_TTL_S = 300.0
-_PROBES: dict[tuple[str, int], tuple[float, bool]] = {}
+_PROBES: dict[tuple[str, int], tuple[float, str | None]] = {}
 _PROBE_LOCK = threading.Lock()
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -61,35 +64,64 @@ def _target() -> tuple[str, int]:
     return host, url.port or (443 if scheme == "https" else 80)
 
 
-def _connect(host: str, port: int, result: list[bool]) -> None:
+#: HTTP answers that mean the hub cannot be used: a proxy that wants credentials, or statuses that
+#: huggingface_hub retries with back-off (a proxy that blocks the hub often answers 502 or 503).
+_UNUSABLE_STATUS = {407, 408, 500, 502, 503, 504}
+
+
+def _probe(host: str, port: int, result: list[str]) -> None:
+    """Connect to ``host:port``; when that works, ask the hub's root through huggingface_hub's own
+    HTTP client (its proxies and certificates). Appends ``""`` when the hub answers, else why not."""
     try:
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
-            result.append(True)
-    except OSError:
-        result.append(False)
+            pass
+    except OSError as exc:
+        result.append(f"cannot be reached ({exc.strerror or exc or type(exc).__name__})")
+        return
+    try:
+        from huggingface_hub.utils import get_session
+
+        status = get_session().head(endpoint() + "/", timeout=PROBE_TIMEOUT_S, follow_redirects=False).status_code
+    except ImportError:  # pragma: no cover - a dependency
+        result.append("")
+        return
+    except Exception as exc:  # the client's connection, TLS and timeout errors
+        result.append(f"cannot be reached ({type(exc).__name__})")
+        return
+    result.append(f"cannot be used (it answers HTTP {status})" if status in _UNUSABLE_STATUS else "")
 
 
-def reachable() -> bool:
-    """Whether a TCP connection to the hub (or its proxy) opens within about a second.
-
-    Name resolution has no timeout of its own, so the probe runs in a daemon thread that is given
-    ``PROBE_TIMEOUT_S`` plus half a second. The answer is kept for ``PROBE_TTL_S``.
-    """
+def probe() -> str | None:
+    """``None`` when the hub (or the proxy in between) answers within about a second and a half,
+    else why not (``"cannot be reached (Connection refused)"``). Name resolution has no timeout of
+    its own, so the probe runs in a daemon thread that is given ``PROBE_TIMEOUT_S`` plus half a
+    second. The answer is kept for ``PROBE_TTL_S``."""
     target = _target()
     with _PROBE_LOCK:
         now = time.monotonic()
         known = _PROBES.get(target)
         if known is not None and now - known[0] < PROBE_TTL_S:
             return known[1]
-        result: list[bool] = []
-        thread = threading.Thread(target=_connect, args=(*target, result), name="medzero-hub-probe", daemon=True)
+        result: list[str] = []
+        thread = threading.Thread(target=_probe, args=(*target, result), name="medzero-hub-probe", daemon=True)
         thread.start()
         thread.join(PROBE_TIMEOUT_S + 0.5)
-        ok = bool(result and result[0])
-        _PROBES[target] = (time.monotonic(), ok)
-        if not ok:
-            _logger.info("the model hub (%s:%d) cannot be reached; loading from local copies only", *target)
-        return ok
+        why = result[0] if result else "cannot be reached (no answer)"
+        _PROBES[target] = (time.monotonic(), why or None)
+        if why:
+            _logger.info("the model hub (%s:%d) %s; loading from local copies only", *target, why)
+        return why or None
+
+
+def reachable() -> bool:
+    """Whether the hub (or its proxy) answers; see :func:`probe`."""
+    return probe() is None
+
+
+def forget_probe() -> None:
+    """Probe again next time (tests, or after the network came back)."""
+    with _PROBE_LOCK:
+        _PROBES.clear()
 
 
 def forced_offline() -> bool:
@@ -109,9 +141,15 @@ def offline_reason() -> str | None:
     reached), or ``None`` when it can be used. Probes the network at most once per ``PROBE_TTL_S``."""
     if forced_offline():
         return "HF_HUB_OFFLINE is set"
-    if not reachable():
-        return f"{urlsplit(endpoint()).hostname or endpoint()} cannot be reached"
+    why = probe()
+    if why is not None:
+        return f"{host()} {why}"
     return None
+
+
+def host() -> str:
+    """The hub's host name, for messages (``huggingface.co``)."""
+    return urlsplit(endpoint()).hostname or endpoint()
 
 
 @contextmanager
