@@ -1,4 +1,5 @@
-"""The case index under faults: a writer killed with SIGKILL, FAISS and database out of step, two writers."""
+"""The case index under faults: a writer killed with SIGKILL (at random points and at each step of an
+append), FAISS and database out of step, two writers."""
 from __future__ import annotations
 
 import logging
@@ -206,3 +207,150 @@ def test_readonly_refuses_writes(small):
             index.remove(["c1"])
     with pytest.raises(CaseIndexError, match="not a case index"):
         CaseIndex(path.parent / "nothing-here", readonly=True)
+
+
+# -- SIGKILL at each step of an append, and at random points ----------------------------------------------
+
+STEP_N, STEP_BATCH, STEP_DIM = 3000, 500, 32
+
+STEP_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from medzero.retrieval import CaseIndex, store
+
+    path, n, batch, dim, point, stop_batch, threshold = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5], *map(int, sys.argv[6:8])
+
+    def stop():
+        print("stopped", flush=True)
+        time.sleep(120)
+
+    # Each batch appends to the vector file, then to the idx file, then inserts its rows and commits.
+    write_rows, commit, writes, commits = store._write_rows, store.Store.commit, [], []
+
+    def counted_write_rows(*args):
+        write_rows(*args)
+        writes.append(args[0])
+        if (point, len(writes)) in (("vector file", 2 * stop_batch + 1), ("idx file", 2 * stop_batch + 2)):
+            stop()
+
+    def counted_commit(self):
+        commits.append(1)
+        if point == "commit" and len(commits) == stop_batch + 1:
+            stop()
+        commit(self)
+
+    store._write_rows, store.Store.commit = counted_write_rows, counted_commit
+    x = np.random.default_rng(17).standard_normal((n, dim)).astype(np.float32)
+    rows = [{"path": f"/cases/{i}.wav", "metadata": {"odd": i % 2}} for i in range(n)]
+    with CaseIndex(path, approx_threshold=threshold) as index:
+        report = index.add_vectors(x, rows, modality="audio", fingerprint="gen@1", batch_size=batch)
+    print(len(report.added), len(report.duplicates), flush=True)
+    """
+)
+
+
+def step_data(n: int, dim: int) -> np.ndarray:
+    x = np.random.default_rng(17).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def run_step_writer(
+    tmp_path, path, n: int, batch: int, dim: int, point: str = "none", stop_batch: int = -1, threshold: int = 100_000
+) -> subprocess.Popen:
+    script = tmp_path / "step_writer.py"
+    script.write_text(STEP_WRITER)
+    args = [sys.executable, str(script), str(path), str(n), str(batch), str(dim), point, str(stop_batch), str(threshold)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def file_rows(path, dim: int) -> tuple[int, int]:
+    """(rows of the vector file, rows of the idx file), whole rows only."""
+    (f32,), (idx,) = path.glob("vectors-*.f32"), path.glob("vectors-*.idx")
+    return f32.stat().st_size // (4 * dim), idx.stat().st_size // 16
+
+
+def assert_consistent(path, n: int, dim: int) -> int:
+    """Every committed case's stored vector is its data row, the idx file names it, and a fresh
+    reader's searches match brute force; the number of committed cases."""
+    x = step_data(n, dim)
+    db = sqlite3.connect(str(path / "cases.sqlite"))
+    rows = db.execute("SELECT id, path, sha256, vector_row FROM cases ORDER BY id").fetchall()
+    (vector_rows,) = db.execute("SELECT vector_rows FROM spaces").fetchone()
+    db.close()
+    f32, idx = file_rows(path, dim)
+    assert f32 >= vector_rows and idx >= vector_rows >= len(rows)
+    vectors = np.fromfile(next(path.glob("vectors-*.f32")), dtype="<f4", count=vector_rows * dim).reshape(-1, dim)
+    keys = np.fromfile(next(path.glob("vectors-*.idx")), dtype=[("id", "<i8"), ("key", "<u8")], count=vector_rows)
+    from medzero.retrieval.store import sha_keys
+
+    for case_id, case_path, sha, row in rows:
+        i = int(case_path.rsplit("/", 1)[1].split(".")[0])
+        np.testing.assert_allclose(vectors[row], x[i], atol=1e-6)
+        assert keys[row]["id"] == case_id and keys[row]["key"] == sha_keys([sha])[0]
+    with CaseIndex(path, readonly=True) as index:
+        assert len(index) == len(rows)
+        for q in unit(np.random.default_rng(18), 5, dim):
+            assert [h.id for h in index.search_vector(q, k=10)] == brute(path, q, 10)
+            assert [h.id for h in index.search_vector(q, k=3, where="odd=1")] == brute(path, q, 3, "json_extract(metadata, '$.odd') = 1")
+    return len(rows)
+
+
+@pytest.mark.parametrize("point", ["vector file", "idx file", "commit"])
+def test_sigkill_at_each_step_of_an_append(tmp_path, point):
+    path = tmp_path / "index"
+    proc = run_step_writer(tmp_path, path, STEP_N, STEP_BATCH, STEP_DIM, point, stop_batch=3)
+    try:
+        line = proc.stdout.readline()
+        assert line == "stopped\n", proc.stderr.read() if proc.poll() is not None else line
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # Killed with the fourth batch written past the committed rows (a torn write).
+    assert committed(path) == 3 * STEP_BATCH
+    assert file_rows(path, STEP_DIM) == (4 * STEP_BATCH, 3 * STEP_BATCH if point == "vector file" else 4 * STEP_BATCH)
+    assert assert_consistent(path, STEP_N, STEP_DIM) == 3 * STEP_BATCH
+
+    # Running the add again adds exactly what is missing, over the torn rows.
+    proc = run_step_writer(tmp_path, path, STEP_N, STEP_BATCH, STEP_DIM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.split() == [str(STEP_N - 3 * STEP_BATCH), str(3 * STEP_BATCH)]
+    assert file_rows(path, STEP_DIM) == (STEP_N, STEP_N)
+    assert assert_consistent(path, STEP_N, STEP_DIM) == STEP_N
+
+
+def test_sigkill_at_random_points_of_appends(tmp_path):
+    """Random kills of a writer whose space turns approximate early (appends then go to its tail)."""
+    n, batch, dim, threshold = 20_000, 250, STEP_DIM, 2_000
+    path = tmp_path / "index"
+    rng = np.random.default_rng()
+    seen = []
+    for _ in range(4):
+        before = committed(path)
+        if before == n:  # a kill came after the last commit
+            break
+        proc = run_step_writer(tmp_path, path, n, batch, dim, threshold=threshold)
+        try:
+            wait_for(lambda: committed(path) > before, proc)
+            time.sleep(rng.uniform(0.0, 0.4))
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            out, err = proc.communicate()
+        if proc.returncode == 0:  # it finished before the kill
+            break
+        assert proc.returncode == -signal.SIGKILL, err
+        rows = assert_consistent(path, n, dim)
+        assert rows % batch == 0 and rows > before
+        seen.append(rows)
+    proc = run_step_writer(tmp_path, path, n, batch, dim, threshold=threshold)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    added, duplicates = map(int, out.split())
+    assert duplicates == committed(path) - added and added + duplicates == n
+    assert assert_consistent(path, n, dim) == n
+    assert file_rows(path, dim) == (n, n)
+    assert seen, "the writer finished before the first kill"

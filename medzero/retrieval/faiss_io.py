@@ -33,6 +33,9 @@ __all__ = [
     "TRAIN_SAMPLE",
     "TOMBSTONE_REBUILD",
     "new_index",
+    "empty_like",
+    "merge_results",
+    "add_from",
     "sample_rows",
     "training_sample",
     "is_approximate",
@@ -88,6 +91,31 @@ def new_index(dim: int, approximate: bool, train: np.ndarray | None = None) -> f
     return faiss.IndexIDMap2(inner)  # faiss's Python wrappers keep references to their sub-indexes
 
 
+def empty_like(index: faiss.IndexIDMap2) -> faiss.IndexIDMap2:
+    """An empty index of the same type; an approximate one shares ``index``'s trained quantiser
+    (copied, without its codes), so vectors added to either are encoded alike."""
+    inner = _inner(index)
+    if not isinstance(inner, faiss.IndexRefine):
+        return new_index(index.d, approximate=False)
+    base = faiss.downcast_index(inner.base_index)
+    pq = faiss.IndexPQ(index.d, base.pq.M, base.pq.nbits, base.metric_type)
+    pq.pq, pq.is_trained = base.pq, True
+    empty = faiss.IndexRefineFlat(faiss.IndexPQFastScan(pq, base.bbs))
+    empty.k_factor = inner.k_factor
+    return faiss.IndexIDMap2(empty)
+
+
+def merge_results(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` per query of several ``(scores, ids)`` searches of disjoint indexes (padded like faiss)."""
+    if len(results) == 1:
+        return results[0]
+    scores = np.concatenate([d for d, _ in results], axis=1)
+    ids = np.concatenate([i for _, i in results], axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
 def sample_rows(count: int, size: int = TRAIN_SAMPLE) -> np.ndarray:
     """Sorted positions of a fixed-seed sample of ``size`` rows out of ``count`` (all when fewer)."""
     if count <= size:
@@ -124,6 +152,11 @@ def ids_of(index: faiss.IndexIDMap2) -> np.ndarray:
 def add(index: faiss.IndexIDMap2, vectors: np.ndarray, ids: np.ndarray) -> None:
     if len(ids):
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def add_from(index: faiss.IndexIDMap2, other: faiss.IndexIDMap2) -> None:
+    """Add every vector ``other`` holds, with its id (``other`` of the same kind, see :func:`empty_like`)."""
+    add(index, _storage(other), ids_of(other))
 
 
 def remove(index: faiss.IndexIDMap2, ids: Iterable[int]) -> bool:

@@ -13,6 +13,10 @@ files: it takes vectors and rows, so it is tested alone with generated vectors.
   after an append while the cases added since stay under :data:`CHECKPOINT_SHARE` of it: ids only
   grow, so the newer cases are exactly those above the file's last id, and opening reads them
   from the vector file.
+- **Tails.** Cases appended to an approximate space go to a second, small index of the same
+  trained quantiser (:attr:`Space.tail`), searched with the one read from the FAISS file and
+  merged into it when the file is next written: appending to the large one would reallocate and
+  copy every vector it holds (2 GB for a million 512-d vectors), which cost more than the add.
 - **Duplicates** are found in memory (:meth:`SpaceSet.known_sha`): a sorted array of the 64-bit sha
   keys of every row of a space's vector file (:class:`KnownShas`), read from its idx file on the
   first check in a process (16 bytes a case: ~10 ms for a million) and followed by the rows any
@@ -55,6 +59,11 @@ def space_key(fingerprint: str) -> str:
 class Space:
     row: SpaceRow
     index: Any  # faiss.IndexIDMap2
+    #: Cases appended to an approximate space since its FAISS file was read or written, kept in an
+    #: index of the same trained quantiser (:func:`faiss_io.empty_like`) and searched with
+    #: ``index``: appending to the large index read from the file would reallocate and copy every
+    #: vector it stores. Merged into ``index`` when the file is next written.
+    tail: Any = None
     tombstones: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     dirty: bool = False
     #: Set by anything but an append (remove, repair, conversion): the next save may not be deferred.
@@ -62,6 +71,28 @@ class Space:
     #: Vectors in the FAISS file as last read or written.
     saved_ntotal: int = 0
     saved_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def parts(self) -> list[Any]:
+        """The indexes to search: ``index``, and ``tail`` when it holds anything."""
+        return [self.index] if self.tail is None or self.tail.ntotal == 0 else [self.index, self.tail]
+
+    @property
+    def ntotal(self) -> int:
+        return sum(part.ntotal for part in self.parts)
+
+    def append(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        if faiss_io.is_approximate(self.index):
+            if self.tail is None:
+                self.tail = faiss_io.empty_like(self.index)
+            faiss_io.add(self.tail, vectors, ids)
+        else:
+            faiss_io.add(self.index, vectors, ids)
+
+    def merge_tail(self) -> None:
+        if self.tail is not None:
+            faiss_io.add_from(self.index, self.tail)
+            self.tail = None
 
 
 class KnownShas:
@@ -114,6 +145,8 @@ class SpaceSet:
         self.checkpoint_s = float(checkpoint_s)
         self.spaces: dict[str, Space] = {}
         self._known: dict[str, KnownShas] = {}
+        #: sha key of each sha256 last looked up by known_sha (keys are a function of the sha), for insert.
+        self._keys: dict[str, int] = {}
         self._version = -1
 
     def faiss_path(self, key: str) -> Path:
@@ -170,14 +203,14 @@ class SpaceSet:
         db_ids = self.store.ids(row.space)
         index = space.index
         if index is None or index.d != row.dim:
-            space.index = self._rebuild(row, db_ids)
+            space.index, space.tail = self._rebuild(row, db_ids), None
             space.tombstones = np.zeros(0, dtype=np.int64)
             space.dirty = space.must_save = True
             return "FAISS file missing or unreadable" if index is None else f"dimension {index.d} instead of {row.dim}"
-        f_ids = faiss_io.ids_of(index)
+        f_ids = np.concatenate([faiss_io.ids_of(part) for part in space.parts])
         unique = np.unique(f_ids)
         if len(unique) != len(f_ids):
-            space.index = self._rebuild(row, db_ids)
+            space.index, space.tail = self._rebuild(row, db_ids), None
             space.tombstones = np.zeros(0, dtype=np.int64)
             space.dirty = space.must_save = True
             return "repeated ids"
@@ -189,8 +222,9 @@ class SpaceSet:
         if len(extra):
             if faiss_io.remove(index, extra):
                 note.append(f"{len(extra)} removed cases still indexed")
-            elif len(extra) > faiss_io.TOMBSTONE_REBUILD * max(1, index.ntotal):
-                space.index = index = faiss_io.copy_as(index, True, extra)
+            elif len(extra) > faiss_io.TOMBSTONE_REBUILD * max(1, space.ntotal):
+                space.merge_tail()
+                space.index = faiss_io.copy_as(space.index, True, extra)
                 note.append(f"{len(extra)} removed cases still indexed")
             else:
                 # The approximate index cannot delete: removed cases stay, excluded from every search.
@@ -205,7 +239,10 @@ class SpaceSet:
             tail = bool(len(unique)) and missing[0] > unique[-1]
             chunks = self.store.vectors(row.space, row.dim, after=unique[-1]) if tail else self.store.vectors(row.space, row.dim, missing)
             for ids, vectors in chunks:
-                faiss_io.add(index, vectors, ids)
+                if tail:
+                    space.append(vectors, ids)
+                else:
+                    faiss_io.add(space.index, vectors, ids)
             space.dirty = True
             if tail:
                 # Cases added after the file was last written: adds defer rewriting a large FAISS
@@ -253,9 +290,10 @@ class SpaceSet:
         for key, space in self.spaces.items():
             if not space.dirty or not (force or now - space.saved_at >= self.checkpoint_s):
                 continue
-            tail = space.index.ntotal - space.saved_ntotal
+            tail = space.ntotal - space.saved_ntotal
             if tail_ok and not space.must_save and space.saved_ntotal >= SMALL_SPACE and tail <= CHECKPOINT_SHARE * space.saved_ntotal:
                 continue
+            space.merge_tail()
             faiss_io.save_atomic(space.index, self.faiss_path(key))
             space.dirty, space.must_save = False, False
             space.saved_ntotal, space.saved_at = space.index.ntotal, time.monotonic()
@@ -314,25 +352,35 @@ class SpaceSet:
             known = self._known[key] = KnownShas()
         if known.rows < rows:
             known.extend(self.store.idx_rows(key, known.rows, rows))
-        ids = known.candidates(sha_keys(shas))
+        keys = sha_keys(shas)
+        self._keys = dict(zip(shas, keys.tolist()))
+        ids = known.candidates(keys)
         return self.store.confirm_sha(key, ids, shas) if len(ids) else set()
 
-    def insert(self, rows: Sequence[tuple[SpaceRow, dict[str, Any]]]) -> list[int]:
+    def insert(self, rows: Sequence[tuple[SpaceRow, dict[str, Any]]], *, vectors: np.ndarray | None = None) -> list[int]:
         """Insert case rows in one transaction (vector files first, see :meth:`Store.insert_cases`);
-        after it commits, add their vectors to the FAISS indexes."""
+        after it commits, add their vectors to the FAISS indexes. The vectors are each case's
+        ``"vector"``, or the rows of ``vectors`` in the order of ``rows``."""
         self.upgrade()
         store = self.store
-        by_space: dict[str, tuple[SpaceRow, list[dict[str, Any]]]] = {}
-        for row, case in rows:
-            by_space.setdefault(row.space, (row, []))[1].append(case)
+        by_space: dict[str, tuple[SpaceRow, list[int]]] = {}
+        for j, (row, _) in enumerate(rows):
+            by_space.setdefault(row.space, (row, []))[1].append(j)
         added: list[tuple[SpaceRow, list[int], np.ndarray]] = []
         store.begin()
         try:
-            for row, cases in by_space.values():
+            for row, at in by_space.values():
                 if row.space not in self.spaces:
                     store.insert_space(row)
-                vectors = np.stack([c["vector"] for c in cases]).astype(np.float32, copy=False)
-                added.append((row, store.insert_cases(row, cases, vectors), vectors))
+                cases = [rows[j][1] for j in at]
+                if vectors is None:
+                    part = np.stack([c["vector"] for c in cases])
+                else:
+                    part = vectors if len(at) == len(rows) else vectors[at]
+                part = np.ascontiguousarray(part, dtype=np.float32)
+                keys = [self._keys.get(c["sha256"]) for c in cases]
+                keys = None if None in keys else np.array(keys, dtype=np.uint64)
+                added.append((row, store.insert_cases(row, cases, part, keys=keys), part))
             store.commit()
         except BaseException:
             store.rollback()
@@ -342,7 +390,7 @@ class SpaceSet:
             if row.space not in self.spaces:
                 self.spaces[row.space] = Space(row, faiss_io.new_index(row.dim, approximate=False))
             space = self.spaces[row.space]
-            faiss_io.add(space.index, vectors, np.array(ids, dtype=np.int64))
+            space.append(vectors, np.array(ids, dtype=np.int64))
             space.dirty = True
             self._maybe_convert(space)
         self.save(tail_ok=True)
@@ -366,7 +414,8 @@ class SpaceSet:
             gone = np.array([i for i, s in found if s == key], dtype=np.int64)
             if not faiss_io.remove(space.index, gone):
                 tomb = np.union1d(space.tombstones, gone)
-                if len(tomb) > faiss_io.TOMBSTONE_REBUILD * max(1, space.index.ntotal):
+                if len(tomb) > faiss_io.TOMBSTONE_REBUILD * max(1, space.ntotal):
+                    space.merge_tail()
                     space.index, tomb = faiss_io.copy_as(space.index, True, tomb), np.zeros(0, dtype=np.int64)
                 space.tombstones = tomb
             space.dirty = space.must_save = True
@@ -380,10 +429,8 @@ class SpaceSet:
         if allowed is not None and len(allowed) == 0:
             return []
         tomb = space.tombstones if len(space.tombstones) else None
-        if exact:
-            scores, ids = faiss_io.search_exact(space.index, vector, k, allowed=allowed, tombstones=tomb)
-        else:
-            scores, ids = faiss_io.search(space.index, vector, k, allowed=allowed, tombstones=tomb)
+        search = faiss_io.search_exact if exact else faiss_io.search
+        scores, ids = faiss_io.merge_results([search(part, vector, k, allowed=allowed, tombstones=tomb) for part in space.parts], k)
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         rows = store.rows([i for i, _ in found])
         hits = []

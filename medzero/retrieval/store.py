@@ -420,10 +420,13 @@ class Store:
             )
         return found & wanted
 
-    def insert_cases(self, space: SpaceRow, cases: Sequence[Mapping[str, Any]], vectors: np.ndarray | None = None) -> list[int]:
+    def insert_cases(
+        self, space: SpaceRow, cases: Sequence[Mapping[str, Any]], vectors: np.ndarray | None = None, *, keys: np.ndarray | None = None
+    ) -> list[int]:
         """Append cases of one space in the open transaction; their ids, in order.
 
-        The vectors (``vectors``, or each case's ``"vector"``) and idx rows are written and fsynced
+        The vectors (``vectors``, or each case's ``"vector"``) and idx rows (``keys``: the
+        :func:`sha_keys` of the cases' sha256, if already computed) are written and fsynced
         at the space's committed row count first, then the rows go in with one ``executemany``:
         ids are AUTOINCREMENT and the caller holds the writer lock, so they are the next
         ``len(cases)`` numbers after the table's sequence, which is checked.
@@ -441,7 +444,7 @@ class Store:
         first_row = self.vector_rows(space.space)
         idx = np.empty(len(cases), dtype=IDX_DTYPE)
         idx["id"] = np.arange(start, start + len(cases))
-        idx["key"] = sha_keys([c["sha256"] for c in cases])
+        idx["key"] = sha_keys([c["sha256"] for c in cases]) if keys is None else keys
         self._complete_idx(space.space, first_row)
         _write_rows(self.vector_path(space.space), 4 * space.dim, first_row, vectors)
         _write_rows(self.idx_path(space.space), IDX_DTYPE.itemsize, first_row, idx)
@@ -451,7 +454,7 @@ class Store:
             (
                 (
                     space.space, c["path"], c["sha256"], space.modality, space.fingerprint,
-                    json.dumps(dict(c.get("metadata") or {}), default=str, ensure_ascii=False),
+                    json.dumps(dict(c["metadata"]), default=str, ensure_ascii=False) if c.get("metadata") else "{}",
                     c.get("task"), json.dumps(dict(c["scores"])) if c.get("scores") is not None else None,
                     c.get("duration_s"), c.get("width"), c.get("height"), c.get("added_at") or now, first_row + j,
                 )
