@@ -29,8 +29,10 @@ def app_env(monkeypatch, tiny_clap_dir, tiny_hf_clip_dir, tmp_path):
     return tmp_path
 
 
-def _app(page: str | None = None) -> AppTest:
+def _app(page: str | None = None, lang: str | None = None) -> AppTest:
     at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT)
+    if lang is not None:
+        at.query_params["lang"] = lang  # as a link to the app with ?lang=... would
     at.run()
     assert not at.exception, at.exception
     if page is not None:

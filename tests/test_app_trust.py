@@ -11,20 +11,7 @@ pytest.importorskip("streamlit")
 from pydicom.data import get_testdata_file  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-import medzero.app  # noqa: E402
-from test_app import app_env  # noqa: E402,F401 - the same environment: tiny checkpoints, offline
-
-TIMEOUT = 120
-
-
-def _app(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(medzero.app.ENTRY), default_timeout=TIMEOUT)
-    at.run()
-    if page is not None:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, at.exception
-    return at
+from test_app import _app, app_env  # noqa: E402,F401 - the same environment: tiny checkpoints, offline
 
 
 def _classify(at: AppTest) -> None:

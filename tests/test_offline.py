@@ -216,20 +216,9 @@ def test_probe_answers_within_its_budget(probing, proxy_503):
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-import medzero.app  # noqa: E402
+from test_app import _app  # noqa: E402 - AppTest of the app entry, optionally with ?lang=
 
 PAGES = [None, "xray.py", "search.py", "models.py"]
-
-
-def _app(page: str | None, lang: str = "en") -> AppTest:
-    at = AppTest.from_file(str(medzero.app.ENTRY), default_timeout=120)
-    at.query_params["lang"] = lang
-    at.run()
-    if page is not None:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def _text(at: AppTest) -> str:
