@@ -1,18 +1,32 @@
-"""Audio benchmark: medzero against the transformers zero-shot pipeline, on a full-size CLAP.
+"""Audio benchmark: medzero against the transformers zero-shot pipeline on a full-size CLAP, per backend.
 
 The model is ``ClapConfig()`` with fusion on (the architecture of laion/clap-htsat-fused, about
 150 M parameters), randomly initialised with a fixed seed, saved with ``save_pretrained`` and
 loaded by medzero through its public path, so it costs exactly what the real weights cost.
+Backends: ``torch`` and the exported ones given with ``--backends`` (``onnx``, ``openvino``;
+``--int8`` adds ``onnx-int8``); their export is made once, timed, before anything is measured.
 
-1. Throughput: 32 clips of 8 s (espeak-ng speech with noise at different levels), 8 labels.
-   Baseline: a loop over ``transformers.pipeline("zero-shot-audio-classification")`` with the same
-   model, labels and template, each clip decoded and resampled to 48 kHz first (both sides decode).
-   medzero: ``Classifier(labels=...).classify_batch(paths)``. Prints clips/s, the ratio, and the
-   largest score difference between the two.
-2. A 10-minute recording, in a fresh process: load time (process start to first result), wall
-   time of the classification and peak RSS.
+1. The model alone, per backend: one forward pass of a batch of 8 precomputed feature sets, per
+   clip (transformers' ``ClapModel`` for ``torch``); and feature extraction per 10 s model input,
+   transformers' ``ClapFeatureExtractor`` against medzero's.
+2. Throughput: ``--clips`` clips of 8 s (espeak-ng speech with noise), 8 labels. Baseline: a loop
+   over ``transformers.pipeline("zero-shot-audio-classification")`` with the same model, labels and
+   template, each clip decoded and resampled to 48 kHz first (both sides decode). medzero:
+   ``Classifier(labels=..., backend=...).classify_batch(paths)``. Each backend runs in a process of
+   its own (one runtime per process, as in use) with the pipeline measured in that same process,
+   interleaved, ``--repeats`` times; medians. Prints clips/s, the ratio to the pipeline, medzero's
+   cost per clip against the model alone, and the largest score difference from the pipeline.
+   With ``--int8``: how far int8 moves the scores (largest difference, top-1 agreement, clips whose
+   whole label ranking is unchanged, mean Kendall tau).
+3. Whole process: ``--process-clips`` clips classified by a fresh Python process, from its start to
+   its exit (imports, model load, decoding, scoring), the pipeline script against medzero per
+   backend, interleaved, ``--repeats`` times; medians. medzero runs with warm caches (its export and
+   label embeddings from an earlier run), as a clinic's second and later runs do.
+4. A 10-minute recording, in a fresh process per backend: load time (process start to first
+   result), wall time of the classification and peak RSS.
 
-    python bench/bench_audio.py [--clips 32] [--long-minutes 10] [--skip-long]
+    flock /tmp/bench.lock python bench/bench_audio.py [--clips 16] [--repeats 3] \\
+        [--backends onnx,openvino] [--int8] [--process-clips 16] [--long-minutes 10] [--skip-long]
 """
 from __future__ import annotations
 
@@ -21,6 +35,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,60 +98,181 @@ def make_clips(directory: Path, n: int, seconds: float = 8.0) -> list[Path]:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (ru_maxrss would carry the parent's peak across fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_throughput(model_dir: Path, clips: list[Path]) -> dict:
+def load_note() -> str:
+    """The machine's load average now: the figures are only as quiet as the machine was."""
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def median_of(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# -- 1 and 2. the model alone, and throughput: one process per backend ---------------------------------
+# One runtime per process, as in use: ONNX Runtime's, OpenVINO's and torch's thread pools in one
+# process slow each other down (torch's forward measured 1.5x slower beside the other two).
+
+
+def backend_child(backend: str, model_dir: str, paths: list[str], repeats: int) -> None:
+    """Runs in a fresh process: the model alone and the throughput of one backend against the
+    pipeline, interleaved; prints JSON."""
     import torch
-    from transformers import ClapModel, ClapProcessor, pipeline
+    from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor, pipeline
 
     import medzero
+    from medzero.audio.clap_features import MelFeatures
     from medzero.audio.io import load_audio
 
-    # Baseline: the transformers pipeline, one clip at a time (it takes one waveform per call).
-    model = ClapModel.from_pretrained(model_dir).eval()
+    waves = [load_audio(p, sample_rate=48000).samples for p in paths[:8]]
+    hf = ClapFeatureExtractor.from_pretrained(model_dir)
+    ours = MelFeatures.of(hf)
+    padded = [np.pad(np.tile(w.astype(np.float64), 480000 // len(w)), (0, 480000 % len(w))) for w in waves]
+    times: dict[str, list[float]] = {"transformers features": [], "medzero features": [], "forward": [], "pipeline": [], "medzero": []}
+    for _ in range(repeats):
+        for name, fe in (("transformers features", hf), ("medzero features", ours)):
+            t0 = time.perf_counter()
+            for x in padded:
+                fe._np_extract_fbank_features(x, fe.mel_filters)
+            times[name].append((time.perf_counter() - t0) / len(padded))
+
+    clf = medzero.Classifier(labels=LABELS, template=TEMPLATE, audio_model=model_dir, device="cpu", batch_size=8, backend=backend)
+    clf.classify_batch(paths[:1])  # warm-up: loads the model, encodes the prompts once
+    encoder = clf.encoder("audio")
+    features = np.stack([encoder.features(w) for w in waves]).astype(np.float32)
+    model = ClapModel.from_pretrained(model_dir).eval()  # the pipeline's, and the torch forward's
+    if backend == "torch":
+        is_longer = torch.ones((len(features), 1), dtype=torch.bool)
+        forward = lambda: model.get_audio_features(input_features=torch.from_numpy(features), is_longer=is_longer)  # noqa: E731
+    else:
+        forward = lambda: encoder.embed_features(features)  # noqa: E731
     processor = ClapProcessor.from_pretrained(model_dir)
-    pipe = pipeline(
-        "zero-shot-audio-classification", model=model, tokenizer=processor.tokenizer,
-        feature_extractor=processor.feature_extractor, device="cpu",
-    )
+    pipe = pipeline("zero-shot-audio-classification", model=model, tokenizer=processor.tokenizer,
+                    feature_extractor=processor.feature_extractor, device="cpu")
 
     def baseline_one(path):
-        x = load_audio(path, sample_rate=48000).samples
         with torch.inference_mode():
-            return pipe(x, candidate_labels=LABELS, hypothesis_template=TEMPLATE)
+            return pipe(load_audio(path, sample_rate=48000).samples, candidate_labels=LABELS, hypothesis_template=TEMPLATE)
 
-    baseline_one(clips[0])  # warm-up
-    t0 = time.perf_counter()
-    baseline = [baseline_one(p) for p in clips]
-    t_base = time.perf_counter() - t0
-
-    clf = medzero.Classifier(labels=LABELS, template=TEMPLATE, audio_model=str(model_dir), device="cpu", batch_size=8)
-    clf.classify_batch(clips[:1])  # warm-up: loads the model, encodes the prompts once
-    t0 = time.perf_counter()
-    ours = clf.classify_batch(clips)
-    t_ours = time.perf_counter() - t0
-
-    diff = max(
-        abs(r.scores[item["label"]] - item["score"]) for r, items in zip(ours, baseline) for item in items
-    )
-    return {
-        "clips": len(clips),
-        "pipeline_clips_per_s": len(clips) / t_base,
-        "medzero_clips_per_s": len(clips) / t_ours,
-        "speedup": t_base / t_ours,
+    baseline_one(paths[0])
+    with torch.inference_mode():
+        forward()
+    for _ in range(repeats):
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            forward()
+            times["forward"].append((time.perf_counter() - t0) / len(features))
+        t0 = time.perf_counter()
+        baseline = [baseline_one(p) for p in paths]
+        times["pipeline"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        results = clf.classify_batch(paths)
+        times["medzero"].append(time.perf_counter() - t0)
+    errors = [r.error for r in results if r.error]
+    assert not errors, errors[:1]
+    diff = max(abs(r.scores[item["label"]] - item["score"]) for r, items in zip(results, baseline) for item in items)
+    print(json.dumps({
+        "seconds": {k: median_of(v) for k, v in times.items()},
         "max_abs_score_diff": diff,
+        "scores": [[r.scores[label] for label in LABELS] for r in results],
+        "load": load_note(),
+    }))
+
+
+def bench_backends(model_dir: Path, clips: list[Path], backends: list[str], repeats: int) -> dict[str, dict]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = {}
+    for backend in backends:
+        stdout = subprocess.run(
+            [sys.executable, __file__, "--backend-child", backend, str(model_dir), str(repeats), *map(str, clips)],
+            check=True, capture_output=True, text=True, env=env,
+        ).stdout
+        out[backend] = json.loads(stdout.strip().splitlines()[-1])
+    return out
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
+    """How far ``other``'s scores move from ``reference``'s (rows: clips, columns: labels)."""
+    def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:  # labels are few: count the pairs
+        signs = [np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i in range(len(a)) for j in range(i + 1, len(a))]
+        return float(np.mean(signs))
+
+    ranks_same = [bool(np.array_equal(np.argsort(-a, kind="stable"), np.argsort(-b, kind="stable"))) for a, b in zip(reference, other)]
+    taus = [kendall_tau(a, b) for a, b in zip(reference, other)]
+    return {
+        "max_abs_diff": float(np.abs(reference - other).max()),
+        "top1_agreement": float(np.mean(reference.argmax(1) == other.argmax(1))),
+        "same_ranking": float(np.mean(ranks_same)),
+        "kendall_tau": float(np.mean(taus)),
     }
 
 
-def long_child(model_dir: str, path: str) -> None:
+# -- 3. whole process --------------------------------------------------------------------------------
+
+
+def process_child(kind: str, model_dir: str, paths: list[str]) -> None:
+    """Runs in a fresh process: classify ``paths`` and print the scores (timed from outside)."""
+    if kind == "pipeline":
+        import torch
+        from transformers import ClapModel, ClapProcessor, pipeline
+
+        from medzero.audio.io import load_audio
+
+        model = ClapModel.from_pretrained(model_dir).eval()
+        processor = ClapProcessor.from_pretrained(model_dir)
+        pipe = pipeline("zero-shot-audio-classification", model=model, tokenizer=processor.tokenizer,
+                        feature_extractor=processor.feature_extractor, device="cpu")
+        rows = []
+        with torch.inference_mode():
+            for path in paths:
+                items = pipe(load_audio(path, sample_rate=48000).samples, candidate_labels=LABELS, hypothesis_template=TEMPLATE)
+                rows.append({item["label"]: item["score"] for item in items})
+    else:
+        import medzero
+
+        clf = medzero.Classifier(labels=LABELS, template=TEMPLATE, audio_model=model_dir, device="cpu", backend=kind)
+        rows = [r.scores for r in clf.classify_batch(paths)]
+    print(json.dumps(rows))
+
+
+def bench_process(model_dir: Path, clips: list[Path], backends: list[str], repeats: int) -> dict:
+    kinds = ["pipeline", *backends]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    scores: dict[str, list] = {}
+    for kind in kinds[1:]:  # warm caches: the export and the label embeddings, as after a first run
+        subprocess.run([sys.executable, __file__, "--process-child", kind, str(model_dir), *map(str, clips[:1])],
+                       check=True, capture_output=True, env=env)
+    for _ in range(repeats):
+        for kind in kinds:
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, __file__, "--process-child", kind, str(model_dir), *map(str, clips)],
+                                 check=True, capture_output=True, text=True, env=env).stdout
+            times[kind].append(time.perf_counter() - t0)
+            scores[kind] = json.loads(out.strip().splitlines()[-1])
+    diffs = {k: max(abs(a[label] - b[label]) for a, b in zip(scores[k], scores["pipeline"]) for label in LABELS) for k in backends}
+    return {"clips": len(clips), "seconds": {k: median_of(v) for k, v in times.items()}, "all": times, "max_abs_score_diff": diffs}
+
+
+# -- 4. a long recording -----------------------------------------------------------------------------
+
+
+def long_child(model_dir: str, path: str, backend: str) -> None:
     """Runs in a fresh process: load time counts from process start."""
     import psutil
 
     started = psutil.Process().create_time()
     import medzero
 
-    clf = medzero.Classifier(task="voice_quality", audio_model=model_dir, device="cpu")
+    clf = medzero.Classifier(task="voice_quality", audio_model=model_dir, device="cpu", backend=backend)
     t0 = time.time()
     result = clf.classify(path)
     done = time.time()
@@ -149,59 +285,126 @@ def long_child(model_dir: str, path: str) -> None:
     }))
 
 
-def bench_long(model_dir: Path, work: Path, minutes: float) -> dict:
+def bench_long(model_dir: Path, work: Path, minutes: float, backend: str, warm: bool = True) -> dict:
     import soundfile as sf
 
-    speech, rate = sf.read(work / "speech.wav", dtype="float32")
-    n = int(minutes * 60 * rate)
-    x = np.tile(speech, n // len(speech) + 1)[:n]
-    x = x + np.random.default_rng(1).standard_normal(n).astype(np.float32) * 0.01
     path = work / "long.flac"
-    sf.write(path, np.clip(x, -1, 1), rate)
+    if not path.exists():
+        speech, rate = sf.read(work / "speech.wav", dtype="float32")
+        n = int(minutes * 60 * rate)
+        x = np.tile(speech, n // len(speech) + 1)[:n]
+        x = x + np.random.default_rng(1).standard_normal(n).astype(np.float32) * 0.01
+        sf.write(path, np.clip(x, -1, 1), rate)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if warm:  # the export and the task's label embeddings, as after a first run
+        subprocess.run([sys.executable, __file__, "--long-child", str(model_dir), str(path), backend], check=True,
+                       capture_output=True, env=env)
     out = subprocess.run(
-        [sys.executable, __file__, "--long-child", str(model_dir), str(path)],
-        check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [sys.executable, __file__, "--long-child", str(model_dir), str(path), backend],
+        check=True, capture_output=True, text=True, env=env,
     ).stdout
-    return {"minutes": minutes, **json.loads(out.strip().splitlines()[-1])}
+    return {"minutes": minutes, "backend": backend, **json.loads(out.strip().splitlines()[-1])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clips", type=int, default=32)
+    parser.add_argument("--clips", type=int, default=16, help="clips for the in-process throughput (default 16)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of each measurement (medians)")
+    parser.add_argument("--backends", default="onnx,openvino", help="exported backends to compare with torch (default onnx,openvino)")
+    parser.add_argument("--int8", action="store_true", help="also measure onnx-int8 and its score agreement")
+    parser.add_argument("--process-clips", type=int, default=16, help="clips for the whole-process runs; 0 skips them")
     parser.add_argument("--long-minutes", type=float, default=10.0)
+    parser.add_argument("--long-repeats", type=int, default=1, help="fresh-process runs of the long recording per backend (medians)")
     parser.add_argument("--skip-long", action="store_true")
-    parser.add_argument("--long-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--parts", default="throughput,process,long", help="which measurements to run (default all)")
+    parser.add_argument("--long-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--process-child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--backend-child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.long_child:
         long_child(*args.long_child)
         return
+    if args.backend_child:
+        backend_child(args.backend_child[0], args.backend_child[1], args.backend_child[3:], int(args.backend_child[2]))
+        return
+    if args.process_child:
+        process_child(args.process_child[0], args.process_child[1], args.process_child[2:])
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    backends = ["torch", *[b for b in args.backends.split(",") if b and b != "torch"]] + (["onnx-int8"] if args.int8 else [])
     work = Path(tempfile.mkdtemp(prefix="medzero-bench-"))
     os.environ.setdefault("MEDZERO_CACHE_DIR", str(work / "cache"))
     try:
         t0 = time.perf_counter()
         model_dir = build_full_size_clap(work / "clap-full")
-        print(f"built full-size CLAP in {time.perf_counter() - t0:.1f} s", flush=True)
-        clips = make_clips(work, args.clips)
-        r = bench_throughput(model_dir, clips)
-        print(
-            f"throughput, {r['clips']} clips of 8 s x {len(LABELS)} labels (CPU, {os.cpu_count()} cores):\n"
-            f"  transformers pipeline loop  {r['pipeline_clips_per_s']:.2f} clips/s\n"
-            f"  medzero classify_batch      {r['medzero_clips_per_s']:.2f} clips/s\n"
-            f"  ratio medzero / pipeline    {r['speedup']:.2f}x (target >= 1.5x)\n"
-            f"  max |score difference|      {r['max_abs_score_diff']:.2e}",
-            flush=True,
-        )
-        if not args.skip_long:
-            r = bench_long(model_dir, work, args.long_minutes)
-            print(
-                f"{r['minutes']:g}-minute recording, voice_quality, fresh process:\n"
-                f"  process start to first result  {r['load_to_first_result_s']:.1f} s\n"
-                f"  classification wall time       {r['classify_s']:.1f} s ({r['windows']} timeline windows)\n"
-                f"  peak RSS                       {r['peak_rss_mb']:.0f} MB (target < 3072 MB)"
-            )
+        print(f"built full-size CLAP in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs; backends {', '.join(backends)}", flush=True)
+        clips = make_clips(work, max(args.clips, args.process_clips, 8))
+        from medzero.core import encoder as encoders
+
+        parts = set(args.parts.split(","))
+        print(f"  {load_note()}", flush=True)
+        for b in backends[1:]:
+            t0 = time.perf_counter()
+            encoders.create(str(model_dir), modality="audio", device="cpu", backend=b)
+            print(f"  first load with --backend {b} (exports once per model): {time.perf_counter() - t0:.1f} s", flush=True)
+
+        if "throughput" in parts:
+            report_backends(bench_backends(model_dir, clips[: args.clips], backends, args.repeats), backends, args)
+
+        if args.process_clips and "process" in parts:
+            p = bench_process(model_dir, clips[: args.process_clips], backends, args.repeats)
+            print(f"whole process, {p['clips']} clips, process start to exit (medians of {args.repeats}; medzero with warm caches; {load_note()}):")
+            print(f"  transformers pipeline script  {p['seconds']['pipeline']:5.1f} s")
+            for b in backends:
+                print(f"  medzero --backend {b:10s}   {p['seconds'][b]:5.1f} s  {p['seconds']['pipeline'] / p['seconds'][b]:5.2f}x "
+                      f"(goal >= 1.5x); max |score diff| {p['max_abs_score_diff'][b]:.1e}")
+            print("  all runs (s): " + "; ".join(f"{k} {', '.join(f'{x:.1f}' for x in v)}" for k, v in p["all"].items()), flush=True)
+
+        if not args.skip_long and "long" in parts:
+            runs: dict[str, list[dict]] = {b: [] for b in backends}
+            for i in range(max(1, args.long_repeats)):
+                for b in backends:
+                    runs[b].append(bench_long(model_dir, work, args.long_minutes, b, warm=i == 0))
+            print(f"{args.long_minutes:g}-minute recording, voice_quality, fresh process per run (warm caches; medians of "
+                  f"{max(1, args.long_repeats)}; {load_note()}):")
+            for b in backends:
+                first = [r["load_to_first_result_s"] for r in runs[b]]
+                wall = median_of([r["classify_s"] for r in runs[b]])
+                rss = max(r["peak_rss_mb"] for r in runs[b])
+                print(
+                    f"  --backend {b:10s} start to first result {median_of(first):5.1f} s; classification {wall:5.1f} s "
+                    f"({runs[b][0]['windows']} timeline windows; goal < 10 s); peak RSS {rss:.0f} MB; "
+                    f"all runs {', '.join(f'{x:.1f}' for x in first)} s",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def report_backends(runs: dict[str, dict], backends: list[str], args: argparse.Namespace) -> None:
+    first = runs[backends[0]]["seconds"]
+    print("feature extraction per 10 s model input (medians): transformers "
+          f"{first['transformers features'] * 1000:.1f} ms, medzero {first['medzero features'] * 1000:.1f} ms")
+    n = args.clips
+    print(f"throughput, {n} clips of 8 s x {len(LABELS)} labels; one process per backend, each against the pipeline "
+          f"in the same process (medians of {args.repeats}):")
+    for b in backends:
+        t = runs[b]["seconds"]
+        per_clip = t["medzero"] / n
+        print(
+            f"  --backend {b:10s} model alone {t['forward'] * 1000:5.1f} ms/clip; medzero {n / t['medzero']:5.2f} clips/s "
+            f"= {per_clip * 1000:.0f} ms/clip = {per_clip / t['forward']:.2f}x its model alone (goal <= 1.2x); pipeline "
+            f"{n / t['pipeline']:5.2f} clips/s; {t['pipeline'] / t['medzero']:.2f}x the pipeline; max |score diff| "
+            f"{runs[b]['max_abs_score_diff']:.1e} ({runs[b]['load']})"
+        )
+    if "onnx-int8" in runs:
+        reference = runs["onnx" if "onnx" in runs else "torch"]["scores"]
+        a = agreement(np.array(reference), np.array(runs["onnx-int8"]["scores"]))
+        print(
+            f"  int8 against float: max |score diff| {a['max_abs_diff']:.1e}, top-1 agreement {a['top1_agreement']:.0%}, "
+            f"same label ranking {a['same_ranking']:.0%} of clips, mean Kendall tau {a['kendall_tau']:.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Image classification throughput: a naive per-image loop against medzero's batch path.
+"""Image classification throughput: a naive per-image loop against medzero's batch path, per backend.
 
 Model: a full-size open_clip ViT-B-16 (random weights, the same compute as the real ones), saved as
 a ``local-dir:`` checkpoint (open_clip_config.json + open_clip_model.safetensors) so that medzero
@@ -7,19 +7,28 @@ MONOCHROME2 DICOMs with a Window Center/Width, written to a temporary folder.
 
 - naive: one image at a time: pydicom → Modality/VOI LUT → 8-bit PIL → preprocess → encode_image
   (batch of one) → softmax against the label text features;
-- medzero: ``medzero.Classifier(labels=..., image_model="local-dir:...").classify_batch(paths)``
-  (decoding in loader threads, overlapped with batched ``encode_image``).
+- medzero: ``medzero.Classifier(labels=..., image_model="local-dir:...", backend=...).classify_batch(paths)``
+  (decoding and the model's preprocessing in loader threads, overlapped with batched
+  ``encode_image``), for ``torch`` and each backend in ``--backends`` (``--int8`` adds
+  ``onnx-int8``); exports are made once, timed, before anything is measured.
 
-Prints images/s for both, the ratio, peak RSS after each, the naive loop's share of time spent
-decoding, and the largest absolute difference between the two paths' scores.
+Each backend runs in a process of its own (one runtime per process, as in use), with the naive
+loop measured in that same process, interleaved, ``--repeats`` times; medians. Prints images/s for
+each, the ratio to the naive loop, peak RSS, the naive loop's share of time spent decoding, the
+largest absolute difference from the naive loop's scores, the image tower alone per image (batch
+of ``--batch-size``), and with ``--int8`` how far int8 moves the scores.
 
-    python bench/bench_image.py --n 16
+    flock /tmp/bench.lock python bench/bench_image.py --n 32 [--repeats 3] [--backends onnx,openvino] [--int8]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,27 +117,101 @@ def naive(paths: list[Path], checkpoint: Path) -> tuple[np.ndarray, float, float
     return np.stack(rows), time.perf_counter() - start, decode
 
 
-def medzero_batch(paths: list[Path], checkpoint: Path, batch_size: int) -> tuple[np.ndarray, float, float]:
+def medzero_classifier(checkpoint: Path, batch_size: int, backend: str):
     import medzero
-    from medzero.image import read_image
 
-    classifier = medzero.Classifier(labels=LABELS, template="{}", image_model=f"local-dir:{checkpoint}", device="cpu", batch_size=batch_size)
+    classifier = medzero.Classifier(
+        labels=LABELS, template="{}", image_model=f"local-dir:{checkpoint}", device="cpu", batch_size=batch_size, backend=backend
+    )
     classifier.head("image")  # load the model and encode the labels before timing, as naive does
+    return classifier
+
+
+def medzero_batch(paths: list[Path], classifier) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     results = classifier.classify_batch([str(p) for p in paths])
     seconds = time.perf_counter() - start
     errors = [r.error for r in results if r.error]
     if errors:
         raise SystemExit(f"medzero failed on {len(errors)} files: {errors[0]}")
+    return np.array([[r.scores[label] for label in LABELS] for r in results]), seconds
+
+
+def decode_cost(paths: list[Path]) -> float:
+    from medzero.image import read_image
+
     t0 = time.perf_counter()
     for p in paths[: min(8, len(paths))]:
         read_image(p)
-    decode_each = (time.perf_counter() - t0) / min(8, len(paths))
-    return np.array([[r.scores[label] for label in LABELS] for r in results]), seconds, decode_each
+    return (time.perf_counter() - t0) / min(8, len(paths))
+
+
+def tower_alone(classifiers: dict, batch_size: int, repeats: int) -> dict[str, float]:
+    """Seconds per image of the image tower alone, on a preprocessed batch, per backend."""
+    import torch
+
+    pixels = torch.randn((batch_size, 3, 224, 224), generator=torch.Generator().manual_seed(0))
+    encoders = {name: clf.encoder("image") for name, clf in classifiers.items()}
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    for enc in encoders.values():
+        enc.encode(pixels)  # warm-up
+    for _ in range(repeats):
+        for name, enc in encoders.items():
+            t0 = time.perf_counter()
+            enc.encode(pixels)
+            times[name].append((time.perf_counter() - t0) / batch_size)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """How far ``other``'s scores move from ``reference``'s (rows: images, columns: labels)."""
+
+    def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:  # labels are few: count the pairs
+        return float(np.mean([np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i in range(len(a)) for j in range(i + 1, len(a))]))
+
+    return {
+        "max_abs_diff": float(np.abs(reference - other).max()),
+        "top1_agreement": float(np.mean(reference.argmax(1) == other.argmax(1))),
+        "same_ranking": float(np.mean([np.array_equal(np.argsort(-a), np.argsort(-b)) for a, b in zip(reference, other)])),
+        "kendall_tau": float(np.mean([kendall_tau(a, b) for a, b in zip(reference, other)])),
+    }
 
 
 def peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM (ru_maxrss would carry the parent's peak across fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load_note() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def backend_child(backend: str, checkpoint: Path, paths: list[Path], batch_size: int, repeats: int) -> dict:
+    """Runs in a fresh process (one runtime per process, as in use): the naive loop and medzero
+    with ``backend``, interleaved, and the image tower alone."""
+    classifier = medzero_classifier(checkpoint, batch_size, backend)
+    times: dict[str, list[float]] = {"naive": [], "naive_decode": [], "medzero": []}
+    for _ in range(repeats):
+        naive_scores, naive_s, naive_decode = naive(paths, checkpoint)
+        times["naive"].append(naive_s)
+        times["naive_decode"].append(naive_decode)
+        scores, seconds = medzero_batch(paths, classifier)
+        times["medzero"].append(seconds)
+    return {
+        "seconds": {k: statistics.median(v) for k, v in times.items()},
+        "alone": tower_alone({backend: classifier}, batch_size, repeats)[backend],
+        "decode_each": decode_cost(paths),
+        "max_abs_diff": float(np.abs(naive_scores - scores).max()),
+        "scores": scores.tolist(),
+        "peak_rss_mib": peak_rss_mib(),
+        "load": load_note(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,31 +219,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=64, help="number of synthetic DICOMs (default 64)")
     parser.add_argument("--size", type=int, default=2048, help="rows and columns of each DICOM (default 2048)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of each measurement (medians)")
+    parser.add_argument("--backends", default="onnx,openvino", help="exported backends to compare with torch (default onnx,openvino)")
+    parser.add_argument("--int8", action="store_true", help="also measure onnx-int8 and its score agreement")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.child:
+        backend, checkpoint, folder, repeats = args.child
+        paths = sorted(Path(folder).glob("*.dcm"))
+        print(json.dumps(backend_child(backend, Path(checkpoint), paths, args.batch_size, int(repeats))))
+        return 0
+    backends = ["torch", *[b for b in args.backends.split(",") if b and b != "torch"]] + (["onnx-int8"] if args.int8 else [])
     import torch
 
     with tempfile.TemporaryDirectory(prefix="medzero-bench-") as tmp:
         tmp_path = Path(tmp)
+        os.environ.setdefault("MEDZERO_CACHE_DIR", str(tmp_path / "cache"))
         t0 = time.perf_counter()
         paths = write_dicoms(tmp_path / "dicom", args.n, args.size)
         checkpoint = build_checkpoint(tmp_path / "vit_b_16")
         out = sys.stdout
         out.write(
             f"setup: {args.n} DICOMs {args.size}x{args.size} 16-bit, ViT-B-16 checkpoint, {time.perf_counter() - t0:.1f} s; "
-            f"torch threads {torch.get_num_threads()}\n"
+            f"torch threads {torch.get_num_threads()}; {load_note()}\n"
         )
-        naive_scores, naive_s, naive_decode = naive(paths, checkpoint)
-        rss_naive = peak_rss_mib()
-        ours, ours_s, decode_each = medzero_batch(paths, checkpoint, args.batch_size)
-        rss_ours = peak_rss_mib()
-        out.write(f"naive loop   : {args.n / naive_s:6.2f} images/s ({naive_s:.1f} s; decoding {100 * naive_decode / naive_s:.0f}% of it), peak RSS {rss_naive:.0f} MiB\n")
-        out.write(
-            f"medzero batch: {args.n / ours_s:6.2f} images/s ({ours_s:.1f} s; decoding alone {decode_each * 1000:.0f} ms/image = "
-            f"{100 * decode_each * args.n / ours_s:.0f}% of it, overlapped), peak RSS {rss_ours:.0f} MiB (process peak so far)\n"
-        )
-        out.write(f"speed-up     : {naive_s / ours_s:.2f}x\n")
-        out.write(f"max |score difference| naive vs medzero: {np.abs(naive_scores - ours).max():.2e}\n")
+        for backend in backends[1:]:
+            t0 = time.perf_counter()
+            medzero_classifier(checkpoint, args.batch_size, backend)
+            out.write(f"  first load with --backend {backend} (exports once per model): {time.perf_counter() - t0:.1f} s\n")
+        out.flush()
+        runs = {}
+        for backend in backends:
+            stdout = subprocess.run(
+                [sys.executable, __file__, "--batch-size", str(args.batch_size), "--child", backend, str(checkpoint),
+                 str(tmp_path / "dicom"), str(args.repeats)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            runs[backend] = json.loads(stdout.strip().splitlines()[-1])
+        out.write(f"{args.n} images; one process per backend, each against the naive loop in the same process (medians of {args.repeats}):\n")
+        for backend in backends:
+            r = runs[backend]
+            t = r["seconds"]
+            out.write(
+                f"  --backend {backend:10s} medzero {args.n / t['medzero']:6.2f} images/s; naive loop {args.n / t['naive']:5.2f} images/s "
+                f"(decoding {100 * t['naive_decode'] / t['naive']:.0f}% of it); {t['naive'] / t['medzero']:.2f}x the naive loop; "
+                f"image tower alone {r['alone'] * 1000:.0f} ms/image; max |score diff| to naive {r['max_abs_diff']:.1e}; "
+                f"peak RSS {r['peak_rss_mib']:.0f} MiB ({r['load']})\n"
+            )
+        out.write(f"decoding alone {runs['torch']['decode_each'] * 1000:.0f} ms/image (medzero overlaps it, and the model's preprocessing, with the model in loader threads)\n")
+        if args.int8:
+            a = agreement(np.array(runs["onnx" if "onnx" in runs else "torch"]["scores"]), np.array(runs["onnx-int8"]["scores"]))
+            out.write(
+                f"int8 against float: max |score diff| {a['max_abs_diff']:.1e}, top-1 agreement {a['top1_agreement']:.0%}, "
+                f"same label ranking {a['same_ranking']:.0%} of images, mean Kendall tau {a['kendall_tau']:.3f}\n"
+            )
     return 0
 
 

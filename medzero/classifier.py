@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .core import backend as _backends
 from .core import encoder as _encoders
 from .core.errors import BadInputError, MedzeroError, ModelUnavailableError, TaskError, one_line
 from .core.ingest import Pipeline, Prepared, Source, expand, iter_expand
@@ -54,6 +55,9 @@ class Classifier:
             ``MEDZERO_AUDIO_MODEL`` / ``MEDZERO_IMAGE_MODEL`` variables, else the registered default).
         models: the same for any modality, ``{modality: reference}``.
         device: ``auto``, ``cpu`` or ``cuda``.
+        backend: ``torch``, ``onnx`` (ONNX Runtime on the CPU; needs ``medzero[onnx]``), ``openvino``
+            (OpenVINO on the CPU; needs ``medzero[openvino]``) or ``onnx-int8`` (ONNX Runtime with an
+            int8-quantised audio/image tower); ``None``: ``MEDZERO_BACKEND``, else ``torch``.
         batch_size: items per forward pass.
         window_s, hop_s: the timeline windows of recordings longer than the model's 10 s input.
         top_segments: how many top windows per label a Result lists.
@@ -74,6 +78,7 @@ class Classifier:
         image_model: str | None = None,
         models: Mapping[str, str | None] | None = None,
         device: str = "auto",
+        backend: str | None = None,
         batch_size: int = 8,
         window_s: float = 10.0,
         hop_s: float = 5.0,
@@ -101,6 +106,7 @@ class Classifier:
         self._multilabel = multilabel
         self._models = {"audio": audio_model, "image": image_model, **dict(models or {})}
         self.device = device
+        self.backend = _backends.checked(backend, device)
         self.batch_size = max(1, int(batch_size))
         self.options = {"window_s": float(window_s), "hop_s": float(hop_s), "batch_size": self.batch_size, "top_segments": int(top_segments)}
         self._tasks: dict[str, Task] = {}
@@ -137,7 +143,7 @@ class Classifier:
 
     def encoder(self, modality: str) -> _encoders.Encoder:
         """The loaded encoder for ``modality`` (once per process, shared with every other user)."""
-        return _encoders.create(self._models.get(modality), modality=modality, device=self.device)
+        return _encoders.create(self._models.get(modality), modality=modality, device=self.device, backend=self.backend)
 
     def head(self, modality: str) -> TaskHead:
         """The task's label embeddings for ``modality``'s encoder, built once."""
@@ -165,6 +171,20 @@ class Classifier:
             if progress is not None:
                 progress(len(batch))
         return results
+
+    def classify_dataset(self, dataset: Any, *, batch_size: int | None = None, ray_options: Any = None) -> Any:
+        """Results for every file of a Ray Dataset, as a lazy Dataset of result rows (needs ``medzero[ray]``).
+
+        ``dataset`` has a ``path`` column, and a ``bytes`` column when it carries the files'
+        content (``ray.data.read_binary_files(..., include_paths=True)``); each row that comes back
+        has ``path, modality, task, model, verdict, error``, ``score.<label>``, ``metric.<name>``
+        and ``result`` (the whole Result as JSON), an error row for a file that failed. Decoding
+        runs in Ray tasks and embedding in an actor pool (``ray_options``: a
+        :class:`medzero.distributed.RayOptions`); scores equal :meth:`classify_batch`'s.
+        """
+        from .distributed import classify_dataset
+
+        return classify_dataset(self, dataset, batch_size=batch_size, options=ray_options)
 
     def classify_prepared(self, batch: Sequence[Prepared], vectors: Sequence[np.ndarray | None] | None = None) -> list[Result]:
         """Results for decoded items (embedded here in one pass per modality unless ``vectors`` are given)."""

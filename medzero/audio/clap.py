@@ -29,6 +29,7 @@ from ..core.encoder import (
     Location,
     ModelCfg,
     Target,
+    advice,
     local_dir,
     missing_error,
     model_error,
@@ -39,9 +40,11 @@ from ..core.encoder import (
     weights_fingerprint,
 )
 from ..core.errors import BadInputError
+from ..core.ingest import map_ahead
 from ..core.packs import LICENCE_PATTERNS, TOKENIZER_FILES, copy_files
+from .clap_features import MelFeatures
 
-__all__ = ["ClapEncoder", "load_clap", "CLAP_FUSED"]
+__all__ = ["ClapEncoder", "ClapInput", "load_clap", "CLAP_FUSED"]
 
 _logger = logging.getLogger(__name__)
 
@@ -99,12 +102,14 @@ def load_clap(source: str, *, revision: str | None = None, device: str = "cpu", 
         because = hub.offline_reason()
         if because is not None:
             raise missing_error(target, because, locate_clap(source, revision, cfg) or Location("hub", source)) from None
-        raise model_error(f"audio model {target.display} could not be loaded from the hub ({short_reason(exc)})") from None
+        raise model_error(f"audio model {target.display} could not be loaded from {hub.host()} ({short_reason(exc)})", advice(target)) from None
     if local is not None:
         fingerprint = f"{local.resolve().name}@sha256:{weights_fingerprint(local)}"
         model_id = str(local.resolve())
     else:
-        commit = getattr(model.config, "_commit_hash", None)
+        # The snapshot folder the cache served is named by its commit (transformers does not always say).
+        cached = hub.cached_file(source, "config.json", revision)
+        commit = getattr(model.config, "_commit_hash", None) or (cached.parent.name if cached is not None else None)
         fingerprint = f"{source}@{commit or revision or 'main'}"
         model_id = source
     return ClapEncoder(model, processor, model_id=model_id, fingerprint=fingerprint, device=device)
@@ -123,7 +128,7 @@ class ClapEncoder:
         self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.processor = processor
-        self.feature_extractor = processor.feature_extractor
+        self.feature_extractor = MelFeatures.of(processor.feature_extractor)  # the same features, vectorised
         self.tokenizer = processor.tokenizer
         self.sample_rate = int(self.feature_extractor.sampling_rate)
         self.max_samples = int(self.feature_extractor.nb_max_samples)
@@ -175,21 +180,29 @@ class ClapEncoder:
         return np.stack([shrink, *crops], axis=0)
 
     # -- embeddings ---------------------------------------------------------------------------
-    def embed(self, items: Sequence[Any]) -> np.ndarray:
-        """(n, dim) normalised embeddings for mono waveforms at ``sample_rate`` (arrays or AudioClips)."""
-        import torch
+    def prepare_input(self, item: Any) -> "ClapInput":
+        """The part of :meth:`embed` that needs no model, for one clip: its log-mel features. The
+        ingest pipeline runs it in its decoding threads, so features are ready when the batch is."""
+        rate = getattr(item, "sample_rate", self.sample_rate)
+        if rate != self.sample_rate:
+            raise BadInputError(f"audio at {rate} Hz given to a {self.sample_rate} Hz model; resample it first")
+        return ClapInput(self.features(getattr(item, "samples", item)).astype(np.float32))
 
-        waves = [getattr(item, "samples", item) for item in items]
-        for item in items:
-            rate = getattr(item, "sample_rate", self.sample_rate)
-            if rate != self.sample_rate:
-                raise BadInputError(f"audio at {rate} Hz given to a {self.sample_rate} Hz model; resample it first")
-        out = np.empty((len(waves), self.dim), dtype=np.float32)
-        for start in range(0, len(waves), self.batch_size):
-            chunk = waves[start : start + self.batch_size]
-            feats = np.stack([self.features(w) for w in chunk])
-            out[start : start + len(chunk)] = self.embed_features(feats)
+    def embed(self, items: Sequence[Any]) -> np.ndarray:
+        """(n, dim) normalised embeddings for mono waveforms at ``sample_rate`` (arrays, AudioClips, or
+        what :meth:`prepare_input` returned); the next batch's features are computed in a worker
+        thread while this batch runs through the model."""
+        items = list(items)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        chunks = [items[start : start + self.batch_size] for start in range(0, len(items), self.batch_size)]
+        done = 0
+        for features in map_ahead(self._stacked_features, chunks):
+            out[done : done + len(features)] = self.embed_features(features)
+            done += len(features)
         return out
+
+    def _stacked_features(self, chunk: Sequence[Any]) -> np.ndarray:
+        return np.stack([(item if isinstance(item, ClapInput) else self.prepare_input(item)).features for item in chunk])
 
     def embed_features(self, features: np.ndarray) -> np.ndarray:
         import torch
@@ -228,6 +241,23 @@ class ClapEncoder:
             "probe_ids": [int(i) for i in self.tokenizer(PROBE_TEXT)["input_ids"]],
         }
         return config
+
+
+class ClapInput:
+    """One clip's model input (its log-mel features), made ahead by :meth:`ClapEncoder.prepare_input`."""
+
+    __slots__ = ("features",)
+
+    def __init__(self, features: np.ndarray):
+        self.features = features
+
+
+@register_family_hook("clap", "onnx")
+def load_clap_onnx(source: str, *, revision: str | None = None, device: str = "cpu", cfg: ModelCfg | None = None, backend: str = "onnx"):
+    """CLAP on ONNX Runtime (``--backend onnx``; see :mod:`medzero.audio.clap_onnx`)."""
+    from .clap_onnx import load
+
+    return load(source, revision=revision, cfg=cfg, backend=backend)
 
 
 # -- without loading: where the files are, packing, recognising a folder --------------------------

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..core.ingest import map_ahead
 from ..core.results import Result, Segment
 
 __all__ = ["window_starts", "timeline", "add_timeline"]
@@ -33,11 +34,14 @@ def timeline(
     rate = encoder.sample_rate
     starts = window_starts(len(samples), rate, window_s, hop_s)
     width = int(round(window_s * rate))
-    rows = []
-    for b in range(0, len(starts), batch_size):
-        windows = [samples[s : s + width] for s in starts[b : b + batch_size]]
-        rows.append(head.scores(encoder.embed(windows)))
-    scores = np.concatenate(rows)
+    prepare = getattr(encoder, "prepare_input", None)
+
+    def inputs(batch: list[int]) -> list[Any]:  # the next batch's features, in a worker thread
+        windows = [samples[s : s + width] for s in batch]
+        return [prepare(w) for w in windows] if prepare is not None else windows
+
+    batches = [starts[b : b + batch_size] for b in range(0, len(starts), batch_size)]
+    scores = np.concatenate([head.scores(encoder.embed(ready)) for ready in map_ahead(inputs, batches)])
     times = [(s / rate, min(s + width, len(samples)) / rate) for s in starts]
     label_ids = head.task.label_ids()
     result = {

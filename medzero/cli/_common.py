@@ -21,16 +21,25 @@ def fail(message: str, code: int = 1) -> "click.exceptions.Exit":
 
 
 def model_options(command: Callable) -> Callable:
-    """``--<modality>-model`` for every registered modality and ``--device``, passed as
-    ``models={modality: ref}`` and ``device``. Every subcommand that opens a model or an index
-    takes the same set, so a script can pass the same options to all of them."""
+    """``--<modality>-model`` for every registered modality, ``--device`` and ``--backend``, passed
+    as ``models={modality: ref}`` and ``device``; ``--backend`` is the default backend of every
+    model the command opens (:func:`medzero.core.backend.use`). Every subcommand that opens a model
+    or an index takes the same set, so a script can pass the same options to all of them."""
     names = modality_names()
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        kwargs["models"] = {name: kwargs.pop(f"{name}_model", None) for name in names}
-        return command(*args, **kwargs)
+        from ..core import backend
 
+        kwargs["models"] = {name: kwargs.pop(f"{name}_model", None) for name in names}
+        with backend.use(kwargs.pop("backend", None)):
+            return command(*args, **kwargs)
+
+    wrapper = click.option(
+        "--backend", type=click.Choice(["torch", "onnx", "openvino", "onnx-int8"]), envvar="MEDZERO_BACKEND",
+        help="torch [default]; onnx or openvino: ONNX Runtime or OpenVINO on the CPU, the model exported once "
+        "(needs medzero[onnx] or medzero[openvino]); onnx-int8: int8 audio/image tower, faster, scores move slightly.",
+    )(wrapper)
     wrapper = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))(wrapper)
     helps = {"audio": "CLAP model", "image": "open_clip model"}
     for name in reversed(names):

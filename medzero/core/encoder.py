@@ -33,6 +33,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from . import backend as backends
 from . import hub
 from .errors import ModelUnavailableError
 
@@ -54,6 +55,7 @@ __all__ = [
     "weights_fingerprint",
     "local_dir",
     "model_error",
+    "advice",
     "missing_error",
     "short_reason",
     "forget",
@@ -146,6 +148,7 @@ class Availability:
     why: str = ""  # the short cause: "it is not in the Hugging Face cache, and huggingface.co cannot be reached"
     name: str = ""  # the registered or pack name, if any
     hub_id: str = ""
+    hub_cache: str = ""  # for a hub model: the Hugging Face cache folder it would be read from
 
     @property
     def where(self) -> str:
@@ -156,9 +159,9 @@ class Availability:
 _FAMILIES: dict[str, tuple[str, Callable[..., Encoder]]] = {}
 #: family -> hook name -> function; see register_family_hook
 _HOOKS: dict[str, dict[str, Callable[..., Any]]] = {}
-_HOOK_NAMES = ("locate", "stage", "recognise")
+_HOOK_NAMES = ("locate", "stage", "recognise", "onnx")
 _MODELS: dict[str, ModelCfg] = {}
-_LOADED: dict[tuple[str, str, str], Encoder] = {}
+_LOADED: dict[tuple[str, str, str, str], Encoder] = {}  # (modality, ref, device, backend)
 _LOAD_LOCK = threading.Lock()
 _ENV = {"audio": "MEDZERO_AUDIO_MODEL", "image": "MEDZERO_IMAGE_MODEL"}
 
@@ -179,7 +182,9 @@ def register_family_hook(family: str, hook: str) -> Callable[[Callable[..., Any]
     - ``stage(encoder, target, dest) -> dict``: write a self-contained folder that the family loads
       as ``local-dir:`` (safetensors weights, configs, tokenizer, preprocessing, licence) for a
       model pack; returns extra manifest fields (e.g. ``{"licence": ...}``);
-    - ``recognise(directory) -> bool``: whether a folder holds a model of this family.
+    - ``recognise(directory) -> bool``: whether a folder holds a model of this family;
+    - ``onnx(source, revision, device, cfg, backend) -> Encoder``: the loader for the backends
+      that run an ONNX export (``onnx``, ``openvino``, ``onnx-int8``; :mod:`medzero.core.backend`).
     """
     if hook not in _HOOK_NAMES:
         raise ValueError(f"unknown family hook {hook!r}; expected one of {', '.join(_HOOK_NAMES)}")
@@ -312,36 +317,58 @@ def resolve(ref: str | None = None, *, modality: str) -> Target:
     return Target(ref, modality, _family_for(modality), ref)
 
 
-def create(ref: str | None = None, *, modality: str, device: str | None = "auto") -> Encoder:
-    """Load (once per process) the encoder that ``ref`` names; ``None`` means the default model."""
+def create(ref: str | None = None, *, modality: str, device: str | None = "auto", backend: str | None = None) -> Encoder:
+    """Load (once per process) the encoder that ``ref`` names; ``None`` means the default model.
+
+    ``backend``: ``torch``, ``onnx``, ``openvino`` or ``onnx-int8`` (:mod:`medzero.core.backend`);
+    ``None`` means ``--backend`` / ``MEDZERO_BACKEND``, else ``torch``.
+
+    A hub model that is not on this machine while the hub cannot be used fails here, before torch
+    or the model libraries are imported: one probe of the hub (at most about 1.5 s), one line.
+    """
     _ensure_registered()
     ref = ref or default_model(modality)
-    device = resolve_device(device)
-    key = (modality, ref, device)
+    wanted = (device or "auto").lower()
+    backend = backends.resolve(backend)
     with _LOAD_LOCK:
-        if key in _LOADED:
-            return _LOADED[key]
+        if (modality, ref, wanted, backend) in _LOADED:
+            return _LOADED[(modality, ref, wanted, backend)]
         target = resolve(ref, modality=modality)
-        _, loader = _FAMILIES[target.family]
         if target.pack is not None:
             target.pack.check_files()
+        offline_because = hub.offline_reason() if target.on_hub else None
+        location = _locate(target) if offline_because is not None else None
+        if location is not None and not location.local:
+            raise missing_error(target, offline_because, location)
+        device = resolve_device(wanted) if backend == "torch" else backends.cpu_device(backend, wanted)
+        key = (modality, ref, device, backend)
+        if key in _LOADED:
+            _LOADED[(modality, ref, wanted, backend)] = _LOADED[key]
+            return _LOADED[key]
+        _, loader = _FAMILIES[target.family] if backend == "torch" else (None, _backend_loader(target.family, backend))
         hub.quiet_logging()
         _logger.info("loading %s model %s on %s", modality, target.source, device)
-        offline_because = hub.offline_reason() if target.on_hub else None
         if offline_because is None:
             encoder = loader(target.source, revision=target.revision, device=device, cfg=target.cfg)
         else:
-            location = _locate(target)
-            if location is not None and not location.local:
-                raise missing_error(target, offline_because, location)
             with hub.offline():
                 encoder = loader(target.source, revision=target.revision, device=device, cfg=target.cfg)
         if target.pack is not None:
             # A pack loads as a folder; it keeps the identity of what was packed (hub id@commit,
             # or the packed directory's weights hash), so caches and indexes carry over.
             encoder.fingerprint = target.pack.fingerprint
-        _LOADED[key] = encoder
+        _LOADED[key] = _LOADED[(modality, ref, wanted, backend)] = encoder
         return encoder
+
+
+def _backend_loader(family: str, backend: str) -> Callable[..., Encoder]:
+    """The family's loader for a backend other than torch (its ``onnx`` hook), given ``backend=``."""
+    import functools
+
+    hook = _HOOKS.get(family, {}).get("onnx")  # every exported backend loads through it
+    if hook is None:
+        raise model_error(f"{family} models have no {backend} backend", "use --backend torch")
+    return functools.partial(hook, backend=backend)
 
 
 def _locate(target: Target) -> Location | None:
@@ -391,8 +418,14 @@ def availability(ref: str | None = None, *, modality: str) -> Availability:
         return Availability(str(ref or ""), modality, False, missing, reason=reason, advice=str(exc), why=reason)
     name = target.cfg.name if target.cfg is not None else (target.pack.name if target.pack is not None else "")
     hub_id = target.cfg.hub_id if target.cfg is not None else (target.ref if target.on_hub else "")
-    common = dict(ref=ref, modality=modality, name=name, hub_id=hub_id)
+    common = dict(ref=ref, modality=modality, name=name, hub_id=hub_id, hub_cache=str(hub.cache_path()) if hub_id else "")
     if target.pack is not None:
+        try:
+            target.pack.check_files()
+        except ModelUnavailableError as exc:
+            reason = getattr(exc, "reason", str(exc))
+            location = Location("pack", str(target.pack.path), reason)
+            return Availability(available=False, location=location, reason=reason, advice=str(exc), why=reason, **common)
         return Availability(available=True, location=Location("pack", str(target.pack.path)), **common)
     if target.directory is not None:
         return Availability(available=True, location=Location("directory", str(target.directory)), **common)

@@ -45,6 +45,7 @@ __all__ = [
     "Source",
     "Prepared",
     "Pipeline",
+    "map_ahead",
     "expand",
     "iter_expand",
     "source_name",
@@ -209,7 +210,9 @@ class Prepared:
 
     ``item`` is what ``encoder.embed`` takes (an AudioClip at the model rate, a LoadedImage);
     ``metrics`` are measurements scoring rules may use; ``metadata`` is PHI-safe; ``columns`` are
-    the case index's columns (``duration_s``, ``width``, ``height``).
+    the case index's columns (``duration_s``, ``width``, ``height``). ``input`` is the item's model
+    input made ahead, in the decoding thread, by an encoder that has ``prepare_input(item)``
+    (CLAP's log-mel features, an image's preprocessed pixels); ``embed`` takes it instead of the item.
     """
 
     source: Source
@@ -218,6 +221,7 @@ class Prepared:
     metadata: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, Any] = field(default_factory=dict)
     error: MedzeroError | None = None
+    input: Any = None
 
     @property
     def name(self) -> str:
@@ -330,7 +334,12 @@ class Pipeline:
                 self.check(source)
             modality = get_modality(source.modality)
             limits = self.limits.get(modality.name) or modality.limits()
-            return modality.prepare(source, self.encoder(modality.name), limits)
+            encoder = self.encoder(modality.name)
+            prepared = modality.prepare(source, encoder, limits)
+            prepare_input = getattr(encoder, "prepare_input", None)
+            if prepare_input is not None and prepared.ok and prepared.item is not None:
+                prepared.input = prepare_input(prepared.item)  # off the embedding thread's path
+            return prepared
         except MedzeroError as exc:
             return Prepared(source, error=exc)
 
@@ -365,7 +374,7 @@ class Pipeline:
                 by_modality.setdefault(p.modality, []).append(i)
         for modality, indices in by_modality.items():
             try:
-                vectors = self.encoder(modality).embed([batch[i].item for i in indices])
+                vectors = self.encoder(modality).embed([_model_input(batch[i]) for i in indices])
             except MedzeroError as exc:
                 for i in indices:
                     batch[i].error = exc
@@ -373,6 +382,25 @@ class Pipeline:
             for i, vector in zip(indices, vectors):
                 out[i] = vector
         return out
+
+
+def _model_input(prepared: Prepared) -> Any:
+    return prepared.input if prepared.input is not None else prepared.item
+
+
+def map_ahead(fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+    """``fn`` of each item in order, the next one computed in a worker thread while the caller uses
+    this one (an encoder's features of batch i+1 while batch i runs through the model)."""
+    if len(items) <= 1:
+        yield from (fn(item) for item in items)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medzero-ahead") as pool:
+        pending = pool.submit(fn, items[0])
+        for item in items[1:]:
+            ready = pending.result()
+            pending = pool.submit(fn, item)
+            yield ready
+        yield pending.result()
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -33,6 +33,7 @@ from ..core.encoder import (
     Location,
     ModelCfg,
     Target,
+    advice,
     local_dir,
     missing_error,
     model_error,
@@ -49,7 +50,7 @@ from ..core.vectors import l2_normalise
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["OpenClipEncoder", "load_open_clip", "LOCAL_COPY_HINT"]
+__all__ = ["OpenClipEncoder", "ClipInput", "load_open_clip", "LOCAL_COPY_HINT"]
 
 _logger = logging.getLogger(__name__)
 
@@ -169,11 +170,16 @@ class OpenClipEncoder:
             return item
         return read_image(item).to_pil()
 
+    def prepare_input(self, item: Any) -> "ClipInput":
+        """The model's preprocessing of one image, ahead of :meth:`embed`: the ingest pipeline runs
+        it in its decoding threads, so pixels are ready when the batch is."""
+        return ClipInput(self.preprocess(self.to_pil(item)))
+
     def preprocess_batch(self, items: Sequence[Any]) -> "torch.Tensor":
         """(n, 3, H, W) float32: the model's own preprocessing of each item, stacked (CPU)."""
         import torch
 
-        return torch.stack([self.preprocess(self.to_pil(item)) for item in items])
+        return torch.stack([item.pixels if isinstance(item, ClipInput) else self.preprocess(self.to_pil(item)) for item in items])
 
     def encode(self, batch: "torch.Tensor") -> np.ndarray:
         """(n, dim) float32 L2-normalised image embeddings for a preprocessed batch."""
@@ -263,15 +269,7 @@ def load_open_clip(source: str, *, revision: str | None = None, device: str = "c
 
 
 def _unavailable(target: Target, reason: str) -> ModelUnavailableError:
-    return model_error(f"image model {target.display} is not available ({reason})", _local_copy_hint(target))
-
-
-def _local_copy_hint(target: Target) -> str:
-    pack = f"medzero models pack {target.cfg.name}" if target.cfg is not None else f"medzero models pack {target.ref} --modality image"
-    return (
-        f"with network access run `{pack} -o models.tar` and install it here with `medzero models install models.tar`, "
-        f"{LOCAL_COPY_HINT}"
-    )
+    return model_error(f"image model {target.display} could not be loaded from {hub.host()} ({reason})", advice(target))
 
 
 def _load_local_dir(path: Path, *, device: str, display: str) -> OpenClipEncoder:
@@ -371,6 +369,23 @@ def _load_builtin(arch: str, tag: str | None, *, device: str, display: str, targ
     dim = (open_clip.get_model_config(arch) or {}).get("embed_dim")
     fingerprint = f"{arch}@{tag}" if pretrained_cfg else f"{arch}@{Path(tag).name}:{weights_fingerprint(Path(tag).parent)}"
     return OpenClipEncoder(model, preprocess, tokenizer, model_id=f"{arch}@{tag}", fingerprint=fingerprint, device=device, dim=dim)
+
+
+class ClipInput:
+    """One image's preprocessed pixels (3, H, W), made ahead by :meth:`OpenClipEncoder.prepare_input`."""
+
+    __slots__ = ("pixels",)
+
+    def __init__(self, pixels: Any):
+        self.pixels = pixels
+
+
+@register_family_hook("open_clip", "onnx")
+def load_open_clip_onnx(source: str, *, revision: str | None = None, device: str = "cpu", cfg: ModelCfg | None = None, backend: str = "onnx"):
+    """open_clip on ONNX Runtime (``--backend onnx``; see :mod:`medzero.image.clip_onnx`)."""
+    from .clip_onnx import load
+
+    return load(source, revision=revision, cfg=cfg, backend=backend)
 
 
 # -- without loading: where the files are, packing, recognising a folder --------------------------

@@ -2,7 +2,9 @@
 
 On disk an index is a directory::
 
-    cases.sqlite                    every case (path, sha256, metadata, scores, vector) and the spaces
+    cases.sqlite                    every case (path, sha256, metadata, scores, vector_row) and the spaces
+    vectors-<space>.f32             each space's vectors, append-only, row vector_row (see :mod:`.store`)
+    vectors-<space>.idx             per row, the case id and a 64-bit key of its sha256 (duplicate checks)
     space-<sha1(fingerprint)[:12]>.faiss   one FAISS index per embedding space (encoder fingerprint)
     write.lock                      flock'ed by the one writer; holds its pid
 
@@ -11,9 +13,9 @@ This module is the public front. The parts behind it are separate modules, each 
 database), :mod:`.store` (SQLite), :mod:`.faiss_io` (index types and search) and :mod:`.ingest`
 (sources into case rows, through the same ingest pipeline classification uses).
 
-The database is the source of truth; a FAISS file is a cache of it, replaced atomically after the
-transaction it reflects commits, checked against the database whenever it is opened and brought
-back in step from the stored vectors when it is not.
+The database and the vector files are the source of truth; a FAISS file is a cache of them,
+replaced atomically after the transaction it reflects commits, checked against the database
+whenever it is opened and brought back in step from the stored vectors when it is not.
 
 - **Spaces.** One per modality: the fingerprint of the encoder that made its vectors. Using another
   model for a modality the index already holds raises :class:`CaseIndexError` naming both.
@@ -46,6 +48,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..core import backend as _backends
 from ..core import encoder as _encoders
 from ..core.errors import BadInputError, CaseIndexError, MedzeroError
 from ..core.ingest import Pipeline, iter_expand
@@ -74,6 +77,8 @@ class CaseIndex:
             built with (remembered per space), else the default model.
         models: the same for any modality, ``{modality: reference}``.
         device: ``auto``, ``cpu`` or ``cuda``.
+        backend: ``torch``, ``onnx``, ``openvino`` or ``onnx-int8`` (see :class:`medzero.Classifier`); an int8
+            model is another model, so its vectors go to a space of their own.
         readonly: never write (no lock, no FAISS file repair on disk; repairs stay in memory).
         approx_threshold: vectors in a space above which it switches to the approximate index.
         checkpoint_s: during a long add, save the FAISS file at most this often (it is always saved
@@ -88,6 +93,7 @@ class CaseIndex:
         image_model: str | None = None,
         models: Mapping[str, str | None] | None = None,
         device: str = "auto",
+        backend: str | None = None,
         readonly: bool = False,
         approx_threshold: int = 100_000,
         checkpoint_s: float = 60.0,
@@ -95,6 +101,7 @@ class CaseIndex:
         self.path = Path(path)
         self.readonly = readonly
         self.device = device
+        self.backend = _backends.checked(backend, device)
         self._models = {"audio": audio_model, "image": image_model, **{k: v for k, v in dict(models or {}).items() if v}}
         self._encoders: dict[str, Any] = {}
         self._store: Store | None = None
@@ -187,7 +194,7 @@ class CaseIndex:
     def encoder(self, modality: str):
         """The encoder this session uses for ``modality``; raises when it is not the index's model."""
         if modality not in self._encoders:
-            encoder = _encoders.create(self._model_ref(modality), modality=modality, device=self.device)
+            encoder = _encoders.create(self._model_ref(modality), modality=modality, device=self.device, backend=self.backend)
             self._spaces.check_fingerprint(modality, encoder.fingerprint)
             self._encoders[modality] = encoder
         return self._encoders[modality]
@@ -200,14 +207,24 @@ class CaseIndex:
         *,
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
+        engine: str = "local",
+        ray_options: Any = None,
     ) -> AddReport:
         """Embed and index files (folders expanded by content); each batch commits on its own.
 
         Files whose content is already indexed in the same space are skipped and listed in
         ``duplicates``; a file that cannot be read gets an ``errors`` entry and the rest go on.
         With ``task``, each case also stores that task's zero-shot scores (cases of the other
-        modality store none).
+        modality store none). ``engine="ray"`` reads, decodes and embeds on a Ray cluster
+        (``ray_options``: a :class:`medzero.distributed.RayOptions`; needs ``medzero[ray]``) while
+        this process commits, as here; see :func:`medzero.distributed.add_with_ray`.
         """
+        if engine == "ray":
+            from ..distributed import add_with_ray
+
+            return add_with_ray(self, sources, task, batch_size=batch_size, options=ray_options, progress=progress)
+        if engine != "local":
+            raise BadInputError(f"engine must be local or ray, not {engine!r}")
         sources = iter_expand(sources, absolute=True)
         with self._writing():
             report = self._ingest.add(sources, task, batch_size=max(1, int(batch_size)), progress=progress)
@@ -248,33 +265,30 @@ class CaseIndex:
                 fingerprint = existing.row.fingerprint
             space_row = self._spaces.row_for(modality, fingerprint, vectors.shape[1], model_ref)
             batch_size = max(1, int(batch_size))
+            buffer = np.empty((min(batch_size, len(vectors)), vectors.shape[1]), dtype=np.float32)  # reused: fresh pages cost
             for start in range(0, len(vectors), batch_size):
                 try:
-                    chunk = l2_normalise(vectors[start : start + batch_size], strict=True)
+                    chunk = _normalised(vectors[start : start + batch_size], buffer)
                 except ValueError:
                     raise CaseIndexError(f"vectors {start}..{start + batch_size - 1} include a zero or non-finite vector") from None
-                fields = [dict(rows[start + j]) if rows is not None else {} for j in range(len(chunk))]
-                shas = [str(f.get("sha256") or hashlib.sha256(v.tobytes()).hexdigest()) for f, v in zip(fields, chunk)]
+                fields = [rows[start + j] for j in range(len(chunk))] if rows is not None else [{}] * len(chunk)
+                shas = [str(f.get("sha256") or hashlib.sha256(v).hexdigest()) for f, v in zip(fields, chunk)]
                 known = self._spaces.known_sha(space_row.space, shas)
-                batch = []
-                for j, (f, v, sha) in enumerate(zip(fields, chunk, shas)):
+                batch, keep = [], []
+                for j, (f, sha) in enumerate(zip(fields, shas)):
                     path = str(f.get("path") or f"vector:{start + j}")
                     if sha in known:
                         report.duplicates.append(path)
                         continue
                     known.add(sha)
-                    batch.append(
-                        (
-                            space_row,
-                            dict(
-                                path=path, sha256=sha, vector=v, metadata=f.get("metadata") or {}, task=f.get("task"),
-                                scores=f.get("scores"), duration_s=f.get("duration_s"), width=f.get("width"),
-                                height=f.get("height"),
-                            ),
-                        )
-                    )
+                    keep.append(j)
+                    case = {"path": path, "sha256": sha}
+                    if f:
+                        case.update((name, f[name]) for name in _CASE_FIELDS if f.get(name) is not None)
+                    batch.append((space_row, case))
                 if batch:
-                    report.added.extend(self._spaces.insert(batch))
+                    vectors_kept = chunk if len(keep) == len(chunk) else chunk[keep]
+                    report.added.extend(self._spaces.insert(batch, vectors=vectors_kept))
                 if progress is not None:
                     progress(len(chunk))
             self._spaces.save(force=True, tail_ok=True)
@@ -388,6 +402,20 @@ class CaseIndex:
             "faiss_bytes": sum(s["file_bytes"] for s in spaces),
             "approx_threshold": self.approx_threshold,
         }
+
+
+#: The optional fields of a row given to :meth:`CaseIndex.add_vectors` that a case stores.
+_CASE_FIELDS = ("metadata", "task", "scores", "duration_s", "width", "height")
+
+
+def _normalised(vectors: np.ndarray, buffer: np.ndarray, step: int = 4096) -> np.ndarray:
+    """``l2_normalise(vectors, strict=True)`` written into the first rows of ``buffer``, a slice of
+    rows at a time: each row's norm is its own sum, so the bits are the same (and so the default
+    sha256 of a vector), without temporaries the size of a whole batch."""
+    out = buffer[: len(vectors)]
+    for start in range(0, len(vectors), step):
+        out[start : start + step] = l2_normalise(vectors[start : start + step], strict=True)
+    return out
 
 
 def _interleave(lists: list[list[Hit]], k: int) -> list[Hit]:

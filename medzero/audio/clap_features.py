@@ -1,0 +1,102 @@
+"""CLAP's log-mel features without the per-frame Python loop, and without torch or transformers' processor.
+
+:class:`MelFeatures` computes exactly what ``ClapFeatureExtractor._np_extract_fbank_features``
+computes (the same Hann window, reflect padding, float64 FFT stored as complex64, power, mel
+filters, floor and dB conversion, in the same order, so the result is bit-identical), but frames a
+block of the waveform at once and runs one FFT per block instead of one per frame. It carries the
+extractor's settings and both filter banks, which it can save beside an ONNX export and load
+without importing transformers (whose feature-extraction module imports torch). The periodic Hann
+window and the dB conversion are transformers' ``window_function`` and ``power_to_db`` written
+out (tests compare the result with the extractor's, bit for bit).
+
+:func:`shrink_rows` is ``torch.nn.functional.interpolate(..., mode="bilinear", align_corners=False)``
+along the frame axis, the "shrink" of a long clip's whole mel to the model's input length (equal
+to torch's up to the last bit of float32).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MelFeatures", "shrink_rows"]
+
+#: The extractor settings medzero uses (and records in model packs).
+SETTINGS = (
+    "sampling_rate", "feature_size", "fft_window_size", "hop_length", "max_length_s", "nb_max_samples",
+    "padding", "truncation", "frequency_min", "frequency_max", "top_db",
+)
+_BLOCK = 1024  # frames per FFT call: 1024 × 1024 float64 samples = 8 MB
+
+
+class MelFeatures:
+    """A CLAP feature extractor's settings and filter banks, with a vectorised log-mel spectrogram."""
+
+    def __init__(self, settings: dict[str, Any], mel_filters: np.ndarray, mel_filters_slaney: np.ndarray):
+        for key in SETTINGS:
+            setattr(self, key, settings.get(key))
+        self.mel_filters = np.asarray(mel_filters, dtype=np.float64)
+        self.mel_filters_slaney = np.asarray(mel_filters_slaney, dtype=np.float64)
+        self._window: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, extractor: Any) -> "MelFeatures":
+        """From a transformers ``ClapFeatureExtractor``."""
+        return cls({key: getattr(extractor, key, None) for key in SETTINGS}, extractor.mel_filters, extractor.mel_filters_slaney)
+
+    def save(self, directory: Path) -> list[str]:
+        (directory / "mel_features.json").write_text(json.dumps({key: getattr(self, key) for key in SETTINGS}), encoding="utf-8")
+        np.savez(directory / "mel_filters.npz", mel_filters=self.mel_filters, mel_filters_slaney=self.mel_filters_slaney)
+        return ["mel_features.json", "mel_filters.npz"]
+
+    @classmethod
+    def load(cls, directory: Path) -> "MelFeatures":
+        settings = json.loads((directory / "mel_features.json").read_text(encoding="utf-8"))
+        with np.load(directory / "mel_filters.npz") as filters:
+            return cls(settings, filters["mel_filters"], filters["mel_filters_slaney"])
+
+    def window(self) -> np.ndarray:
+        if self._window is None:  # transformers' window_function(n, "hann"), periodic
+            self._window = np.hanning(int(self.fft_window_size) + 1)[:-1].astype(np.float64)
+        return self._window
+
+    def _np_extract_fbank_features(self, waveform: np.ndarray, mel_filters: np.ndarray) -> np.ndarray:
+        """(frames, mels) float32 log-mel spectrogram, equal bit for bit to the extractor's."""
+        n, hop = int(self.fft_window_size), int(self.hop_length)
+        x = _reflect_pad(np.asarray(waveform, dtype=np.float64), n // 2)
+        frames = 1 + (x.size - n) // hop
+        view = np.lib.stride_tricks.sliding_window_view(x, n)[::hop]
+        filters_t = np.ascontiguousarray(np.asarray(mel_filters, dtype=np.float64).T)
+        window = self.window()
+        mel = np.empty((frames, filters_t.shape[0]), dtype=np.float64)
+        for start in range(0, frames, _BLOCK):
+            spectrum = np.fft.rfft(view[start : start + _BLOCK] * window, axis=-1).astype(np.complex64)
+            power = np.abs(spectrum, dtype=np.float64) ** 2.0
+            mel[start : start + _BLOCK] = np.maximum(1e-10, np.dot(filters_t, power.T)).T
+        # transformers' power_to_db(mel, reference=1.0, min_value=1e-10, db_range=None)
+        db = 10.0 * (np.log10(np.clip(mel.T, a_min=1e-10, a_max=None)) - np.log10(1.0))
+        return db.astype(np.float32).T
+
+
+def _reflect_pad(x: np.ndarray, pad: int) -> np.ndarray:
+    """``np.pad(x, pad, mode="reflect")`` in one copy (numpy's takes several on a long recording)."""
+    if x.size <= pad:
+        return np.pad(x, (pad, pad), mode="reflect")
+    return np.concatenate([x[pad:0:-1], x, x[-2 : -pad - 2 : -1]])
+
+
+def shrink_rows(mel: np.ndarray, rows: int) -> np.ndarray:
+    """``mel`` (frames, mels) resized to ``rows`` frames as torch's bilinear interpolation with
+    ``align_corners=False`` does it, in the input's precision (float32 positions for float32 input,
+    as torch computes them); the mel axis keeps its size, so it is left as it is."""
+    mel = np.asarray(mel)
+    real = mel.dtype.type if mel.dtype in (np.float32, np.float64) else np.float64
+    size = mel.shape[0]
+    scale = real(size) / real(rows)
+    source = np.maximum(scale * (np.arange(rows).astype(real) + real(0.5)) - real(0.5), real(0))
+    lower = source.astype(np.int64)
+    upper = lower + (lower < size - 1)
+    weight_upper = np.clip(source - lower.astype(real), real(0), real(1))[:, None]
+    return (real(1) - weight_upper) * mel[lower] + weight_upper * mel[upper]

@@ -1,0 +1,420 @@
+"""Inference backends: the model's own torch modules, or graphs exported from them to ONNX.
+
+- ``torch`` (the default): the towers run as the model library built them.
+- ``onnx``: each tower (audio or image, and text) is exported once per model fingerprint with
+  torch's TorchScript ONNX exporter, checked against torch on a probe batch (largest difference at
+  most :data:`TOLERANCE`, else the export is refused), kept in ``<cache>/onnx/<model>-<key>/`` and
+  run by ONNX Runtime on the CPU. Once a model is exported, loading it reads no torch weights, and
+  the CLAP path imports neither torch nor transformers.
+- ``openvino``: the same export, compiled by OpenVINO's CPU plug-in in float32 (it fuses the
+  attention blocks of CLAP's Swin audio tower, which ONNX Runtime does not: about twice as fast
+  there). Scores equal torch's to :data:`TOLERANCE`, as with ``onnx``.
+- ``onnx-int8``: as ``onnx``, with the audio or image tower's matrix products quantised to int8
+  (dynamic quantisation: int8 weights, activations quantised per batch). It is a different
+  numerical model: its fingerprint ends in ``+int8``, so it never shares a case-index space or a
+  cached text embedding with the float model. ``bench/bench_audio.py`` and ``bench/bench_image.py``
+  print how far its scores move.
+
+A family supports these backends by registering an ``onnx`` hook
+(``register_family_hook(family, "onnx")``) that loads it with ``backend=``. The cache directory is
+``$MEDZERO_CACHE_DIR/onnx`` (default ``~/.cache/medzero/onnx``); an export is written into a
+temporary folder beside it and renamed into place when complete, so a killed export leaves no half
+model, and two processes exporting the same model at once both end up using one complete copy.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .errors import MedzeroError, ModelUnavailableError
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "TOLERANCE",
+    "resolve",
+    "checked",
+    "use",
+    "cpu_device",
+    "is_onnx",
+    "quantised",
+    "runtime",
+    "require",
+    "cache_root",
+    "export_dir",
+    "exported",
+    "read_export",
+    "export_onnx",
+    "quantise",
+    "Session",
+    "check_close",
+    "package_versions",
+]
+
+_logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "openvino", "onnx-int8")
+#: The runtime that runs each exported backend, and the pip extra that installs it.
+_RUNTIMES = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "openvino": "openvino"}
+_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "onnx": "onnx"}
+#: The exported backends are faster on the 2-core benchmark machine (bench/), but their runtimes
+#: are optional extras, so the default stays the backend every install has.
+DEFAULT_BACKEND = "torch"
+ENV = "MEDZERO_BACKEND"
+#: The largest difference between an exported tower's embeddings and torch's that is accepted.
+TOLERANCE = 1e-4
+#: Bumped when the exported graphs change meaning, so older exports are not reused.
+EXPORT_VERSION = 1
+OPSET = 17
+
+_process_default: str | None = None
+_default_lock = threading.Lock()
+
+
+def resolve(backend: str | None = None) -> str:
+    """The backend to use: ``backend`` if given, else the command line's ``--backend`` (see
+    :func:`use`), else ``MEDZERO_BACKEND``, else ``torch``. An unknown name is a one-line error."""
+    name = backend or _process_default or os.environ.get(ENV) or DEFAULT_BACKEND
+    name = str(name).strip().lower()
+    if name not in BACKENDS:
+        raise ModelUnavailableError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def checked(backend: str | None, device: str | None = "auto") -> str:
+    """:func:`resolve`, and for the exported backends a one-line error now (not at the first file)
+    when their runtime is missing or a GPU was asked for."""
+    name = resolve(backend)
+    if is_onnx(name):
+        cpu_device(name, device)
+        require(runtime(name), why=f"the {name} backend")
+    return name
+
+
+@contextmanager
+def use(backend: str | None) -> Iterator[None]:
+    """Make ``backend`` the default of every encoder created while the block runs, in every thread
+    (the CLI wraps each command in it; ``None`` leaves the default as it is)."""
+    global _process_default
+    if backend is not None:
+        resolve(backend)  # refuse an unknown name before anything runs
+    with _default_lock:
+        previous, _process_default = _process_default, backend or _process_default
+    try:
+        yield
+    finally:
+        with _default_lock:
+            _process_default = previous
+
+
+def is_onnx(backend: str) -> bool:
+    """Whether ``backend`` runs the exported ONNX graphs (every backend but ``torch``)."""
+    return backend in _RUNTIMES
+
+
+def runtime(backend: str) -> str:
+    """``onnxruntime`` or ``openvino``: the module that runs an exported backend."""
+    return _RUNTIMES[backend]
+
+
+def quantised(backend: str) -> bool:
+    return backend == "onnx-int8"
+
+
+def cpu_device(backend: str, device: str | None) -> str:
+    """The device of a non-torch backend: the CPU (``auto`` and ``cpu``), else a one-line error."""
+    wanted = (device or "auto").lower()
+    if wanted not in ("auto", "cpu"):
+        raise ModelUnavailableError(
+            f"the {backend} backend runs on the CPU, not {wanted}; use --device cpu, or --backend torch on {wanted}"
+        )
+    return "cpu"
+
+
+def require(module: str, *, why: str) -> Any:
+    """Import an optional dependency of the exported backends, or raise a one-line error naming the extra."""
+    if importlib.util.find_spec(module) is None:
+        extra = _EXTRAS.get(module, "onnx")
+        raise ModelUnavailableError(f"{why} needs {module}, which is not installed; pip install 'medzero[{extra}]', or use --backend torch")
+    return importlib.import_module(module)
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the libraries an export depends on (read without importing them)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = ""
+    return out
+
+
+# -- the export cache ------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    from .cache import cache_dir
+
+    return cache_dir() / "onnx"
+
+
+def export_dir(fingerprint: str, family: str, versions: Mapping[str, str]) -> Path:
+    """Where a model's exported towers live: readable model name, then a hash of everything the
+    export depends on (fingerprint, family, exporter version, library versions)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint).strip("._")[:64] or "model"
+    key = json.dumps({"fingerprint": fingerprint, "family": family, "export": EXPORT_VERSION, "opset": OPSET, **versions}, sort_keys=True)
+    return cache_root() / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def read_export(directory: Path) -> dict[str, Any] | None:
+    """The metadata of the complete export in ``directory``, or ``None`` (absent or incomplete)."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = meta.get("files", []) if isinstance(meta, dict) else None
+    if not isinstance(files, list) or not all((directory / f).is_file() for f in files):
+        return None
+    return meta
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(root: Path, older_than_s: float = 3600.0) -> None:
+    """Temporary export folders a killed process left (hours old, so never one being written)."""
+    now = time.time()
+    for path in root.glob(".*.tmp"):
+        try:
+            if path.is_dir() and now - path.stat().st_mtime > older_than_s:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def exported(directory: Path, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """The metadata of the complete export in ``directory``, building it first if there is none.
+
+    ``build(tmp)`` writes the files into the empty folder ``tmp`` and returns the metadata, which
+    must list them under ``files``; ``meta.json`` is written last, everything is synced, and the
+    folder is renamed to ``directory`` in one step. A folder without a valid ``meta.json`` and all
+    its files is not an export and is replaced.
+    """
+    meta = read_export(directory)
+    if meta is not None:
+        return meta
+    root = directory.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(root)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=root))
+    except OSError as exc:
+        raise ModelUnavailableError(f"cannot write the onnx export cache in {root}: {exc.strerror or exc}; set MEDZERO_CACHE_DIR") from None
+    try:
+        meta = dict(build(tmp))
+        meta.setdefault("files", [])
+        meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+        _fsync_tree(tmp)
+        try:
+            os.rename(tmp, directory)
+        except OSError:
+            if read_export(directory) is None:  # a broken leftover, not another process's export
+                shutil.rmtree(directory, ignore_errors=True)
+                os.rename(tmp, directory)
+        _fsync_dir(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    final = read_export(directory)
+    if final is None:  # pragma: no cover - the rename above either landed or raised
+        raise ModelUnavailableError(f"the onnx export in {directory} is incomplete; delete it and try again")
+    return final
+
+
+def quantise(directory: Path, name: str) -> Path:
+    """``<name>.int8.onnx`` beside ``<name>.onnx`` (made on first use, atomically): the matrix
+    products quantised to int8 with dynamic activation quantisation, per output channel."""
+    target = directory / f"{name}.int8.onnx"
+    if target.is_file():
+        return target
+    require("onnx", why="int8 quantisation")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".int8.tmp", dir=directory)
+    os.close(fd)
+    root = logging.getLogger()
+    advice = _DropAdvice()
+    root.addFilter(advice)  # the quantiser logs "consider pre-processing" on the root logger
+    try:
+        # MatMul/Gemm only: ONNX Runtime's ConvInteger is slower than its float convolution.
+        quantize_dynamic(
+            str(directory / f"{name}.onnx"), tmp, weight_type=QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(directory)
+    finally:
+        root.removeFilter(advice)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def _threads() -> int:
+    """Intra-op threads: ``OMP_NUM_THREADS`` if set, else the CPUs this process may run on."""
+    raw = os.environ.get("OMP_NUM_THREADS", "")
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Session:
+    """One exported tower, run with numpy inputs by ONNX Runtime or OpenVINO (``runtime``), loaded
+    on first use.
+
+    ONNX Runtime's threads do not spin while waiting for work, so the ingest pipeline's decoding
+    threads get the cores between operators (on the 2-core benchmark machine this measured faster
+    than spinning). OpenVINO compiles in float32 (no bf16 down-casting on CPUs that could) with one
+    infer request per calling thread.
+    """
+
+    def __init__(self, path: Path, runtime: str = "onnxruntime"):
+        self.path = Path(path)
+        self.runtime = runtime
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                module = require(self.runtime, why="running an exported model")
+                try:
+                    self._model = _load_openvino(module, self.path) if self.runtime == "openvino" else _load_onnxruntime(module, self.path)
+                except MedzeroError:
+                    raise
+                except Exception as exc:  # the runtimes raise their own exception types
+                    raise ModelUnavailableError(
+                        f"{self.runtime} cannot load {self.path} ({type(exc).__name__}); delete {self.path.parent} to export it again"
+                    ) from None
+            return self._model
+
+    def preload(self) -> "Session":
+        """Start loading in a background thread (the model compiles while the first files decode);
+        a failure there is raised again by the first call."""
+
+        def load_quietly() -> None:
+            try:
+                self.load()
+            except Exception:  # the first call loads again and raises it
+                pass
+
+        threading.Thread(target=load_quietly, name="medzero-session-load", daemon=True).start()
+        return self
+
+    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+        model = self.load()
+        if self.runtime != "openvino":
+            return model.run(None, inputs)[0]
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = model.create_infer_request()
+        return np.array(request.infer(inputs)[model.output(0)])
+
+
+def _load_onnxruntime(ort: Any, path: Path) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = _threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+_OV_CORE: Any = None
+
+
+def _load_openvino(ov: Any, path: Path) -> Any:
+    global _OV_CORE
+    if _OV_CORE is None:
+        _OV_CORE = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY"}
+    return _OV_CORE.compile_model(_OV_CORE.read_model(str(path)), "CPU", config)
+
+
+def check_close(what: str, got: np.ndarray, expected: np.ndarray, tolerance: float = TOLERANCE) -> float:
+    """The largest difference between an export's output and torch's; a one-line error above ``tolerance``."""
+    diff = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64)))) if np.size(expected) else 0.0
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ModelUnavailableError(
+            f"the ONNX export of {what} differs from torch by {diff:.2e} (more than {tolerance:g}); use --backend torch for this model"
+        )
+    return diff
+
+
+def export_onnx(module: Any, args: Sequence[Any], path: Path, *, inputs: Sequence[str], dynamic: Mapping[str, Mapping[int, str]]) -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (lighter than the dynamo one, and it
+    needs only the ``onnx`` package), one output named ``embeds``, under ``no_grad``."""
+    import warnings
+
+    require("onnx", why="exporting a model for the onnx and openvino backends")
+    import torch
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's fused kernel has no ONNX form
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and deprecation warnings about the TorchScript exporter
+            torch.onnx.export(
+                module, tuple(args), str(path), dynamo=False, opset_version=OPSET, input_names=list(inputs),
+                output_names=["embeds"], dynamic_axes={**{k: dict(v) for k, v in dynamic.items()}, "embeds": {0: "batch"}},
+                do_constant_folding=True,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)

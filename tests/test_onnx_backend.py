@@ -1,0 +1,283 @@
+"""The exported backends (ONNX Runtime, OpenVINO): same scores as torch, an export cache keyed by the
+model, a clean error without the runtime, and int8 only when asked for. Tiny random checkpoints in
+the real formats."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import medzero
+from medzero.audio.io import load_audio
+from medzero.core import backend as backends
+from medzero.core import encoder as encoders
+from medzero.core.errors import ModelUnavailableError
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+TOL = 1e-4
+RUNTIMES = ["onnx", pytest.param("openvino", marks=pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("openvino") is None, reason="openvino is not installed"))]
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty medzero cache (so the ONNX export cache starts empty) and no loaded encoders."""
+    monkeypatch.setenv("MEDZERO_CACHE_DIR", str(tmp_path / "cache"))
+    encoders.clear_loaded()
+    yield tmp_path / "cache"
+    encoders.clear_loaded()
+
+
+def _exports(cache: Path) -> list[Path]:
+    root = cache / "onnx"
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+
+
+def _waves(rate: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    t = np.arange(int(rate * 4)) / rate
+    return [
+        (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32),  # short: repeat-padded to 10 s
+        (0.1 * rng.standard_normal(rate * 10)).astype(np.float32),  # exactly the model input
+        (0.05 * rng.standard_normal(rate * 23)).astype(np.float32),  # long: fused crops and shrink
+    ]
+
+
+# -- CLAP ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_clap_towers_equal_torch(backend, tiny_clap_dir, fresh_cache):
+    torch_enc = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend="torch")
+    onnx_enc = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend=backend)
+    assert type(onnx_enc).__name__ == "ClapOnnxEncoder"
+    assert onnx_enc.fingerprint == torch_enc.fingerprint  # the same model: caches and index spaces carry over
+    assert onnx_enc.logit_scale == pytest.approx(torch_enc.logit_scale)
+    waves = _waves(torch_enc.sample_rate)
+    np.testing.assert_allclose(onnx_enc.embed(waves), torch_enc.embed(waves), atol=TOL)
+    texts = ["a person speaking", "music", "wind noise and traffic " * 40]  # the last is truncated
+    np.testing.assert_allclose(onnx_enc.embed_text(texts), torch_enc.embed_text(texts), atol=TOL)
+
+
+def test_clap_classify_scores_equal_torch(tiny_clap_dir, audio_clips, fresh_cache):
+    paths = [audio_clips[k] for k in ("speech", "noisy_0db", "telephone", "mp3")]
+    kwargs = dict(labels="speech,noise,music,silence", audio_model=str(tiny_clap_dir), device="cpu", batch_size=3)
+    expected = medzero.Classifier(**kwargs, backend="torch").classify_batch(paths)
+    got = medzero.Classifier(**kwargs, backend="onnx").classify_batch(paths)
+    for a, b in zip(got, expected):
+        assert a.error is None and a.verdict == b.verdict
+        assert a.model == b.model
+        for label in b.scores:
+            assert a.scores[label] == pytest.approx(b.scores[label], abs=TOL)
+
+
+def test_clap_export_is_reused_without_torch(tiny_clap_dir, audio_clips, fresh_cache):
+    """A second process finds the export by the model's fingerprint and never imports torch."""
+    medzero.Classifier(labels="speech,noise", audio_model=str(tiny_clap_dir), device="cpu", backend="onnx").classify(audio_clips["speech"])
+    assert len(_exports(fresh_cache)) == 1
+    code = (
+        "import json, sys, medzero\n"
+        f"r = medzero.classify({str(audio_clips['speech'])!r}, labels='speech,noise', audio_model={str(tiny_clap_dir)!r}, "
+        "device='cpu', backend='onnx')\n"
+        "print(json.dumps({'scores': r.scores, 'torch': 'torch' in sys.modules, 'transformers': 'transformers' in sys.modules}))\n"
+    )
+    env = {**os.environ, "MEDZERO_CACHE_DIR": str(fresh_cache), "HF_HUB_OFFLINE": "1"}
+    out = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout)
+    assert out["torch"] is False and out["transformers"] is False
+    here = medzero.classify(audio_clips["speech"], labels="speech,noise", audio_model=str(tiny_clap_dir), device="cpu", backend="torch")
+    assert out["scores"] == pytest.approx(here.scores, abs=TOL)
+    assert len(_exports(fresh_cache)) == 1
+
+
+def test_export_is_keyed_by_the_weights(tmp_path, fresh_cache):
+    """New weights in the same folder get their own export, and their own scores."""
+    from fixtures_clap import build_tiny_clap
+
+    folder = build_tiny_clap(tmp_path / "clap", seed=0)
+    wave = _waves(48000)[:2]
+    first = encoders.create(str(folder), modality="audio", device="cpu", backend="onnx").embed(wave)
+    encoders.clear_loaded()
+    build_tiny_clap(folder, seed=1)
+    onnx_enc = encoders.create(str(folder), modality="audio", device="cpu", backend="onnx")
+    torch_enc = encoders.create(str(folder), modality="audio", device="cpu", backend="torch")
+    assert len(_exports(fresh_cache)) == 2
+    second = onnx_enc.embed(wave)
+    np.testing.assert_allclose(second, torch_enc.embed(wave), atol=TOL)
+    assert np.abs(second - first).max() > 1e-3
+
+
+def test_a_killed_export_leaves_no_half_model(tiny_clap_dir, fresh_cache, monkeypatch):
+    from medzero.audio import clap_onnx
+
+    real = clap_onnx.export
+
+    def dies_half_way(encoder, directory, **kwargs):
+        (directory / "audio.onnx").write_bytes(b"half a model")
+        raise KeyboardInterrupt  # what a killed export looks like from inside
+
+    monkeypatch.setattr(clap_onnx, "export", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend="onnx")
+    assert _exports(fresh_cache) == []
+    assert list((fresh_cache / "onnx").iterdir()) == []  # the temporary folder is gone too
+    monkeypatch.setattr(clap_onnx, "export", real)
+    enc = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend="onnx")
+    assert enc.embed(_waves(48000)[:1]).shape == (1, enc.dim)
+
+
+def test_a_folder_without_its_metadata_is_exported_again(tiny_clap_dir, fresh_cache):
+    enc = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend="onnx")
+    expected = enc.embed(_waves(48000)[:1])
+    (enc.export_dir / "meta.json").unlink()
+    (enc.export_dir / "audio.onnx").write_bytes(b"damaged")
+    encoders.clear_loaded()
+    again = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend="onnx")
+    assert again.export_dir == enc.export_dir
+    np.testing.assert_allclose(again.embed(_waves(48000)[:1]), expected, atol=1e-6)
+
+
+def test_int8_only_behind_its_flag(tiny_clap_dir, fresh_cache):
+    waves = _waves(48000)
+    float_enc = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend="onnx")
+    float_enc.embed(waves)
+    assert not list(float_enc.export_dir.glob("*int8*")) and not float_enc.fingerprint.endswith("+int8")
+    int8_enc = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend="onnx-int8")
+    assert int8_enc.fingerprint == float_enc.fingerprint + "+int8"  # never shares a cache entry or index space
+    assert (int8_enc.export_dir / "audio.int8.onnx").is_file()
+    a, b = float_enc.embed(waves), int8_enc.embed(waves)
+    assert 0 < np.abs(a - b).max() < 0.1  # quantised, and close
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    texts = ["speech", "noise"]
+    np.testing.assert_allclose(int8_enc.embed_text(texts), float_enc.embed_text(texts), atol=1e-6)  # text tower stays float
+
+
+# -- open_clip -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+@pytest.mark.parametrize("which", ["tiny_clip_dir", "tiny_hf_clip_dir"])
+def test_open_clip_towers_equal_torch(which, backend, request, image_files, dicom_files, fresh_cache):
+    folder = request.getfixturevalue(which)
+    ref = f"local-dir:{folder}"
+    torch_enc = encoders.create(ref, modality="image", device="cpu", backend="torch")
+    onnx_enc = encoders.create(ref, modality="image", device="cpu", backend=backend)
+    assert type(onnx_enc).__name__ == "OnnxClipEncoder" and onnx_enc.fingerprint == torch_enc.fingerprint
+    images = [image_files["rgb.png"], image_files["gray16.png"], image_files["photo.jpg"], dicom_files["mono2"], dicom_files["rgb"]]
+    np.testing.assert_allclose(onnx_enc.embed(images), torch_enc.embed(images), atol=TOL)
+    texts = ["a chest x ray showing a pleural effusion", "normal", "skin lesion " * 40]
+    np.testing.assert_allclose(onnx_enc.embed_text(texts), torch_enc.embed_text(texts), atol=TOL)
+
+
+def test_open_clip_classify_and_reuse(tiny_hf_clip_dir, image_files, dicom_files, fresh_cache, monkeypatch):
+    from medzero.image import clip_onnx
+
+    paths = [image_files["rgb.png"], dicom_files["mono2"], dicom_files["ct"]]
+    kwargs = dict(labels="normal,pleural effusion,pneumonia", image_model=f"local-dir:{tiny_hf_clip_dir}", device="cpu")
+    expected = medzero.Classifier(**kwargs, backend="torch").classify_batch(paths)
+    medzero.Classifier(**kwargs, backend="onnx").classify_batch(paths[:1])
+    encoders.clear_loaded()
+
+    def no_torch_model(*args, **kwargs):
+        raise AssertionError("the torch model was loaded although the export is cached")
+
+    monkeypatch.setattr(clip_onnx, "load_open_clip", no_torch_model)
+    got = medzero.Classifier(**kwargs, backend="onnx").classify_batch(paths)
+    assert len(_exports(fresh_cache)) == 1
+    for a, b in zip(got, expected):
+        assert a.error is None and a.verdict == b.verdict
+        for label in b.scores:
+            assert a.scores[label] == pytest.approx(b.scores[label], abs=TOL)
+
+
+# -- what a user meets -----------------------------------------------------------------------------
+
+
+def test_missing_onnxruntime_is_one_line(tiny_clap_dir, audio_clips, fresh_cache, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ModelUnavailableError) as caught:
+        medzero.Classifier(labels="a,b", audio_model=str(tiny_clap_dir), backend="onnx")
+    message = str(caught.value)
+    assert "\n" not in message and "onnxruntime" in message and "medzero[onnx]" in message
+    from medzero.cli import main
+
+    capsys.readouterr()
+    code = main(["classify", "--labels", "a,b", "--audio-model", str(tiny_clap_dir), "--backend", "onnx", str(audio_clips["speech"])])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "medzero: error: the onnx backend needs onnxruntime" in err
+
+
+def test_unknown_backend_and_gpu_are_refused(tiny_clap_dir):
+    with pytest.raises(ModelUnavailableError, match="unknown backend 'tensorrt'"):
+        medzero.Classifier(labels="a,b", backend="tensorrt")
+    with pytest.raises(ModelUnavailableError, match="runs on the CPU"):
+        medzero.Classifier(labels="a,b", backend="onnx", device="cuda")
+
+
+def test_cli_backend_option(tiny_clap_dir, audio_clips, fresh_cache, capsys):
+    from medzero.cli import main
+
+    def scores(*extra):
+        assert main(["classify", "--labels", "speech,noise,music", "--audio-model", str(tiny_clap_dir), "--device", "cpu",
+                     "--format", "json", *extra, str(audio_clips["speech"])]) == 0
+        return json.loads(capsys.readouterr().out)[0]["scores"]
+
+    assert main(["classify", "--help"]) == 0
+    assert "--backend [torch|onnx|openvino|onnx-int8]" in capsys.readouterr().out
+    torch_scores = scores()
+    onnx_scores = scores("--backend", "onnx")
+    assert onnx_scores == pytest.approx(torch_scores, abs=TOL)
+    assert len(_exports(fresh_cache)) == 1
+    assert backends.resolve() == "torch"  # the option lasts as long as the command
+
+
+def test_case_index_takes_the_backend(tiny_clap_dir, audio_clips, tmp_path, fresh_cache):
+    from medzero import CaseIndex
+
+    files = [audio_clips[k] for k in ("speech", "noise", "telephone")]
+    with CaseIndex(tmp_path / "idx", audio_model=str(tiny_clap_dir), device="cpu", backend="onnx") as idx:
+        idx.add(files)
+        hits = idx.search_example(audio_clips["speech"], k=1)
+    assert Path(hits[0].path).name == Path(audio_clips["speech"]).name
+    with CaseIndex(tmp_path / "idx", audio_model=str(tiny_clap_dir), device="cpu", backend="torch") as idx:
+        assert Path(idx.search_example(audio_clips["speech"], k=1)[0].path).name == Path(audio_clips["speech"]).name
+    with pytest.raises(medzero.CaseIndexError):  # int8 vectors are another model's
+        with CaseIndex(tmp_path / "idx", audio_model=str(tiny_clap_dir), device="cpu", backend="onnx-int8") as idx:
+            idx.add([audio_clips["clipped"]])
+            idx.encoder("audio")
+
+
+# -- the features the ONNX path computes without torch or transformers ---------------------------------
+
+
+def test_mel_features_equal_the_extractor_bit_for_bit(audio_clips):
+    from transformers import ClapFeatureExtractor
+
+    from medzero.audio.clap_features import MelFeatures
+
+    extractor = ClapFeatureExtractor()
+    mel = MelFeatures.of(extractor)
+    x = load_audio(audio_clips["noisy_10db"], sample_rate=48000).samples.astype(np.float64)
+    for waveform in (x, np.tile(x, 4)[:1_300_000], x[:5000]):
+        for theirs, ours in ((extractor.mel_filters, mel.mel_filters), (extractor.mel_filters_slaney, mel.mel_filters_slaney)):
+            np.testing.assert_array_equal(mel._np_extract_fbank_features(waveform, ours), extractor._np_extract_fbank_features(waveform, theirs))
+
+
+@pytest.mark.parametrize("frames", [1001, 1002, 1500, 2503, 60001])
+def test_shrink_rows_is_torch_bilinear(frames):
+    import torch
+
+    from medzero.audio.clap_features import shrink_rows
+
+    mel = np.random.default_rng(frames).normal(-40, 20, (frames, 64)).astype(np.float32)
+    expected = torch.nn.functional.interpolate(torch.tensor(mel[None, None]), size=[1001, 64], mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(shrink_rows(mel, 1001), expected, atol=1e-4, rtol=1e-6)
