@@ -76,7 +76,7 @@ def load(source: str, *, revision: str | None = None, cfg: ModelCfg | None = Non
     return ClapOnnxEncoder(directory, meta, model_id=model_id, fingerprint=fingerprint, backend=backend, source=(source, revision, cfg))
 
 
-class ClapOnnxEncoder(ClapEncoder):
+class ClapOnnxEncoder(backends.Exported, ClapEncoder):
     """:class:`~medzero.audio.clap.ClapEncoder` with both forward passes on ONNX Runtime.
 
     Features, batching and determinism are the torch encoder's own code; the long-clip "shrink" is
@@ -105,18 +105,7 @@ class ClapOnnxEncoder(ClapEncoder):
         self._source = source
         self._torch: ClapEncoder | None = None
         self._tokens: Any = None
-        audio = backends.quantise(self.export_dir, "audio") if backends.quantised(backend) else self.export_dir / "audio.onnx"
-        self._audio = backends.Session(audio, backends.runtime(backend)).preload()
-        self._text = backends.Session(self.export_dir / "text.onnx", backends.runtime(backend))
-
-    # The int8 model is another numerical model: it never shares an index space or a text cache entry.
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint + ("+int8" if backends.quantised(self.backend) else "")
-
-    @fingerprint.setter
-    def fingerprint(self, value: str) -> None:  # create() gives a pack's fingerprint
-        self._fingerprint = str(value).removesuffix("+int8")
+        self._audio, self._text = self._open_towers("audio")
 
     def __repr__(self) -> str:
         return f"ClapOnnxEncoder({self.fingerprint!r}, backend={self.backend!r})"

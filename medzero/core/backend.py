@@ -61,6 +61,7 @@ __all__ = [
     "export_onnx",
     "quantise",
     "Session",
+    "Exported",
     "check_close",
     "package_versions",
 ]
@@ -365,6 +366,28 @@ class Session:
         if request is None:
             request = self._local.request = model.create_infer_request()
         return np.array(request.infer(inputs)[model.output(0)])
+
+
+class Exported:
+    """What the exported encoders share: their two sessions (the audio or image tower, made to
+    load at once in the background; the text tower on first use) and a fingerprint that ends in
+    ``+int8`` for the quantised model, a different numerical model that never shares an index
+    space or a text-cache entry with the float one."""
+
+    backend: str
+    export_dir: Path
+
+    def _open_towers(self, tower: str) -> tuple[Session, Session]:
+        graph = quantise(self.export_dir, tower) if quantised(self.backend) else self.export_dir / f"{tower}.onnx"
+        return Session(graph, runtime(self.backend)).preload(), Session(self.export_dir / "text.onnx", runtime(self.backend))
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint + ("+int8" if quantised(self.backend) else "")
+
+    @fingerprint.setter
+    def fingerprint(self, value: str) -> None:  # create() gives a pack's fingerprint
+        self._fingerprint = str(value).removesuffix("+int8")
 
 
 def _load_onnxruntime(ort: Any, path: Path) -> Any:

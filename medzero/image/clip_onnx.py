@@ -99,7 +99,7 @@ def _rebuild(meta: dict[str, Any], directory: Path, tokenizer_ref: str | None) -
     return preprocess, tokenizer
 
 
-class OnnxClipEncoder(OpenClipEncoder):
+class OnnxClipEncoder(backends.Exported, OpenClipEncoder):
     """:class:`~medzero.image.clip.OpenClipEncoder` with ``encode_image`` and ``encode_text`` on
     ONNX Runtime; preprocessing, batching and tokenizing are the torch encoder's own code.
     ``model`` loads the torch model on first access (model packs need it)."""
@@ -122,17 +122,7 @@ class OnnxClipEncoder(OpenClipEncoder):
         self._meta = meta
         self._source = source
         self._torch: OpenClipEncoder | None = None
-        image = backends.quantise(self.export_dir, "image") if backends.quantised(backend) else self.export_dir / "image.onnx"
-        self._image = backends.Session(image, backends.runtime(backend)).preload()
-        self._text = backends.Session(self.export_dir / "text.onnx", backends.runtime(backend))
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint + ("+int8" if backends.quantised(self.backend) else "")
-
-    @fingerprint.setter
-    def fingerprint(self, value: str) -> None:  # create() gives a pack's fingerprint
-        self._fingerprint = str(value).removesuffix("+int8")
+        self._image, self._text = self._open_towers("image")
 
     def __repr__(self) -> str:
         return f"OnnxClipEncoder({self.model_id!r}, dim={self.dim}, backend={self.backend!r})"
