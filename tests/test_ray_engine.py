@@ -29,6 +29,7 @@ from medzero.core.errors import BadInputError, CaseIndexError
 from medzero.retrieval import CaseIndex
 from test_architecture import PACKAGE, _imports
 from test_retrieval import brute
+from test_retrieval_faults import committed
 
 TOL = 1e-6
 
@@ -269,17 +270,6 @@ def many(tmp_path_factory, audio_clips) -> Path:
     return folder
 
 
-def _committed(path: Path) -> int:
-    try:
-        db = sqlite3.connect(str(path / "cases.sqlite"), timeout=30)
-        try:
-            return db.execute("SELECT count(*) FROM cases").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
 def _release(fifo: Path) -> None:
     """Give a reader blocked on ``fifo`` something to read (nothing happens when none is left)."""
     try:
@@ -306,7 +296,7 @@ def test_driver_killed_mid_add_leaves_a_consistent_index(cluster, many, models, 
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        while _committed(path) < 2:  # the first batch is in; kill it while the rest streams back
+        while committed(path) < 2:  # the first batch is in; kill it while the rest streams back
             if proc.poll() is not None:
                 raise AssertionError(f"the driver exited early: {log.read_text()[-3000:]}")
             assert time.monotonic() < deadline, "no batch was committed in 120 s"
@@ -317,7 +307,7 @@ def test_driver_killed_mid_add_leaves_a_consistent_index(cluster, many, models, 
         proc.wait()
         _release(fifo)
     assert proc.returncode == -signal.SIGKILL
-    rows = _committed(path)
+    rows = committed(path)
     assert 2 <= rows < TOTAL  # the file that shares the pipe's block cannot be in, whatever else is
 
     # Ray ends the dead driver's tasks and actors: the cluster gets its two CPUs back.

@@ -53,6 +53,18 @@ def committed(path) -> int:
         return 0
 
 
+def kill_when_stopped(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` once it prints "stopped" (it has paused at the step under test)."""
+    try:
+        line = proc.stdout.readline()
+        assert line == "stopped\n", proc.stderr.read() if proc.poll() is not None else line
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def start_writer(tmp_path, path, pause: float) -> subprocess.Popen:
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
@@ -303,14 +315,7 @@ def assert_consistent(path, n: int, dim: int) -> int:
 def test_sigkill_at_each_step_of_an_append(tmp_path, point):
     path = tmp_path / "index"
     proc = run_step_writer(tmp_path, path, STEP_N, STEP_BATCH, STEP_DIM, point, stop_batch=3)
-    try:
-        line = proc.stdout.readline()
-        assert line == "stopped\n", proc.stderr.read() if proc.poll() is not None else line
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_stopped(proc)
     # Killed with the fourth batch written past the committed rows (a torn write).
     assert committed(path) == 3 * STEP_BATCH
     assert file_rows(path, STEP_DIM) == (4 * STEP_BATCH, 3 * STEP_BATCH if point == "vector file" else 4 * STEP_BATCH)

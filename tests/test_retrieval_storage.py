@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from medzero.core.vectors import l2_normalise
 from medzero.retrieval import CaseIndex, spaces
 from medzero.retrieval.store import IDX_DTYPE, sha_keys
 from test_retrieval import brute, db_vectors, unit
+from test_retrieval_faults import kill_when_stopped
 
 # -- the earlier format, written with sqlite3 and faiss as the code before the vector files wrote it ----
 
@@ -249,14 +248,7 @@ def test_sigkill_mid_migration_leaves_the_old_database_usable(legacy, tmp_path, 
     script = tmp_path / "migrate.py"
     script.write_text(MIGRATION_KILLER)
     proc = subprocess.Popen([sys.executable, str(script), str(path), point], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line == "stopped\n", proc.stderr.read() if proc.poll() is not None else line
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_stopped(proc)
     assert list(path.glob("vectors-*.f32"))  # it was killed after writing vector files
     assert is_legacy(path)
 

@@ -452,13 +452,8 @@ def test_oversized_bodies_get_413(server, audio_clips):
     assert time.monotonic() - started < 10
 
 
-def test_concurrent_clients_get_their_own_results(server, direct, audio_clips, dicom_files, image_files):
-    """Different files and options at once: every answer equals the library's for that file alone."""
-    jobs = []
-    for i, key in enumerate(["speech", "noisy_0db", "noisy_10db", "noisy_20db", "telephone", "clipped", "noise", "flac", "mp3", "amr"]):
-        jobs.append((audio_clips[key], "labels" if i % 2 == 0 else "voice_quality"))
-    jobs += [(dicom_files["mono2"], "labels"), (image_files["rgb.png"], "labels"), (dicom_files["ct"], "default")]
-    params = {"labels": {"labels": LABELS}, "voice_quality": {"task": "voice_quality"}, "default": {}}
+def _send_at_once(server, jobs, params):
+    """POST each (path, config) job from its own client, all released at the same moment."""
     barrier = threading.Barrier(len(jobs))
 
     def send(job):
@@ -468,7 +463,17 @@ def test_concurrent_clients_get_their_own_results(server, direct, audio_clips, d
             return client.post("/v1/classify", params=params[config], content=path.read_bytes())
 
     with ThreadPoolExecutor(len(jobs)) as pool:
-        responses = list(pool.map(send, jobs))
+        return list(pool.map(send, jobs))
+
+
+def test_concurrent_clients_get_their_own_results(server, direct, audio_clips, dicom_files, image_files):
+    """Different files and options at once: every answer equals the library's for that file alone."""
+    jobs = []
+    for i, key in enumerate(["speech", "noisy_0db", "noisy_10db", "noisy_20db", "telephone", "clipped", "noise", "flac", "mp3", "amr"]):
+        jobs.append((audio_clips[key], "labels" if i % 2 == 0 else "voice_quality"))
+    jobs += [(dicom_files["mono2"], "labels"), (image_files["rgb.png"], "labels"), (dicom_files["ct"], "default")]
+    params = {"labels": {"labels": LABELS}, "voice_quality": {"task": "voice_quality"}, "default": {}}
+    responses = _send_at_once(server, jobs, params)
     sizes = []
     for (path, config), response in zip(jobs, responses):
         assert response.status_code == 200, response.text
@@ -482,16 +487,7 @@ def test_requests_with_different_options_share_a_forward_pass(server, direct, au
     params = {"labels": {"labels": LABELS}, "voice_quality": {"task": "voice_quality"},
               "ward-3": {"task": "voice_quality", "calibration": "ward-3"}, "default": {}}
     jobs = list(zip([audio_clips[k] for k in ("speech", "noisy_10db", "noisy_10db", "telephone")], params))
-    barrier = threading.Barrier(len(jobs))
-
-    def send(job):
-        path, config = job
-        with server.client() as client:
-            barrier.wait(30)
-            return client.post("/v1/classify", params=params[config], content=path.read_bytes())
-
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        responses = list(pool.map(send, jobs))
+    responses = _send_at_once(server, jobs, params)
     for (path, config), response in zip(jobs, responses):
         assert response.status_code == 200, response.text
         assert_same_result(response.json()["result"], direct[config].classify(path))
