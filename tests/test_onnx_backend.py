@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +282,40 @@ def test_shrink_rows_is_torch_bilinear(frames):
     mel = np.random.default_rng(frames).normal(-40, 20, (frames, 64)).astype(np.float32)
     expected = torch.nn.functional.interpolate(torch.tensor(mel[None, None]), size=[1001, 64], mode="bilinear", align_corners=False)[0, 0].numpy()
     np.testing.assert_allclose(shrink_rows(mel, 1001), expected, atol=1e-4, rtol=1e-6)
+
+
+def test_serve_runs_its_workers_on_the_backend_it_was_given(tiny_clap_dir, audio_clips, fresh_cache, tmp_path):
+    """`medzero serve --backend onnx-int8 --workers 2`: both worker processes load the int8 model
+    (its fingerprint says so) and score as the library does on that backend; a GPU is refused in one line."""
+    httpx = pytest.importorskip("httpx")
+    from test_service import start_server, stop_server
+
+    env = dict(os.environ, MEDZERO_AUDIO_MODEL=str(tiny_clap_dir), MEDZERO_CACHE_DIR=str(fresh_cache), HF_HUB_OFFLINE="1")
+    env.pop("MEDZERO_BACKEND", None)
+    refused = subprocess.run(
+        [sys.executable, "-m", "medzero.service.cli", "--insecure-no-auth", "--backend", "onnx", "--device", "cuda"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert refused.returncode == 2 and "the onnx backend runs on the CPU, not cuda" in refused.stderr
+    server = start_server(tmp_path / "srv", ["--insecure-no-auth", "--workers", "2", "--preload", "audio", "--backend", "onnx-int8"], env, ready=False)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the workers start after the "running on" line
+            try:
+                if httpx.get(server.base + "/readyz", timeout=10).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.3)
+        expected = medzero.Classifier(labels=["speech", "noise"], audio_model=str(tiny_clap_dir), backend="onnx-int8").classify(audio_clips["speech"])
+        seen = set()
+        for _ in range(8):  # requests land on either worker
+            models = httpx.get(server.base + "/v1/models", timeout=30).json()["served"]
+            seen.update(m["fingerprint"] for m in models if m["modality"] == "audio" and m["fingerprint"])
+            served = httpx.post(server.base + "/v1/classify", params={"labels": "speech,noise"},
+                                content=audio_clips["speech"].read_bytes(), timeout=60).json()["result"]["scores"]
+            assert served == pytest.approx(expected.scores, abs=1e-6)
+        assert seen and all(f.endswith("+int8") for f in seen), seen
+    finally:
+        stop_server(server)

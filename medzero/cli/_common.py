@@ -20,6 +20,13 @@ def fail(message: str, code: int = 1) -> "click.exceptions.Exit":
     return click.exceptions.Exit(code)
 
 
+def backend_option(command: Callable) -> Callable:
+    """``--backend`` (``MEDZERO_BACKEND``), passed to ``command`` as ``backend``."""
+    from ..core import backend as backends
+
+    return click.option("--backend", type=click.Choice(backends.BACKENDS), envvar=backends.ENV, help=backends.OPTION_HELP)(command)
+
+
 def model_options(command: Callable) -> Callable:
     """``--<modality>-model`` for every registered modality, ``--device`` and ``--backend``, passed
     as ``models={modality: ref}`` and ``device``; ``--backend`` is the default backend of every
@@ -35,11 +42,7 @@ def model_options(command: Callable) -> Callable:
         with backend.use(kwargs.pop("backend", None)):
             return command(*args, **kwargs)
 
-    wrapper = click.option(
-        "--backend", type=click.Choice(["torch", "onnx", "openvino", "onnx-int8"]), envvar="MEDZERO_BACKEND",
-        help="torch [default]; onnx or openvino: ONNX Runtime or OpenVINO on the CPU, the model exported once "
-        "(needs medzero[onnx] or medzero[openvino]); onnx-int8: int8 audio/image tower, faster, scores move slightly.",
-    )(wrapper)
+    wrapper = backend_option(wrapper)
     wrapper = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))(wrapper)
     helps = {"audio": "CLAP model", "image": "open_clip model"}
     for name in reversed(names):

@@ -49,6 +49,7 @@ __all__ = [
     "resolve",
     "checked",
     "use",
+    "use_in_processes",
     "cpu_device",
     "is_onnx",
     "quantised",
@@ -76,6 +77,11 @@ _EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "onnx": "onnx"}
 #: are optional extras, so the default stays the backend every install has.
 DEFAULT_BACKEND = "torch"
 ENV = "MEDZERO_BACKEND"
+#: The help of every command's ``--backend`` option.
+OPTION_HELP = (
+    "torch [default]; onnx or openvino: ONNX Runtime or OpenVINO on the CPU, the model exported once "
+    "(needs medzero[onnx] or medzero[openvino]); onnx-int8: int8 audio/image tower, faster, scores move slightly."
+)
 #: The largest difference between an exported tower's embeddings and torch's that is accepted.
 TOLERANCE = 1e-4
 #: Bumped when the exported graphs change meaning, so older exports are not reused.
@@ -104,6 +110,14 @@ def checked(backend: str | None, device: str | None = "auto") -> str:
         cpu_device(name, device)
         require(runtime(name), why=f"the {name} backend")
     return name
+
+
+def use_in_processes(backend: str | None, device: str | None = "auto") -> None:
+    """For a long-running command (``serve``, ``listen``): check ``backend`` now (a missing runtime
+    is one line before anything starts) and make it the default of this process and of the worker
+    processes it starts, through ``MEDZERO_BACKEND``. ``None`` changes nothing."""
+    if backend is not None:
+        os.environ[ENV] = checked(backend, device)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from typing import Callable
 
 import click
 
+from ..core import backend as backends
 from ..core.errors import MedzeroError
 
 __all__ = ["listen_command", "dicomweb_options", "apply_dicomweb_options", "main"]
@@ -79,15 +80,17 @@ def apply_dicomweb_options(paths, query: str | None, credentials: str | None) ->
 )
 @click.option("--image-model", metavar="ID|DIR", envvar="MEDZERO_IMAGE_MODEL", help="open_clip model: a registered name, hub id or local directory.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--backend", type=click.Choice(backends.BACKENDS), envvar=backends.ENV, help=backends.OPTION_HELP)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--study-idle", "study_idle_s", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Report a study after this many seconds without a new image, even if its association stays open.")
-def listen_command(ae_title, port, host, task, allow, send_to, credentials, index, results_db, image_model, device, batch_size, study_idle_s):
+def listen_command(ae_title, port, host, task, allow, send_to, credentials, index, results_db, image_model, device, backend, batch_size, study_idle_s):
     """Receive images by DICOM C-STORE, triage each one, and optionally send an SR back (a research tool)."""
     from .scp import Listener
 
     allowed = [a.strip() for value in allow for a in value.split(",") if a.strip()] or None
     _logging_for_node()
     try:
+        backends.use_in_processes(backend, device)
         listener = Listener(
             ae_title, port, task, host=host, image_model=image_model, device=device, batch_size=batch_size,
             allow=allowed, index=index, send_to=send_to, credentials=credentials, results_db=results_db,

@@ -14,6 +14,9 @@ import sys
 
 import click
 
+from ..core import backend as backends
+from ..core.errors import MedzeroError
+
 __all__ = ["serve_command", "is_loopback"]
 
 _MIB = 1 << 20
@@ -67,6 +70,7 @@ def _require_serve_extra() -> None:
 @click.option("--audio-model", metavar="ID|DIR", envvar="MEDZERO_AUDIO_MODEL", help="CLAP model: a name, hub id or local directory.")
 @click.option("--image-model", metavar="ID|DIR", envvar="MEDZERO_IMAGE_MODEL", help="open_clip model: a name, hf-hub: id or local-dir: path.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--backend", type=click.Choice(backends.BACKENDS), envvar=backends.ENV, help=backends.OPTION_HELP)
 @click.option("--preload", default="audio,image", show_default=True, help="Modalities whose models load at start (/readyz waits for them); 'none' for neither.")
 @click.option("--index-root", type=click.Path(file_okay=False), help="Directory holding the case indexes served as /v1/index/{name}.")
 @click.option("--calibration-dir", type=click.Path(exists=True, file_okay=False), help="Site overlays from `medzero calibrate` (NAME.yaml), chosen per request with calibration=NAME.")
@@ -79,7 +83,7 @@ def _require_serve_extra() -> None:
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=click.FloatRange(min=0.001), help="Seconds before a classification gives up with 503.")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow this origin by CORS (repeatable; default: CORS off).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
-def serve_command(host, port, workers, api_key_file, insecure_no_auth, audio_model, image_model, device, preload, index_root,
+def serve_command(host, port, workers, api_key_file, insecure_no_auth, audio_model, image_model, device, backend, preload, index_root,
                   calibration_dir, max_upload_mb, max_batch_mb, max_batch_files, max_batch, batch_window_ms, queue_size, timeout_s,
                   cors_origins, log_level):
     """Serve classification and case search over HTTP (FastAPI + uvicorn).
@@ -102,6 +106,10 @@ def serve_command(host, port, workers, api_key_file, insecure_no_auth, audio_mod
             "no API keys: pass --api-key-file or set MEDZERO_API_KEYS (or --insecure-no-auth on 127.0.0.1)"
         )
     _require_serve_extra()
+    try:
+        backends.use_in_processes(backend, device)  # inherited by --workers processes
+    except MedzeroError as exc:
+        raise click.UsageError(str(exc))
     import uvicorn
 
     import medzero
