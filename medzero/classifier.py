@@ -55,9 +55,10 @@ class Classifier:
             ``MEDZERO_AUDIO_MODEL`` / ``MEDZERO_IMAGE_MODEL`` variables, else the registered default).
         models: the same for any modality, ``{modality: reference}``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        backend: ``torch``, ``onnx`` (ONNX Runtime on the CPU; needs ``medzero[onnx]``), ``openvino``
-            (OpenVINO on the CPU; needs ``medzero[openvino]``) or ``onnx-int8`` (ONNX Runtime with an
-            int8-quantised audio/image tower); ``None``: ``MEDZERO_BACKEND``, else ``torch``.
+        backend: ``auto`` (the measured best per model: on a CPU, ONNX Runtime for CLAP and torch
+            for open_clip; torch on a GPU), ``torch``, ``onnx`` (ONNX Runtime on the CPU),
+            ``openvino`` (OpenVINO on the CPU; needs ``medzero[openvino]``) or ``onnx-int8`` (ONNX
+            Runtime with an int8-quantised audio/image tower); ``None``: ``MEDZERO_BACKEND``, else ``auto``.
         batch_size: items per forward pass.
         window_s, hop_s: the timeline windows of recordings longer than the model's 10 s input.
         top_segments: how many top windows per label a Result lists.

@@ -233,12 +233,13 @@ def test_cli_backend_option(tiny_clap_dir, audio_clips, fresh_cache, capsys):
         return json.loads(capsys.readouterr().out)[0]["scores"]
 
     assert main(["classify", "--help"]) == 0
-    assert "--backend [torch|onnx|openvino|onnx-int8]" in capsys.readouterr().out
-    torch_scores = scores()
+    assert "--backend [auto|torch|onnx|openvino|onnx-int8]" in capsys.readouterr().out
+    torch_scores = scores("--backend", "torch")
+    assert not _exports(fresh_cache)
     onnx_scores = scores("--backend", "onnx")
     assert onnx_scores == pytest.approx(torch_scores, abs=TOL)
     assert len(_exports(fresh_cache)) == 1
-    assert backends.resolve() == "torch"  # the option lasts as long as the command
+    assert backends.resolve() == "auto"  # the option lasts as long as the command
 
 
 def test_case_index_takes_the_backend(tiny_clap_dir, audio_clips, tmp_path, fresh_cache):
@@ -255,6 +256,57 @@ def test_case_index_takes_the_backend(tiny_clap_dir, audio_clips, tmp_path, fres
         with CaseIndex(tmp_path / "idx", audio_model=str(tiny_clap_dir), device="cpu", backend="onnx-int8") as idx:
             idx.add([audio_clips["clipped"]])
             idx.encoder("audio")
+
+
+# -- auto: the default ------------------------------------------------------------------------------
+
+
+def test_auto_runs_clap_on_onnx_and_open_clip_on_torch_on_the_cpu(tiny_clap_dir, tiny_hf_clip_dir, audio_clips, fresh_cache):
+    """The default backend is the one measured best per model family on the CPU (bench/)."""
+    from medzero.audio.clap_onnx import ClapOnnxEncoder
+
+    assert backends.resolve() == "auto"
+    clf = medzero.Classifier(labels="speech,noise", audio_model=str(tiny_clap_dir), image_model=f"local-dir:{tiny_hf_clip_dir}", device="cpu")
+    assert isinstance(clf.encoder("audio"), ClapOnnxEncoder)
+    assert type(clf.encoder("image")).__name__ == "OpenClipEncoder"
+    reference = medzero.Classifier(labels="speech,noise", audio_model=str(tiny_clap_dir), device="cpu", backend="torch")
+    assert clf.classify(audio_clips["speech"]).scores == pytest.approx(reference.classify(audio_clips["speech"]).scores, abs=TOL)
+    assert backends.choose("auto", "clap", "cuda") == "torch"  # GPUs run torch
+    assert backends.choose("auto", "clap", "cpu") == "onnx" and backends.choose("auto", "open_clip", "cpu") == "torch"
+
+
+def test_auto_without_onnxruntime_is_torch(tiny_clap_dir, fresh_cache, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert type(encoders.create(str(tiny_clap_dir), modality="audio", device="cpu")).__name__ == "ClapEncoder"
+    assert not _exports(fresh_cache)
+
+
+def test_auto_falls_back_to_torch_when_the_export_is_refused(tiny_clap_dir, audio_clips, fresh_cache, monkeypatch, caplog):
+    """An export that differs from torch is refused; asked for by name that is the error, under auto
+    it is one warning and the torch model, with torch's scores."""
+
+    def refuse(what, got, expected, tolerance=backends.TOLERANCE):
+        raise backends.BackendError(f"the ONNX export of {what} differs from torch by 1.00e-02 (more than {tolerance:g})")
+
+    monkeypatch.setattr(backends, "check_close", refuse)
+    with pytest.raises(ModelUnavailableError, match="differs from torch"):
+        encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend="onnx")
+    encoders.clear_loaded()
+    with caplog.at_level("WARNING", logger="medzero.core.encoder"):
+        encoder = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu")
+    assert type(encoder).__name__ == "ClapEncoder"
+    assert [r.getMessage() for r in caplog.records if "using torch" in r.getMessage()], caplog.text
+    assert not _exports(fresh_cache)
+
+
+def test_auto_does_not_hide_a_missing_model(tmp_path, fresh_cache, caplog):
+    with caplog.at_level("WARNING", logger="medzero.core.encoder"):
+        with pytest.raises(ModelUnavailableError) as caught:
+            encoders.create(str(tmp_path / "no-such-model"), modality="audio", device="cpu")
+    assert "no-such-model" in str(caught.value) and "using torch" not in caplog.text
 
 
 # -- the features the ONNX path computes without torch or transformers ---------------------------------

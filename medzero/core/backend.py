@@ -1,6 +1,10 @@
 """Inference backends: the model's own torch modules, or graphs exported from them to ONNX.
 
-- ``torch`` (the default): the towers run as the model library built them.
+- ``auto`` (the default): on a GPU, ``torch``; on the CPU, the backend the model's family declared
+  as measured best there (:func:`prefer_on_cpu`; CLAP: ``onnx``, open_clip: ``torch``), when its
+  runtime is installed. If that backend cannot load the model (an export refused, a runtime
+  error), ``auto`` logs one warning and loads ``torch``: it never fails where ``torch`` works.
+- ``torch``: the towers run as the model library built them.
 - ``onnx``: each tower (audio or image, and text) is exported once per model fingerprint with
   torch's TorchScript ONNX exporter, checked against torch on a probe batch (largest difference at
   most :data:`TOLERANCE`, else the export is refused), kept in ``<cache>/onnx/<model>-<key>/`` and
@@ -47,6 +51,8 @@ __all__ = [
     "DEFAULT_BACKEND",
     "TOLERANCE",
     "resolve",
+    "choose",
+    "prefer_on_cpu",
     "checked",
     "use",
     "use_in_processes",
@@ -62,6 +68,7 @@ __all__ = [
     "export_onnx",
     "quantise",
     "Session",
+    "BackendError",
     "Exported",
     "check_close",
     "package_versions",
@@ -69,18 +76,24 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "openvino", "onnx-int8")
+
+class BackendError(ModelUnavailableError):
+    """An exported backend cannot run a model (its runtime missing, an export refused or broken),
+    as opposed to the model itself being unavailable: ``auto`` falls back to torch on it."""
+
+BACKENDS = ("auto", "torch", "onnx", "openvino", "onnx-int8")
 #: The runtime that runs each exported backend, and the pip extra that installs it.
 _RUNTIMES = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "openvino": "openvino"}
 _EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "onnx": "onnx"}
-#: The exported backends are faster on the 2-core benchmark machine (bench/), but their runtimes
-#: are optional extras, so the default stays the backend every install has.
-DEFAULT_BACKEND = "torch"
+DEFAULT_BACKEND = "auto"
 ENV = "MEDZERO_BACKEND"
+#: family -> the backend ``auto`` uses for it on the CPU (declared by the family's module, from bench/).
+_PREFERRED_ON_CPU: dict[str, str] = {}
 #: The help of every command's ``--backend`` option.
 OPTION_HELP = (
-    "torch [default]; onnx or openvino: ONNX Runtime or OpenVINO on the CPU, the model exported once "
-    "(needs medzero[onnx] or medzero[openvino]); onnx-int8: int8 audio/image tower, faster, scores move slightly."
+    "auto [default]: the measured best for each model (CPU: onnx for CLAP, torch for open_clip; GPU: torch); "
+    "onnx or openvino: ONNX Runtime or OpenVINO on the CPU, the model exported once (openvino needs "
+    "medzero[openvino]); onnx-int8: int8 audio/image tower, faster, scores move slightly."
 )
 #: The largest difference between an exported tower's embeddings and torch's that is accepted.
 TOLERANCE = 1e-4
@@ -93,13 +106,32 @@ _default_lock = threading.Lock()
 
 
 def resolve(backend: str | None = None) -> str:
-    """The backend to use: ``backend`` if given, else the command line's ``--backend`` (see
-    :func:`use`), else ``MEDZERO_BACKEND``, else ``torch``. An unknown name is a one-line error."""
+    """The backend asked for: ``backend`` if given, else the command line's ``--backend`` (see
+    :func:`use`), else ``MEDZERO_BACKEND``, else ``auto``. An unknown name is a one-line error."""
     name = backend or _process_default or os.environ.get(ENV) or DEFAULT_BACKEND
     name = str(name).strip().lower()
     if name not in BACKENDS:
         raise ModelUnavailableError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
     return name
+
+
+def prefer_on_cpu(family: str, backend: str) -> None:
+    """Declare the backend ``auto`` uses for ``family``'s models on the CPU: the one its
+    benchmarks measured fastest there (``bench/``)."""
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"not a backend to prefer: {backend!r}")
+    _PREFERRED_ON_CPU[family] = backend
+
+
+def choose(backend: str, family: str, device: str) -> str:
+    """The backend ``backend`` stands for with a ``family`` model on ``device`` (a resolved device:
+    ``cpu``, ``cuda``, ...): itself, unless it is ``auto``."""
+    if backend != "auto":
+        return backend
+    preferred = _PREFERRED_ON_CPU.get(family, "torch")
+    if device != "cpu" or preferred == "torch" or importlib.util.find_spec(runtime(preferred)) is None:
+        return "torch"
+    return preferred
 
 
 def checked(backend: str | None, device: str | None = "auto") -> str:
@@ -164,7 +196,7 @@ def require(module: str, *, why: str) -> Any:
     """Import an optional dependency of the exported backends, or raise a one-line error naming the extra."""
     if importlib.util.find_spec(module) is None:
         extra = _EXTRAS.get(module, "onnx")
-        raise ModelUnavailableError(f"{why} needs {module}, which is not installed; pip install 'medzero[{extra}]', or use --backend torch")
+        raise BackendError(f"{why} needs {module}, which is not installed; pip install 'medzero[{extra}]', or use --backend torch")
     return importlib.import_module(module)
 
 
@@ -255,7 +287,7 @@ def exported(directory: Path, build: Callable[[Path], dict[str, Any]]) -> dict[s
         _remove_stale_temporaries(root)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=root))
     except OSError as exc:
-        raise ModelUnavailableError(f"cannot write the onnx export cache in {root}: {exc.strerror or exc}; set MEDZERO_CACHE_DIR") from None
+        raise BackendError(f"cannot write the onnx export cache in {root}: {exc.strerror or exc}; set MEDZERO_CACHE_DIR") from None
     try:
         meta = dict(build(tmp))
         meta.setdefault("files", [])
@@ -274,7 +306,7 @@ def exported(directory: Path, build: Callable[[Path], dict[str, Any]]) -> dict[s
             shutil.rmtree(tmp, ignore_errors=True)
     final = read_export(directory)
     if final is None:  # pragma: no cover - the rename above either landed or raised
-        raise ModelUnavailableError(f"the onnx export in {directory} is incomplete; delete it and try again")
+        raise BackendError(f"the onnx export in {directory} is incomplete; delete it and try again")
     return final
 
 
@@ -354,7 +386,7 @@ class Session:
                 except MedzeroError:
                     raise
                 except Exception as exc:  # the runtimes raise their own exception types
-                    raise ModelUnavailableError(
+                    raise BackendError(
                         f"{self.runtime} cannot load {self.path} ({type(exc).__name__}); delete {self.path.parent} to export it again"
                     ) from None
             return self._model
@@ -369,7 +401,9 @@ class Session:
             except Exception:  # the first call loads again and raises it
                 pass
 
-        threading.Thread(target=load_quietly, name="medzero-session-load", daemon=True).start()
+        # Not a daemon: a runtime still building its session when the interpreter exits aborts
+        # the process ("terminate called without an active exception"); exit waits for it instead.
+        threading.Thread(target=load_quietly, name="medzero-session-load", daemon=False).start()
         return self
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
@@ -429,7 +463,7 @@ def check_close(what: str, got: np.ndarray, expected: np.ndarray, tolerance: flo
     """The largest difference between an export's output and torch's; a one-line error above ``tolerance``."""
     diff = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64)))) if np.size(expected) else 0.0
     if not np.isfinite(diff) or diff > tolerance:
-        raise ModelUnavailableError(
+        raise BackendError(
             f"the ONNX export of {what} differs from torch by {diff:.2e} (more than {tolerance:g}); use --backend torch for this model"
         )
     return diff

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import backend as backends
 from . import hub
-from .errors import ModelUnavailableError
+from .errors import MedzeroError, ModelUnavailableError
 
 __all__ = [
     "Encoder",
@@ -320,8 +320,8 @@ def resolve(ref: str | None = None, *, modality: str) -> Target:
 def create(ref: str | None = None, *, modality: str, device: str | None = "auto", backend: str | None = None) -> Encoder:
     """Load (once per process) the encoder that ``ref`` names; ``None`` means the default model.
 
-    ``backend``: ``torch``, ``onnx``, ``openvino`` or ``onnx-int8`` (:mod:`medzero.core.backend`);
-    ``None`` means ``--backend`` / ``MEDZERO_BACKEND``, else ``torch``.
+    ``backend``: ``auto``, ``torch``, ``onnx``, ``openvino`` or ``onnx-int8``
+    (:mod:`medzero.core.backend`); ``None`` means ``--backend`` / ``MEDZERO_BACKEND``, else ``auto``.
 
     A hub model that is not on this machine while the hub cannot be used fails here, before torch
     or the model libraries are imported: one probe of the hub (at most about 1.5 s), one line.
@@ -329,10 +329,10 @@ def create(ref: str | None = None, *, modality: str, device: str | None = "auto"
     _ensure_registered()
     ref = ref or default_model(modality)
     wanted = (device or "auto").lower()
-    backend = backends.resolve(backend)
+    asked = backends.resolve(backend)
     with _LOAD_LOCK:
-        if (modality, ref, wanted, backend) in _LOADED:
-            return _LOADED[(modality, ref, wanted, backend)]
+        if (modality, ref, wanted, asked) in _LOADED:
+            return _LOADED[(modality, ref, wanted, asked)]
         target = resolve(ref, modality=modality)
         if target.pack is not None:
             target.pack.check_files()
@@ -340,25 +340,46 @@ def create(ref: str | None = None, *, modality: str, device: str | None = "auto"
         location = _locate(target) if offline_because is not None else None
         if location is not None and not location.local:
             raise missing_error(target, offline_because, location)
-        device = resolve_device(wanted) if backend == "torch" else backends.cpu_device(backend, wanted)
-        key = (modality, ref, device, backend)
-        if key in _LOADED:
-            _LOADED[(modality, ref, wanted, backend)] = _LOADED[key]
-            return _LOADED[key]
-        _, loader = _FAMILIES[target.family] if backend == "torch" else (None, _backend_loader(target.family, backend))
-        hub.quiet_logging()
-        _logger.info("loading %s model %s on %s", modality, target.source, device)
-        if offline_because is None:
-            encoder = loader(target.source, revision=target.revision, device=device, cfg=target.cfg)
+        if asked in ("auto", "torch"):
+            device = resolve_device(wanted)
+            backend = backends.choose(asked, target.family, device)
         else:
-            with hub.offline():
-                encoder = loader(target.source, revision=target.revision, device=device, cfg=target.cfg)
-        if target.pack is not None:
-            # A pack loads as a folder; it keeps the identity of what was packed (hub id@commit,
-            # or the packed directory's weights hash), so caches and indexes carry over.
-            encoder.fingerprint = target.pack.fingerprint
-        _LOADED[key] = _LOADED[(modality, ref, wanted, backend)] = encoder
-        return encoder
+            device, backend = backends.cpu_device(asked, wanted), asked
+        key = (modality, ref, device, backend)
+        if key not in _LOADED:
+            hub.quiet_logging()
+            try:
+                _LOADED[key] = _load(target, backend, device, offline_because)
+            except Exception as exc:
+                # auto falls back when the backend failed, not when the model is unavailable
+                backend_failed = isinstance(exc, backends.BackendError) or not isinstance(exc, MedzeroError)
+                if asked != "auto" or backend == "torch" or not backend_failed:
+                    raise
+                _logger.warning(
+                    "the %s backend cannot load %s (%s); using torch", backend, target.display, short_reason(exc)
+                )
+                backend = "torch"
+                key = (modality, ref, device, backend)
+                if key not in _LOADED:
+                    _LOADED[key] = _load(target, backend, device, offline_because)
+        _LOADED[(modality, ref, wanted, asked)] = _LOADED[key]
+        return _LOADED[key]
+
+
+def _load(target: Target, backend: str, device: str, offline_because: str | None) -> Encoder:
+    """Load ``target`` with ``backend`` on ``device`` (offline when the hub cannot be used)."""
+    _, loader = _FAMILIES[target.family] if backend == "torch" else (None, _backend_loader(target.family, backend))
+    _logger.info("loading %s model %s on %s (%s)", target.modality, target.source, device, backend)
+    if offline_because is None:
+        encoder = loader(target.source, revision=target.revision, device=device, cfg=target.cfg)
+    else:
+        with hub.offline():
+            encoder = loader(target.source, revision=target.revision, device=device, cfg=target.cfg)
+    if target.pack is not None:
+        # A pack loads as a folder; it keeps the identity of what was packed (hub id@commit,
+        # or the packed directory's weights hash), so caches and indexes carry over.
+        encoder.fingerprint = target.pack.fingerprint
+    return encoder
 
 
 def _backend_loader(family: str, backend: str) -> Callable[..., Encoder]:

@@ -312,7 +312,7 @@ def _stage(spec: str, work: Path, *, modality: str | None, licence_files: Sequen
     stage = family_hook(target.family, "stage")
     if stage is None:
         raise ModelUnavailableError(f"the {target.family} model family cannot be packed")
-    encoder = create(ref, modality=modality, device=device)
+    encoder = create(ref, modality=modality, device=device, backend="torch")  # packs hold the model's own files
     dest = work / name
     dest.mkdir(parents=True)
     files = dict(stage(encoder, target, dest))

@@ -388,6 +388,11 @@ def load_open_clip_onnx(source: str, *, revision: str | None = None, device: str
     return load(source, revision=revision, cfg=cfg, backend=backend)
 
 
+# --backend auto keeps torch for open_clip: measured (bench/bench_image.py, full-size ViT-B-16,
+# 2 cores) onnx ran 4.95 images/s against torch's 4.99, its image tower slower alone (138 against
+# 122 ms), and it still imports torch for open_clip's preprocessing and tokenizer.
+
+
 # -- without loading: where the files are, packing, recognising a folder --------------------------
 
 

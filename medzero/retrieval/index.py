@@ -77,7 +77,7 @@ class CaseIndex:
             built with (remembered per space), else the default model.
         models: the same for any modality, ``{modality: reference}``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        backend: ``torch``, ``onnx``, ``openvino`` or ``onnx-int8`` (see :class:`medzero.Classifier`); an int8
+        backend: ``auto``, ``torch``, ``onnx``, ``openvino`` or ``onnx-int8`` (see :class:`medzero.Classifier`); an int8
             model is another model, so its vectors go to a space of their own.
         readonly: never write (no lock, no FAISS file repair on disk; repairs stay in memory).
         approx_threshold: vectors in a space above which it switches to the approximate index.
