@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import MedzeroError, ModelUnavailableError
+from .files import fsync_dir, fsync_file, replacing
 
 __all__ = [
     "BACKENDS",
@@ -243,20 +244,8 @@ def read_export(directory: Path) -> dict[str, Any] | None:
 def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
         if path.is_file():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_file(path)
+    fsync_dir(directory)
 
 
 def _remove_stale_temporaries(root: Path, older_than_s: float = 3600.0) -> None:
@@ -300,7 +289,7 @@ def exported(directory: Path, build: Callable[[Path], dict[str, Any]]) -> dict[s
             if read_export(directory) is None:  # a broken leftover, not another process's export
                 shutil.rmtree(directory, ignore_errors=True)
                 os.rename(tmp, directory)
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -319,25 +308,18 @@ def quantise(directory: Path, name: str) -> Path:
     require("onnx", why="int8 quantisation")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".int8.tmp", dir=directory)
-    os.close(fd)
     root = logging.getLogger()
     advice = _DropAdvice()
     root.addFilter(advice)  # the quantiser logs "consider pre-processing" on the root logger
     try:
-        # MatMul/Gemm only: ONNX Runtime's ConvInteger is slower than its float convolution.
-        quantize_dynamic(
-            str(directory / f"{name}.onnx"), tmp, weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=["MatMul", "Gemm"],
-        )
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(directory)
+        with replacing(target) as tmp:
+            # MatMul/Gemm only: ONNX Runtime's ConvInteger is slower than its float convolution.
+            quantize_dynamic(
+                str(directory / f"{name}.onnx"), tmp, weight_type=QuantType.QInt8, per_channel=True,
+                op_types_to_quantize=["MatMul", "Gemm"],
+            )
     finally:
         root.removeFilter(advice)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 

@@ -12,6 +12,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..core.files import replacing
+
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
@@ -82,23 +84,5 @@ def write_parquet(table: "pa.Table", path: str | os.PathLike) -> None:
     folder. A reader sees the old file or the whole new one, never half of it."""
     import pyarrow.parquet as pq
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
+    with replacing(path) as tmp:
         pq.write_table(table, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -28,6 +28,8 @@ from typing import Iterable
 import faiss
 import numpy as np
 
+from ..core.files import replacing
+
 __all__ = [
     "REFINE_K_FACTOR",
     "TRAIN_SAMPLE",
@@ -289,25 +291,8 @@ def copy_as(index: faiss.IndexIDMap2, approximate: bool, tombstones: np.ndarray 
 
 def save_atomic(index: faiss.IndexIDMap2, path: str | os.PathLike) -> None:
     """Write ``index`` to a temporary file next to ``path``, fsync it, rename it over ``path``, fsync the directory."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    with replacing(path) as tmp:
         faiss.write_index(index, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def load(path: str | os.PathLike) -> faiss.IndexIDMap2 | None:

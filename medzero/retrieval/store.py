@@ -48,6 +48,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..core.errors import CaseIndexError
+from ..core.files import fsync_dir
 
 __all__ = ["Store", "SpaceRow", "CaseRow", "parse_where", "where_sql", "utc_now", "sha_keys", "IDX_DTYPE"]
 
@@ -233,14 +234,6 @@ def sha_keys(shas: Sequence[str]) -> np.ndarray:
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_rows(path: str, row_bytes: int, row: int, data: np.ndarray) -> None:
     """Write ``data`` at row ``row`` of the file, drop anything after it, and fsync it (and its
     directory when the file is new). Rows before ``row`` must all be there."""
@@ -264,7 +257,7 @@ def _write_rows(path: str, row_bytes: int, row: int, data: np.ndarray) -> None:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
     except OSError as exc:
         raise CaseIndexError(f"cannot write {path}: {exc.strerror or exc}") from None
 
