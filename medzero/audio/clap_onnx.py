@@ -23,7 +23,6 @@ import numpy as np
 from ..core import backend as backends
 from ..core import hub
 from ..core.encoder import ModelCfg, local_dir, weights_fingerprint
-from ..core.errors import ModelUnavailableError
 from .clap import PROBE_TEXT, ClapEncoder, load_clap
 from .clap_features import MelFeatures, shrink_rows
 
@@ -103,7 +102,6 @@ class ClapOnnxEncoder(backends.Exported, ClapEncoder):
         self.weights_source = model_id
         self._meta = meta
         self._source = source
-        self._torch: ClapEncoder | None = None
         self._tokens: Any = None
         self._audio, self._text = self._open_towers("audio")
 
@@ -139,18 +137,8 @@ class ClapOnnxEncoder(backends.Exported, ClapEncoder):
     def preprocess_config(self) -> dict[str, Any]:
         return dict(self._meta["preprocess_config"])
 
-    # -- the torch model, only when something needs it ---------------------------------------------
-    def torch_encoder(self) -> ClapEncoder:
-        if self._torch is None:
-            if self._source is None:
-                raise ModelUnavailableError(f"{self.fingerprint} was loaded from its ONNX export alone; load it with --backend torch")
-            source, revision, cfg = self._source
-            self._torch = load_clap(source, revision=revision, device="cpu", cfg=cfg)
-        return self._torch
-
-    @property
-    def model(self) -> Any:
-        return self.torch_encoder().model
+    # -- the torch model, only when something needs it (backends.Exported.torch_encoder) -----------
+    torch_loader = staticmethod(load_clap)
 
     @property
     def processor(self) -> Any:

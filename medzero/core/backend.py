@@ -400,12 +400,28 @@ class Session:
 
 class Exported:
     """What the exported encoders share: their two sessions (the audio or image tower, made to
-    load at once in the background; the text tower on first use) and a fingerprint that ends in
+    load at once in the background; the text tower on first use), a fingerprint that ends in
     ``+int8`` for the quantised model, a different numerical model that never shares an index
-    space or a text-cache entry with the float one."""
+    space or a text-cache entry with the float one, and the torch model loaded only when something
+    needs it (model packs): ``torch_loader(source, revision=, device=, cfg=)`` given ``_source``."""
 
     backend: str
     export_dir: Path
+    torch_loader: Callable[..., Any]
+    _source: tuple[str, str | None, Any] | None = None
+    _torch: Any = None
+
+    def torch_encoder(self) -> Any:
+        if self._torch is None:
+            if self._source is None:
+                raise ModelUnavailableError(f"{self.fingerprint} was loaded from its ONNX export alone; load it with --backend torch")
+            source, revision, cfg = self._source
+            self._torch = self.torch_loader(source, revision=revision, device="cpu", cfg=cfg)
+        return self._torch
+
+    @property
+    def model(self) -> Any:
+        return self.torch_encoder().model
 
     def _open_towers(self, tower: str) -> tuple[Session, Session]:
         graph = quantise(self.export_dir, tower) if quantised(self.backend) else self.export_dir / f"{tower}.onnx"

@@ -121,7 +121,6 @@ class OnnxClipEncoder(backends.Exported, OpenClipEncoder):
         self.dim = int(meta["dim"])
         self._meta = meta
         self._source = source
-        self._torch: OpenClipEncoder | None = None
         self._image, self._text = self._open_towers("image")
 
     def __repr__(self) -> str:
@@ -141,17 +140,7 @@ class OnnxClipEncoder(backends.Exported, OpenClipEncoder):
             out.append(l2_normalise(self._text(tokens=np.ascontiguousarray(tokens.numpy(), dtype=np.int64))))
         return np.concatenate(out)
 
-    def torch_encoder(self) -> OpenClipEncoder:
-        if self._torch is None:
-            if self._source is None:
-                raise ModelUnavailableError(f"{self.fingerprint} was loaded from its ONNX export alone; load it with --backend torch")
-            source, revision, cfg = self._source
-            self._torch = load_open_clip(source, revision=revision, device="cpu", cfg=cfg)
-        return self._torch
-
-    @property
-    def model(self) -> Any:
-        return self.torch_encoder().model
+    torch_loader = staticmethod(load_open_clip)  # the torch model when something needs it (backends.Exported)
 
 
 def _probe_image() -> Any:
