@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_audio import agreement, load_note, peak_rss_mb  # run from bench/, or with bench/ on sys.path
 
 _logger = logging.getLogger("bench_image")
 
@@ -163,35 +164,6 @@ def tower_alone(classifiers: dict, batch_size: int, repeats: int) -> dict[str, f
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    """How far ``other``'s scores move from ``reference``'s (rows: images, columns: labels)."""
-
-    def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:  # labels are few: count the pairs
-        return float(np.mean([np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i in range(len(a)) for j in range(i + 1, len(a))]))
-
-    return {
-        "max_abs_diff": float(np.abs(reference - other).max()),
-        "top1_agreement": float(np.mean(reference.argmax(1) == other.argmax(1))),
-        "same_ranking": float(np.mean([np.array_equal(np.argsort(-a), np.argsort(-b)) for a, b in zip(reference, other)])),
-        "kendall_tau": float(np.mean([kendall_tau(a, b) for a, b in zip(reference, other)])),
-    }
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS: VmHWM (ru_maxrss would carry the parent's peak across fork and exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def load_note() -> str:
-    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def backend_child(backend: str, checkpoint: Path, paths: list[Path], batch_size: int, repeats: int) -> dict:
     """Runs in a fresh process (one runtime per process, as in use): the naive loop and medzero
     with ``backend``, interleaved, and the image tower alone."""
@@ -209,7 +181,7 @@ def backend_child(backend: str, checkpoint: Path, paths: list[Path], batch_size:
         "decode_each": decode_cost(paths),
         "max_abs_diff": float(np.abs(naive_scores - scores).max()),
         "scores": scores.tolist(),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mb(),
         "load": load_note(),
     }
 

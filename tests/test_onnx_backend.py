@@ -28,12 +28,9 @@ RUNTIMES = ["onnx", pytest.param("openvino", marks=pytest.mark.skipif(
 
 
 @pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
+def fresh_cache(isolated_cache):
     """An empty medzero cache (so the ONNX export cache starts empty) and no loaded encoders."""
-    monkeypatch.setenv("MEDZERO_CACHE_DIR", str(tmp_path / "cache"))
-    encoders.clear_loaded()
-    yield tmp_path / "cache"
-    encoders.clear_loaded()
+    return isolated_cache
 
 
 def _exports(cache: Path) -> list[Path]:
