@@ -1,7 +1,8 @@
 """medzero's Streamlit app: a thin layer over the public API (``make app`` or ``medzero app``).
 
-One entry file with ``st.navigation``; the pages are the other scripts in this folder (paths are
-relative to this file). Streamlit runs it as a script, so imports are absolute. Models are chosen by
+One entry file with ``st.navigation``; the pages are the other scripts in this folder, named by
+absolute path (Streamlit resolves relative page paths against the script it was started with, which
+is the checkout's ``streamlit_app.py`` when it is run that way). Streamlit runs it as a script, so imports are absolute. Models are chosen by
 ``MEDZERO_AUDIO_MODEL`` / ``MEDZERO_IMAGE_MODEL`` (read by the library) and load once per process.
 
 The language (English or Chinese) comes from the page address (``?lang=zh``) and the sidebar switch,
@@ -12,16 +13,20 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pathlib import Path
+
 from medzero.app.common import LANGS, init_lang, keep_lang_in_url, tr
+
+HERE = Path(__file__).resolve().parent
 
 st.set_page_config(page_title="medzero", page_icon=":material/stethoscope:", layout="wide")
 init_lang()
 
 pages = [
-    st.Page("voice.py", title=tr("Voice quality", "语音质量"), icon=":material/mic:", default=True),
-    st.Page("xray.py", title=tr("Chest X-ray", "胸部 X 光"), icon=":material/radiology:"),
-    st.Page("search.py", title=tr("Case search", "病例检索"), icon=":material/search:"),
-    st.Page("models.py", title=tr("Models", "模型"), icon=":material/memory:"),
+    st.Page(HERE / "voice.py", title=tr("Voice quality", "语音质量"), icon=":material/mic:", default=True),
+    st.Page(HERE / "xray.py", title=tr("Chest X-ray", "胸部 X 光"), icon=":material/radiology:"),
+    st.Page(HERE / "search.py", title=tr("Case search", "病例检索"), icon=":material/search:"),
+    st.Page(HERE / "models.py", title=tr("Models", "模型"), icon=":material/memory:"),
 ]
 page = st.navigation(pages)
 
