@@ -202,6 +202,9 @@ class Classifier:
                     continue
             except MedzeroError as exc:
                 p.error = exc
+            except Exception as exc:  # noqa: BLE001 - one source's fault never stops the batch
+                _logger.error("scoring a %s input failed (%s)", p.modality, type(exc).__name__)
+                p.error = MedzeroError(f"{p.name}: scoring failed ({type(exc).__name__}); see the log")
             results.append(Result.failed(p.name, p.error, modality=p.modality))
         return results
 

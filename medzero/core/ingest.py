@@ -36,7 +36,7 @@ import numpy as np
 
 from .errors import BadInputError, MedzeroError
 from .modality import get_modality, modalities
-from .sniff import sniff_source
+from .sniff import MEDIA_SUFFIXES, sniff_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoder import Encoder
@@ -152,6 +152,8 @@ class Source:
         if modality == "array":
             return cls(label, data, None, None)
         if modality is None:
+            if _is_empty(data):
+                return cls(label, data, error=BadInputError(f"{label} is empty (0 bytes)"))
             return cls(label, data, error=BadInputError(unrecognised_message(label)))
         return cls(label, data, modality, fmt)
 
@@ -255,19 +257,59 @@ def iter_expand(sources: "Iterable[Any] | Any", *, absolute: bool = False) -> It
     """
     if not isinstance(sources, (list, tuple, Iterator)):  # one source (a path, bytes, an array, ...)
         sources = [sources]
-    known = {m.name for m in modalities()}
     for obj in sources:
         if is_url(obj):
             yield from _expand_url(obj, absolute)
         elif isinstance(obj, (str, os.PathLike)) and os.path.isdir(obj):
-            root = Path(obj)
-            for path in sorted(root.rglob("*")):
-                if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
-                    found = Source.of(str(path), absolute=absolute)
-                    if found.error is None and found.modality in known:
-                        yield found
+            yield from _walk(Path(obj), absolute)
         else:
             yield Source.of(obj, absolute=absolute)
+
+
+def _walk(root: Path, absolute: bool) -> Iterator[Source]:
+    """A folder's recordings and images by content, sorted; nothing in it passed over without a word.
+
+    Hidden entries (``.DS_Store``, ``.git/``) are left out. A file that is empty or unrecognised
+    but named like a recording or an image (``visit.wav`` holding text) was meant as an input: it
+    gets an error row. Other files (``notes.txt``) and what is not a regular file (a FIFO, a
+    socket) are reported as skipped in one warning per folder. A folder with nothing to classify
+    is an error row of its own, so that a run over an empty folder cannot succeed silently.
+    """
+    known = {m.name for m in modalities()}
+    found = 0
+    skipped: list[str] = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts) or path.is_dir():
+            continue
+        source = Source.of(str(path), absolute=absolute)
+        if source.error is None and source.modality in known:
+            found += 1
+            yield source
+        elif path.suffix.lower() in MEDIA_SUFFIXES and path.is_file():
+            found += 1
+            yield source
+        else:
+            skipped.append(str(relative) + ("" if path.is_file() else " (not a regular file)"))
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        _logger.warning("%s: skipped %d file%s that %s neither audio nor an image: %s", root, len(skipped),
+                        "s" if len(skipped) > 1 else "", "are" if len(skipped) > 1 else "is", shown)
+    if not found:
+        other = f" ({len(skipped)} other file{'s' if len(skipped) > 1 else ''} skipped)" if skipped else ""
+        name = os.path.abspath(root) if absolute else os.fspath(root)
+        yield Source(name, name, error=BadInputError(f"{name}: no recordings or images in this folder{other}"))
+
+
+def _is_empty(data: Any) -> bool:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return len(data) == 0
+    if isinstance(data, str):
+        try:
+            return os.path.getsize(data) == 0
+        except OSError:
+            return False
+    return False
 
 
 def _expand_url(url: str, absolute: bool) -> Iterator[Source]:
@@ -342,6 +384,8 @@ class Pipeline:
             return prepared
         except MedzeroError as exc:
             return Prepared(source, error=exc)
+        except Exception as exc:  # noqa: BLE001 - a decoder's fault costs this source, never the batch
+            return Prepared(source, error=decode_failure(source, exc))
 
     def batches(self, sources: Iterable[Any]) -> Iterator[list[Prepared]]:
         """Prepared batches in order; batch i+1 decodes in the worker threads while batch i is used.
@@ -375,13 +419,29 @@ class Pipeline:
         for modality, indices in by_modality.items():
             try:
                 vectors = self.encoder(modality).embed([_model_input(batch[i]) for i in indices])
-            except MedzeroError as exc:
+            except Exception as exc:  # noqa: BLE001 - the batch's items get the error; the run goes on
+                if not isinstance(exc, MedzeroError):
+                    _logger.error("the %s model failed on a batch of %d (%s)", modality, len(indices), type(exc).__name__)
+                    exc = MedzeroError(f"the {modality} model failed on this input ({type(exc).__name__}); see the log")
                 for i in indices:
                     batch[i].error = exc
                 continue
             for i, vector in zip(indices, vectors):
                 out[i] = vector
         return out
+
+
+def decode_failure(source: Source, exc: BaseException) -> BadInputError:
+    """The one-line error of a source whose decoder raised something other than a MedzeroError.
+
+    Only the exception's type is named: a library's message may quote the file's own bytes or
+    element values (patient data), so it goes neither into the error nor into the log.
+    """
+    _logger.debug("decoding failed with %s", type(exc).__name__)
+    noun = get_modality(source.modality).noun if source.modality else "a recording or an image"
+    return BadInputError(
+        f"{source.name} cannot be decoded as {noun}: the file is damaged or malformed ({type(exc).__name__} in the decoder)"
+    )
 
 
 def _model_input(prepared: Prepared) -> Any:

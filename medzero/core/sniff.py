@@ -18,14 +18,15 @@ audio because the audio loader decodes their first audio stream.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import stat
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 from .errors import BadInputError
 
-__all__ = ["HEAD_BYTES", "AUDIO_FORMATS", "IMAGE_FORMATS", "read_head", "sniff", "sniff_source"]
+__all__ = ["HEAD_BYTES", "AUDIO_FORMATS", "IMAGE_FORMATS", "MEDIA_SUFFIXES", "check_regular_file", "read_head", "sniff", "sniff_source"]
 
 #: How many leading bytes :func:`sniff` needs; callers must pass at least this many when the
 #: input is that long (DICOM's magic sits at offset 128).
@@ -33,6 +34,16 @@ HEAD_BYTES = 512
 
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3", "aac", "m4a", "amr", "aiff", "webm", "mkv")
 IMAGE_FORMATS = ("dicom", "png", "jpeg", "tiff", "jpeg2000", "gif", "webp", "heif", "avif")
+
+#: File-name suffixes people give the formats above. Never used to decide what a file holds; only to
+#: tell, inside a folder, a broken recording or image (``visit.wav`` holding text: an error row) from
+#: a file that was never meant as one (``notes.txt``: reported as skipped).
+MEDIA_SUFFIXES = frozenset({
+    ".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus", ".spx", ".mp3", ".aac",
+    ".m4a", ".mp4", ".m4b", ".3gp", ".mov", ".amr", ".awb", ".aif", ".aiff", ".aifc", ".webm", ".mka", ".mkv",
+    ".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".jp2", ".j2k", ".j2c",
+    ".jpx", ".gif", ".webp", ".heic", ".heif", ".avif",
+})
 
 Sniffed = tuple[Optional[str], Optional[str]]
 
@@ -100,8 +111,13 @@ def sniff_source(source: Any) -> Sniffed:
 
 
 def read_head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
-    """Read the first ``n`` bytes of ``path``, raising :class:`BadInputError` if it is not a file."""
+    """Read the first ``n`` bytes of ``path``, raising :class:`BadInputError` if it is not a regular file.
+
+    A FIFO, socket or device is refused before it is opened: opening a FIFO with no writer blocks
+    forever, and a stream's head cannot be read twice (once to sniff, once to decode).
+    """
     path = Path(path)
+    check_regular_file(path)
     try:
         with path.open("rb") as f:
             return f.read(n)
@@ -111,6 +127,29 @@ def read_head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
         raise BadInputError(f"{path} is a directory, not a file") from None
     except PermissionError:
         raise BadInputError(f"cannot read {path}: permission denied") from None
+
+
+def check_regular_file(path: str | os.PathLike) -> os.stat_result:
+    """``path``'s stat (links followed), or a one-line :class:`BadInputError` if it is not a regular file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BadInputError(f"file not found: {os.fspath(path)}") from None
+    except PermissionError:
+        raise BadInputError(f"cannot read {os.fspath(path)}: permission denied") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(st.st_mode):
+        return st
+    if stat.S_ISDIR(st.st_mode):
+        raise BadInputError(f"{os.fspath(path)} is a directory, not a file")
+    kind = (
+        "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+        else "a socket" if stat.S_ISSOCK(st.st_mode)
+        else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        else "not a regular file"
+    )
+    raise BadInputError(f"{os.fspath(path)} is {kind}, not a regular file; save the data to a file first")
 
 
 def _peek(stream: Any) -> bytes:
