@@ -10,10 +10,12 @@ Two outcomes besides a triage verdict:
 
 - an input outside what the task judges (its ``applies_to`` block: a CT slice given to a chest
   X-ray task, a recording with no voice given to a voice task) gets ``not_applicable``, with reasons;
-- when a modality's model cannot be loaded, a task with measurement rules (``metrics``) on a
-  modality that reports measurements still gets a verdict from those rules alone, marked
-  ``signal_only``; the source is then decoded again with no encoder (``prepare(source, None,
-  limits)``), in the calling thread. Any other task gives an error row, as before.
+- when a modality's default model is not on this machine, a task with measurement rules
+  (``metrics``) on a modality that reports measurements still gets a verdict from those rules
+  alone, marked ``signal_only``; the source is then decoded again with no encoder
+  (``prepare(source, None, limits)``), in the calling thread. Any other task gives an error row,
+  and so does a model the caller named (argument or environment variable) that cannot be loaded:
+  a mistyped path must never pass as a verdict.
 """
 from __future__ import annotations
 
@@ -197,7 +199,7 @@ class Classifier:
                 if p.error is None and vector is not None:
                     results.append(self._result(p, vector))
                     continue
-                if isinstance(p.error, ModelUnavailableError) and self._signal_only_possible(p.modality):
+                if isinstance(p.error, ModelUnavailableError) and self._signal_only_possible(p.modality) and not self.model_named(p.modality):
                     results.append(self._signal_only_result(p, p.error))
                     continue
             except MedzeroError as exc:
@@ -252,6 +254,13 @@ class Classifier:
         return {"status": "uncalibrated", "summary": UNCALIBRATED}
 
     # -- without the model --------------------------------------------------------------------
+    def model_named(self, modality: str) -> bool:
+        """Whether ``modality``'s model was named (an argument, or ``MEDZERO_AUDIO_MODEL`` /
+        ``MEDZERO_IMAGE_MODEL``) rather than left to the default. A named model that cannot be
+        found is an error, always (a mistyped path must not pass as a signal-only verdict); only a
+        default model that is not on this machine falls back to the measurements."""
+        return self._models.get(modality) is not None or _encoders.configured_model(modality) is not None
+
     def _signal_only_possible(self, modality: str) -> bool:
         """A verdict without the model needs a task with measurement rules and a modality that measures."""
         task = self.task_for(modality)

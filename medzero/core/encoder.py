@@ -47,6 +47,7 @@ __all__ = [
     "register_family_hook",
     "register_model",
     "list_models",
+    "configured_model",
     "create",
     "resolve",
     "availability",
@@ -252,10 +253,16 @@ def list_models(modality: str | None = None) -> list[ModelCfg]:
     return sorted(models, key=lambda m: (m.modality, not m.default, m.name))
 
 
+def configured_model(modality: str) -> str | None:
+    """The model ``MEDZERO_AUDIO_MODEL`` / ``MEDZERO_IMAGE_MODEL`` names, or ``None`` when unset."""
+    return os.environ.get(_ENV.get(modality, "")) or None
+
+
 def default_model(modality: str) -> str:
     """``MEDZERO_AUDIO_MODEL`` / ``MEDZERO_IMAGE_MODEL`` if set, else the registered default."""
-    if os.environ.get(_ENV.get(modality, "")):
-        return os.environ[_ENV[modality]]
+    configured = configured_model(modality)
+    if configured is not None:
+        return configured
     for cfg in list_models(modality):
         if cfg.default:
             return cfg.name
