@@ -60,3 +60,31 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MEDZERO_CACHE_DIR", None)
     else:
         os.environ["MEDZERO_CACHE_DIR"] = old
+
+
+#: What a site without model weights looks like: no model named, and the default models in neither
+#: the Hugging Face cache nor medzero's model packs.
+def default_models_missing_env(tmp: Path) -> dict[str, str | None]:
+    """Environment changes (``None``: unset) that leave the default models unavailable offline."""
+    return {
+        "MEDZERO_AUDIO_MODEL": None,
+        "MEDZERO_IMAGE_MODEL": None,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp / "empty-hf-cache"),
+        "MEDZERO_MODELS_DIR": str(tmp / "no-model-packs"),
+    }
+
+
+@pytest.fixture
+def default_models_missing(monkeypatch, tmp_path):
+    """This test runs as a site without model weights (see :func:`default_models_missing_env`)."""
+    from medzero.core import encoder
+
+    for key, value in default_models_missing_env(tmp_path).items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    encoder.clear_loaded()
+    yield tmp_path
+    encoder.clear_loaded()

@@ -12,6 +12,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import medzero
+from conftest import default_models_missing_env
 from fixtures_image import write_dicom
 from medzero.cli.classify import render
 from medzero.core import encoder as encoders
@@ -245,10 +246,17 @@ def test_speech_check_schema_on_an_audio_task(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def no_model_results(audio_clips):
-    clf = medzero.Classifier("voice_quality", audio_model="/nonexistent/dir", device="cpu")
-    keys = ["clipped", "speech", "noise"]
-    return dict(zip(keys, clf.classify_batch([audio_clips[k] for k in keys])))
+def no_model_results(audio_clips, tmp_path_factory):
+    """A site without the default audio model (no model named, none cached, no pack)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in default_models_missing_env(tmp_path_factory.mktemp("no-models")).items():
+            if value is None:
+                mp.delenv(key, raising=False)
+            else:
+                mp.setenv(key, value)
+        clf = medzero.Classifier("voice_quality", device="cpu")
+        keys = ["clipped", "speech", "noise"]
+        return dict(zip(keys, clf.classify_batch([audio_clips[k] for k in keys])))
 
 
 def test_clipped_clip_is_re_record_by_the_clipping_rule_without_the_model(no_model_results):
@@ -280,12 +288,22 @@ def test_noise_is_not_applicable_without_the_model_too(no_model_results):
     assert [r.kind for r in result.reasons] == ["applicability", "note"]
 
 
-def test_without_the_model_adhoc_labels_and_tasks_without_metric_rules_still_fail(audio_clips, tiny_hf_clip_dir):
+def test_without_the_model_adhoc_labels_and_tasks_without_metric_rules_still_fail(audio_clips, tiny_hf_clip_dir, default_models_missing):
     for options in ({"labels": "speech,music"}, {"task": "respiratory_sounds"}):
-        (result,) = medzero.Classifier(audio_model="/nonexistent/dir", device="cpu", **options).classify_batch([audio_clips["speech"]])
-        assert result.error is not None and "/nonexistent/dir" in result.error and not result.signal_only
+        (result,) = medzero.Classifier(device="cpu", **options).classify_batch([audio_clips["speech"]])
+        assert result.error is not None and "laion/clap-htsat-fused" in result.error and not result.signal_only
     # The default tasks of a mixed batch: the recording gets a signal-only verdict, the image is scored.
-    clf = medzero.Classifier(audio_model="/nonexistent/dir", image_model=f"local-dir:{tiny_hf_clip_dir}", device="cpu")
+    clf = medzero.Classifier(image_model=f"local-dir:{tiny_hf_clip_dir}", device="cpu")
     voice, image = clf.classify_batch([audio_clips["clipped"], get_testdata_file("CT_small.dcm")])
     assert voice.signal_only and voice.verdict == "re-record"
     assert not image.signal_only and image.verdict == "not_applicable" and image.scores
+
+
+def test_a_named_model_that_cannot_be_found_is_an_error_never_a_signal_only_verdict(audio_clips, monkeypatch, tiny_clap_dir):
+    """A mistyped path (argument or MEDZERO_AUDIO_MODEL) must not pass as an 'accept'."""
+    (result,) = medzero.Classifier("voice_quality", audio_model="/nonexistent/dir", device="cpu").classify_batch([audio_clips["speech"]])
+    assert not result.signal_only and result.verdict is None
+    assert result.error == "audio model directory not found: /nonexistent/dir (it does not exist); check the path given with --audio-model or MEDZERO_AUDIO_MODEL"
+    monkeypatch.setenv("MEDZERO_AUDIO_MODEL", "/nonexistent/env-dir")
+    (result,) = medzero.Classifier("voice_quality", device="cpu").classify_batch([audio_clips["speech"]])
+    assert not result.signal_only and "/nonexistent/env-dir" in result.error

@@ -94,17 +94,32 @@ def test_usage_errors_are_one_line(folder, capsys, args, message):
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_model_unavailable_is_reported(folder, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_model_unavailable_is_reported(folder, capsys, default_models_missing):
     # Ad-hoc labels need the model: an error row and exit 1.
-    code = main(["classify", str(folder / "a_speech.wav"), "--audio-model", "laion/not-cached-here", "--labels", "speech,noise", "--format", "json"])
+    code = main(["classify", str(folder / "a_speech.wav"), "--labels", "speech,noise", "--format", "json"])
     out, err = capsys.readouterr()
-    assert code == 1 and "laion/not-cached-here is not available offline" in json.loads(out)[0]["error"]
+    assert code == 1 and "(laion/clap-htsat-fused) is not available offline" in json.loads(out)[0]["error"]
     # A task with waveform rules still gives a verdict from the signal alone, and says why.
-    code = main(["classify", str(folder / "a_speech.wav"), "--audio-model", "laion/not-cached-here", "--format", "json"])
+    code = main(["classify", str(folder / "a_speech.wav"), "--format", "json"])
     record = json.loads(capsys.readouterr().out)[0]
     assert code == 0 and record["signal_only"] is True and record["verdict"] in ("accept", "review", "re-record")
-    assert "laion/not-cached-here is not available offline" in json.dumps(record)
+    assert "(laion/clap-htsat-fused) is not available offline" in json.dumps(record)
+
+
+@pytest.mark.parametrize("option", ["--audio-model", "--image-model"])
+def test_a_named_model_that_cannot_be_found_fails_every_file_with_one_line(folder, capsys, option, tmp_path):
+    """A mistyped model path is an error for audio and images alike (it was a signal-only 'accept', exit 0)."""
+    from pydicom.data import get_testdata_file
+
+    source = str(folder / "a_speech.wav") if option == "--audio-model" else get_testdata_file("CT_small.dcm")
+    missing = str(tmp_path / "typo-model-dir")
+    code = main(["classify", source, option, missing, "--format", "json"])
+    out, err = capsys.readouterr()
+    record = json.loads(out)[0]
+    assert code == 1
+    assert record["signal_only"] is False and record["verdict"] is None
+    assert f"model directory not found: {missing} (it does not exist)" in record["error"]
+    assert err.count("medzero: error: ") == 1 and missing in err
 
 
 def test_tasks_and_models_listings(capsys):

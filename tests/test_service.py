@@ -24,6 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 import medzero
+from conftest import default_models_missing_env
 from medzero.service import schemas
 from medzero.service.auth import ApiKeys, hash_token, load_api_keys, parse_keys
 from medzero.service.cli import is_loopback, serve_command
@@ -613,8 +614,15 @@ ORIGIN = "https://ris.hospital.example"
 
 @pytest.fixture(scope="module")
 def modelless_server(model_env, tmp_path_factory):
-    """`--workers 2` with an audio model that cannot load: never ready; one CORS origin allowed."""
-    env = dict(model_env, MEDZERO_AUDIO_MODEL="/nonexistent/clap-dir")
+    """`--workers 2` on a site without the default audio model: never ready; one CORS origin allowed."""
+    env = dict(model_env)
+    for key, value in default_models_missing_env(tmp_path_factory.mktemp("no-models")).items():
+        if key == "MEDZERO_IMAGE_MODEL":  # the image model stays the tiny one
+            continue
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     srv = start_server(
         tmp_path_factory.mktemp("modelless"),
         ["--workers", "2", "--insecure-no-auth", "--preload", "audio", "--cors-origin", ORIGIN], env, ready=False,
@@ -638,10 +646,10 @@ def test_not_ready_without_the_model_yet_signal_only_verdicts_still_come(modelle
     while True:  # each worker reports on its own model load
         ready = httpx.get(srv.base + "/readyz")
         body = assert_error(ready, 503, "not_ready")
-        if "/nonexistent/clap-dir" in body["detail"] or time.monotonic() > deadline:
+        if "laion/clap-htsat-fused" in body["detail"] or time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    assert body["detail"].startswith("audio: ") and "/nonexistent/clap-dir" in body["detail"]
+    assert body["detail"].startswith("audio: ") and "(laion/clap-htsat-fused) is not available offline" in body["detail"]
     assert int(ready.headers["retry-after"]) > 0
     with srv.client(None) as client:
         served = {m["modality"]: m for m in client.get("/v1/models").json()["served"]}
@@ -654,7 +662,7 @@ def test_not_ready_without_the_model_yet_signal_only_verdicts_still_come(modelle
     assert result["reasons"][-1]["kind"] == "note" and result["reasons"][-1]["verdict"] is None
     assert any(r["kind"] == "metric" and r["id"] == "clipping_ratio" for r in result["reasons"])
     body = assert_error(labels, 503, "model_unavailable")
-    assert "/nonexistent/clap-dir" in body["detail"] and int(labels.headers["retry-after"]) > 0
+    assert "laion/clap-htsat-fused" in body["detail"] and int(labels.headers["retry-after"]) > 0
 
 
 def test_cors_answers_only_the_configured_origin(modelless_server):
