@@ -187,8 +187,8 @@ def test_missing_file(tmp_path):
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.wav"
     path.write_bytes(b"")
-    assert "empty.wav" in reject(path, match="empty file")
-    reject(b"", match="empty file")
+    assert reject(path, match="is empty") == f"{path} is empty (0 bytes)"
+    assert reject(b"", match="is empty") == "<bytes> is empty (0 bytes)"
 
 
 def test_text_named_wav(tmp_path):

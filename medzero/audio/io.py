@@ -9,9 +9,16 @@ Decoding is chosen from the content (:mod:`medzero.core.sniff`), never from the 
 Channels are averaged to mono and, when ``sample_rate`` is given, the clip is resampled with
 ``soxr`` at "HQ" quality. The result is deterministic: the same input gives bit-identical samples.
 
-Every problem a user can cause (missing, empty, oversized, truncated or non-audio input, NaN
-samples, too short or too long) raises :class:`~medzero.core.errors.BadInputError` with a one-line
-message; exceptions from ``soundfile`` and ``av`` never escape.
+Every problem a user can cause (missing, empty, oversized, truncated, corrupt or non-audio input,
+NaN samples, an implausible sample rate, too short or too long) raises
+:class:`~medzero.core.errors.BadInputError` with a one-line message; exceptions from ``soundfile``
+and ``av`` never escape.
+
+Memory is bounded in decoded samples, not in file size or seconds: a few kB can declare hours at a
+high rate (or at 1 Hz, which resampling to 48 kHz multiplies by 48,000). ``AudioLimits.max_samples``
+caps the samples of all channels at the source rate, checked from the header before anything is
+allocated and again while a stream decodes, and the mono samples after resampling, checked before
+the resampler runs. Sample rates outside :data:`SAMPLE_RATE_RANGE` are refused.
 
 Example::
 
@@ -23,9 +30,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Optional, Union
 
@@ -37,7 +45,7 @@ import soxr
 from medzero.core.errors import BadInputError, one_line
 from medzero.core.sniff import HEAD_BYTES, read_head, sniff
 
-__all__ = ["AudioLimits", "AudioClip", "AudioSource", "load_audio"]
+__all__ = ["AudioLimits", "AudioClip", "AudioSource", "SAMPLE_RATE_RANGE", "load_audio"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,15 @@ _EXPECTED = "expected WAV, FLAC, Ogg, MP3, M4A/AAC or AMR"
 # libsndfile reports this frame count when it cannot tell the length (e.g. a stream).
 _UNKNOWN_FRAMES = 2**62
 
+#: Sample rates (Hz) accepted from a header or with an array. Below 2 kHz (a 1 kHz band) no voice or
+#: body sound is captured; respiratory recordings at 4 kHz remain inside. 768 kHz is the highest
+#: rate audio converters record. Anything outside is a corrupt header, and a 1 Hz rate resampled to
+#: 48 kHz turns each byte into 48,000 samples.
+SAMPLE_RATE_RANGE = (2_000, 768_000)
+
+# Frames per read when libsndfile cannot tell a file's length.
+_BLOCK_FRAMES = 1 << 16
+
 
 @dataclass(frozen=True)
 class AudioLimits:
@@ -60,39 +77,46 @@ class AudioLimits:
         max_bytes: largest encoded input, checked before it is read.
         max_duration_s: longest audio, checked from the header before decoding where possible.
         min_duration_s: shortest audio worth classifying.
+        max_samples: most decoded samples held at once: all channels at the source rate (from the
+            header before decoding, then while decoding), and the mono clip after resampling. The
+            default is 3 hours of mono audio at 48 kHz, CLAP's rate: 518,400,000 samples, 2 GB as
+            float32. It bounds memory where ``max_bytes`` cannot (compressed silence, a 1 Hz header).
     """
 
     max_bytes: int = 200 * 1024 * 1024
     max_duration_s: float = 3 * 3600
     min_duration_s: float = 0.1
+    max_samples: int = 3 * 3600 * 48_000
 
     def __post_init__(self):
-        if self.max_bytes <= 0 or self.max_duration_s <= 0 or self.min_duration_s < 0:
+        if self.max_bytes <= 0 or self.max_duration_s <= 0 or self.min_duration_s < 0 or self.max_samples <= 0:
             raise ValueError(f"audio limits must be positive: {self}")
         if self.min_duration_s > self.max_duration_s:
             raise ValueError(f"min_duration_s exceeds max_duration_s: {self}")
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AudioLimits":
-        """Defaults overridden by ``MEDZERO_MAX_AUDIO_BYTES``, ``MEDZERO_MAX_AUDIO_SECONDS`` and
-        ``MEDZERO_MIN_AUDIO_SECONDS``. A value that is not a number raises :class:`BadInputError`."""
+        """Defaults overridden by ``MEDZERO_MAX_AUDIO_BYTES``, ``MEDZERO_MAX_AUDIO_SECONDS``,
+        ``MEDZERO_MIN_AUDIO_SECONDS`` and ``MEDZERO_MAX_AUDIO_SAMPLES``. A value that is not a number
+        raises :class:`BadInputError`."""
         environ = os.environ if environ is None else environ
         default = cls()
         kwargs = dict(
             max_bytes=_env_number(environ, "MEDZERO_MAX_AUDIO_BYTES", int, default.max_bytes),
             max_duration_s=_env_number(environ, "MEDZERO_MAX_AUDIO_SECONDS", float, default.max_duration_s),
             min_duration_s=_env_number(environ, "MEDZERO_MIN_AUDIO_SECONDS", float, default.min_duration_s),
+            max_samples=_env_number(environ, "MEDZERO_MAX_AUDIO_SAMPLES", int, default.max_samples, "samples"),
         )
         try:
             return cls(**kwargs)
         except ValueError as e:
             raise BadInputError(
                 f"invalid audio limits from MEDZERO_MAX_AUDIO_BYTES / MEDZERO_MAX_AUDIO_SECONDS / "
-                f"MEDZERO_MIN_AUDIO_SECONDS: {e}"
+                f"MEDZERO_MIN_AUDIO_SECONDS / MEDZERO_MAX_AUDIO_SAMPLES: {e}"
             ) from None
 
 
-def _env_number(environ: Mapping[str, str], var: str, kind: type, default: float) -> Any:
+def _env_number(environ: Mapping[str, str], var: str, kind: type, default: float, unit: str = "") -> Any:
     raw = environ.get(var, "").strip()
     if not raw:
         return default
@@ -101,7 +125,7 @@ def _env_number(environ: Mapping[str, str], var: str, kind: type, default: float
     except ValueError:
         value = None
     if value is None or not np.isfinite(value) or value < 0 or (kind is int and not value.is_integer()):
-        unit = "number of bytes" if kind is int else "number of seconds"
+        unit = f"number of {unit or ('bytes' if kind is int else 'seconds')}"
         raise BadInputError(f"{var} must be a non-negative {unit}, got {raw!r}")
     return kind(value)
 
@@ -136,11 +160,21 @@ class AudioClip:
         """Length in seconds."""
         return len(self.samples) / self.sample_rate
 
-    def resampled(self, rate: int) -> "AudioClip":
-        """This clip at ``rate`` Hz (soxr, "HQ"); ``self`` when the rate already matches."""
+    def resampled(
+        self, rate: int, *, limits: Optional["AudioLimits"] = None, name: Optional[str] = None
+    ) -> "AudioClip":
+        """This clip at ``rate`` Hz (soxr, "HQ"); ``self`` when the rate already matches.
+
+        The length after resampling is checked against ``limits.max_samples`` (default
+        :meth:`AudioLimits.from_env`) before the resampler allocates it; ``name`` is what the error
+        calls the clip (default :attr:`source`).
+        """
         rate = int(rate)
         if rate == self.sample_rate:
             return self
+        limits = AudioLimits.from_env() if limits is None else limits
+        n_out = math.ceil(len(self.samples) * rate / self.sample_rate)
+        _check_samples(n_out, name or self.source, limits, f"after resampling to {rate} Hz")
         return dataclasses.replace(self, samples=_resample(self.samples, self.sample_rate, rate), sample_rate=rate)
 
 
@@ -186,6 +220,7 @@ def load_audio(
     array_input = _array_input(source, source_rate)
     if array_input is not None:
         label = name or "<array>"
+        _check_rate(array_input[1], label, "pass the rate the samples were recorded at")
         frames, rate = _array_to_frames(*array_input, label=label)
         fmt, origin = None, label
     else:
@@ -202,7 +237,7 @@ def load_audio(
         source=origin,
     )
     log.debug("loaded %s: %s, %d Hz, %d ch, %.2f s", label, fmt, rate, clip.channels, clip.duration)
-    return clip if sample_rate is None else clip.resampled(sample_rate)
+    return clip if sample_rate is None else clip.resampled(sample_rate, limits=limits, name=label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +298,7 @@ def _read_source(source: Any, limits: AudioLimits, name: Optional[str]) -> tuple
 
 def _check_size(size: int, label: str, limits: AudioLimits, at_least: bool = False) -> None:
     if size == 0:
-        raise BadInputError(f"empty file: {label} (0 bytes; record or export the audio again)")
+        raise BadInputError(f"{label} is empty (0 bytes)")
     if size > limits.max_bytes:
         mb = f"more than {limits.max_bytes / 2**20:.1f}" if at_least else f"{size / 2**20:.1f}"
         raise BadInputError(
@@ -288,7 +323,7 @@ def _decode(
         if modality is None and _looks_like_text(head):
             raise BadInputError(f"not an audio file: {label} (it holds text, no audio header found; {_EXPECTED})")
     if fmt == "wav":
-        _check_wav_complete(data, label)
+        _check_wav_header(data, label)
     if fmt in _SOUNDFILE_FORMATS:
         decoded = _decode_soundfile(data, label, fmt, limits)
         if decoded is not None:
@@ -306,13 +341,35 @@ def _decode_soundfile(
         log.debug("libsndfile cannot open %s (%s); trying PyAV", label, e)
         return None
     with f:
-        if 0 < f.frames < _UNKNOWN_FRAMES:
-            _check_max_duration(f.frames / f.samplerate, label, limits)
+        rate, channels = int(f.samplerate), int(f.channels)
+        _check_rate(rate, label)
+        if channels <= 0:
+            raise BadInputError(f"corrupt {fmt.upper()} header: {label} ({channels} channels)")
+        known = 0 < f.frames < _UNKNOWN_FRAMES
+        if known:  # the header's length: refuse before read() allocates it
+            _check_max_duration(f.frames / rate, label, limits)
+            _check_samples(f.frames * channels, label, limits, f"declared by its header, {channels} ch")
         try:
-            frames = f.read(dtype="float32", always_2d=True)
+            frames = f.read(dtype="float32", always_2d=True) if known else _read_blocks(f, label, limits)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise BadInputError(f"truncated or corrupt {fmt.upper()} file: {label} ({_reason(e)})") from None
-        return frames, int(f.samplerate)
+        return frames, rate
+
+
+def _read_blocks(f: sf.SoundFile, label: str, limits: AudioLimits) -> np.ndarray:
+    """Read a file of unknown length block by block, stopping at ``limits.max_samples``."""
+    chunks: list[np.ndarray] = []
+    total = 0
+    while True:
+        chunk = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if len(chunk) == 0:
+            break
+        total += chunk.size
+        _check_samples(total, label, limits, f"at {f.samplerate} Hz, {f.channels} ch, before the end")
+        chunks.append(chunk)
+        if len(chunk) < _BLOCK_FRAMES:
+            break
+    return np.concatenate(chunks) if chunks else np.zeros((0, f.channels), np.float32)
 
 
 def _decode_av(
@@ -333,13 +390,22 @@ def _decode_av(
         if not container.streams.audio:
             raise BadInputError(f"no audio stream in {label} (the {fmt.upper()} container holds no audio)")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # PyAV leaves it unset when FFmpeg has no decoder
+            raise BadInputError(
+                f"unsupported audio encoding in {label} ({_codec_word(data, fmt)} that neither libsndfile nor "
+                f"FFmpeg decodes; convert it to PCM WAV or FLAC)"
+            )
+        rate = stream.codec_context.sample_rate or None
+        channels = len(stream.codec_context.layout.channels) or None
+        if rate:
+            _check_rate(rate, label)
         duration = _av_duration(container, stream)
         if duration is not None:
             _check_max_duration(duration, label, limits)
+            if rate and channels:
+                _check_samples(round(duration * rate) * channels, label, limits, "declared by its header")
 
         chunks: list[np.ndarray] = []
-        rate = stream.codec_context.sample_rate or None
-        channels = len(stream.codec_context.layout.channels) or None
         total = concealed = 0
         try:
             for packet in container.demux(stream):
@@ -351,6 +417,7 @@ def _decode_av(
                     # FFmpeg cannot decode AMR DTX frames (SID, NO_DATA); they carry background
                     # noise only, so keep the timeline with silence of the same length.
                     n = round(float(packet.duration * packet.time_base) * rate)
+                    _check_samples((total + n) * channels, label, limits, "before the end of the stream")
                     chunks.append(np.zeros((n, channels), np.float32))
                     total, concealed = total + n, concealed + 1
                     continue
@@ -360,11 +427,13 @@ def _decode_av(
                     layout = (frame.sample_rate, len(frame.layout.channels))
                     if not chunks:
                         rate, channels = layout
+                        _check_rate(rate, label)
                     elif layout != (rate, channels):
                         raise BadInputError(
                             f"{label} changes from {rate} Hz/{channels} ch to {layout[0]} Hz/{layout[1]} ch "
                             f"mid-stream; convert it to WAV first"
                         )
+                    _check_samples((total + frame.samples) * channels, label, limits, "before the end of the stream")
                     chunks.append(_frame_to_array(frame))
                     total += frame.samples
                 if rate:
@@ -440,43 +509,98 @@ def _looks_like_text(head: bytes) -> bool:
     return all(c.isprintable() or c in "\t\n\r\f\v" for c in text)
 
 
-def _check_wav_complete(data: Union[str, bytes], label: str) -> None:
-    """Reject a RIFF/RF64 WAV whose data chunk declares more bytes than the file holds.
+# WAV format tags whose bits-per-sample field must be set (PCM, IEEE float, extensible).
+_WAV_PCM_TAGS = {0x0001: "PCM", 0x0003: "float", 0xFFFE: "extensible"}
 
-    libsndfile silently returns the shorter audio in that case, which hides a cut-off copy.
-    Streamed WAVs that declare 0 or 0xFFFFFFFF bytes are accepted as they are.
+
+def _wav_chunks(f: BinaryIO) -> Iterator[tuple[bytes, int, int, str]]:
+    """``(chunk id, size, offset of its body, endianness)`` for each RIFF/RF64 chunk up to ``data``.
+
+    Yields nothing for Wave64 (64-bit GUID chunks), which is left to the decoders. At most 64
+    chunks are read: a WAV has a handful, and garbage must not loop.
+    """
+    riff = f.read(12)
+    if riff[:4] not in (b"RIFF", b"RIFX", b"RF64", b"BW64"):
+        return
+    endian = ">" if riff[:4] == b"RIFX" else "<"
+    pos = 12
+    for _ in range(64):
+        f.seek(pos)
+        header = f.read(8)
+        if len(header) < 8:
+            return
+        chunk_id, chunk_size = header[:4], struct.unpack(endian + "I", header[4:])[0]
+        yield chunk_id, chunk_size, pos + 8, endian
+        if chunk_id == b"data":
+            return
+        pos += 8 + chunk_size + (chunk_size & 1)
+
+
+def _check_wav_header(data: Union[str, bytes], label: str) -> None:
+    """Reject a RIFF/RF64 WAV whose header cannot describe real audio, before a decoder sees it.
+
+    * a ``fmt `` chunk with 0 channels, a sample rate outside :data:`SAMPLE_RATE_RANGE`, or PCM/float
+      samples of 0 bits: libsndfile refuses these and FFmpeg, which gets them next, has no decoder
+      for them, so the message would otherwise be a decoder's guess;
+    * a data chunk that declares more bytes than the file holds: libsndfile silently returns the
+      shorter audio, which hides a cut-off copy. Streamed WAVs that declare 0 or 0xFFFFFFFF bytes
+      are accepted as they are (the decoders read to the end of the file).
     """
     with (open(data, "rb") if isinstance(data, str) else io.BytesIO(data)) as f:
         f.seek(0, io.SEEK_END)
         size = f.tell()
         f.seek(0)
-        riff = f.read(12)
-        if riff[:4] not in (b"RIFF", b"RIFX", b"RF64", b"BW64"):
-            return  # Wave64: chunk sizes are 64-bit GUID chunks; leave it to the decoder
-        endian = ">" if riff[:4] == b"RIFX" else "<"
+        if f.read(4) not in (b"RIFF", b"RIFX", b"RF64", b"BW64"):
+            return
+        f.seek(0)
         ds64_data_size = None
-        pos = 12
-        for _ in range(64):  # a WAV has a handful of chunks; stop on garbage
-            header = f.read(8)
-            if len(header) < 8:
-                break
-            chunk_id, chunk_size = header[:4], struct.unpack(endian + "I", header[4:])[0]
-            if chunk_id == b"ds64":
-                body = f.read(16)
-                if len(body) == 16:
-                    ds64_data_size = struct.unpack("<Q", body[8:16])[0]
-            if chunk_id == b"data":
+        for chunk_id, chunk_size, body, endian in _wav_chunks(f):
+            if chunk_id == b"fmt ":
+                _check_wav_fmt(f.read(min(chunk_size, 40)), endian, label)
+            elif chunk_id == b"ds64":
+                ds64 = f.read(16)
+                if len(ds64) == 16:
+                    ds64_data_size = struct.unpack("<Q", ds64[8:16])[0]
+            elif chunk_id == b"data":
                 declared = ds64_data_size if chunk_size == 0xFFFFFFFF and ds64_data_size else chunk_size
-                available = size - (pos + 8)
+                available = size - body
                 if declared not in (0, 0xFFFFFFFF) and declared > available:
                     raise BadInputError(
                         f"truncated WAV file: {label} (the data chunk declares {declared} bytes but only "
                         f"{available} are present; copy or export the file again)"
                     )
                 return
-            pos += 8 + chunk_size + (chunk_size & 1)
-            f.seek(pos)
         raise BadInputError(f"truncated or corrupt WAV file: {label} (no data chunk found)")
+
+
+def _check_wav_fmt(fmt: bytes, endian: str, label: str) -> None:
+    """Check the fields of a WAV ``fmt `` chunk body that every decodable WAV has right."""
+    if len(fmt) < 16:
+        raise BadInputError(f"corrupt WAV header: {label} (the fmt chunk holds {len(fmt)} bytes, 16 are needed)")
+    tag, channels, rate, _, _, bits = struct.unpack(endian + "HHIIHH", fmt[:16])
+    if channels == 0:
+        raise BadInputError(f"corrupt WAV header: {label} (0 channels)")
+    _check_rate(rate, label)
+    if tag in _WAV_PCM_TAGS and bits == 0:
+        raise BadInputError(f"corrupt WAV header: {label} ({_WAV_PCM_TAGS[tag]} samples of 0 bits)")
+
+
+def _wav_format_tag(data: Union[str, bytes]) -> Optional[int]:
+    """The format tag of a RIFF WAV's ``fmt `` chunk, ``None`` when there is none to read."""
+    with (open(data, "rb") if isinstance(data, str) else io.BytesIO(data)) as f:
+        for chunk_id, _, _, endian in _wav_chunks(f):
+            if chunk_id == b"fmt ":
+                body = f.read(2)
+                return struct.unpack(endian + "H", body)[0] if len(body) == 2 else None
+    return None
+
+
+def _codec_word(data: Union[str, bytes], fmt: Optional[str]) -> str:
+    """How an error names an encoding no decoder knows: the WAV format tag, else the container."""
+    tag = _wav_format_tag(data) if fmt == "wav" else None
+    if tag is not None:
+        return f"WAV format tag 0x{tag:04X}"
+    return f"an encoding inside {fmt.upper()}" if fmt else "an encoding"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,6 +633,26 @@ def _validate(frames: np.ndarray, rate: int, label: str, limits: AudioLimits) ->
             f"audio too short: {label} ({duration:.3f} s; at least {limits.min_duration_s:g} s is needed)"
         )
     _check_max_duration(duration, label, limits)
+    _check_samples(frames.size, label, limits)
+
+
+def _check_rate(rate: int, label: str, hint: str = "a header that says otherwise is corrupt") -> None:
+    """Refuse a sample rate outside :data:`SAMPLE_RATE_RANGE` (see there for why)."""
+    low, high = SAMPLE_RATE_RANGE
+    if not low <= rate <= high:
+        raise BadInputError(
+            f"implausible sample rate in {label}: {int(rate):,} Hz (medzero accepts {low:,} to {high:,} Hz; {hint})"
+        )
+
+
+def _check_samples(count: int, label: str, limits: AudioLimits, where: str = "") -> None:
+    """Refuse ``count`` decoded samples over ``limits.max_samples``, before they are allocated."""
+    if count > limits.max_samples:
+        where = f" {where}" if where else ""
+        raise BadInputError(
+            f"audio too long: {label} ({count:,} samples{where}; the limit is {limits.max_samples:,} samples, "
+            f"set MEDZERO_MAX_AUDIO_SAMPLES to raise it)"
+        )
 
 
 def _check_max_duration(duration: float, label: str, limits: AudioLimits) -> None:

@@ -42,7 +42,7 @@ def _prepare(source: Source, encoder, limits) -> Prepared:
     }
     return Prepared(
         source,
-        item=clip.resampled(encoder.sample_rate) if encoder is not None else clip,
+        item=clip.resampled(encoder.sample_rate, limits=limits, name=source.name) if encoder is not None else clip,
         metrics=metrics,
         metadata=metadata,
         columns={"duration_s": metadata["duration_s"]},
