@@ -65,9 +65,6 @@ _UNKNOWN_FRAMES = 2**62
 #: 48 kHz turns each byte into 48,000 samples.
 SAMPLE_RATE_RANGE = (2_000, 768_000)
 
-# Frames per read when libsndfile cannot tell a file's length.
-_BLOCK_FRAMES = 1 << 16
-
 
 @dataclass(frozen=True)
 class AudioLimits:
@@ -341,35 +338,23 @@ def _decode_soundfile(
         log.debug("libsndfile cannot open %s (%s); trying PyAV", label, e)
         return None
     with f:
+        if f.frames >= _UNKNOWN_FRAMES:
+            # No length in the header (a FLAC streamed with 0 total samples): read() would size its
+            # array from the "unknown" count, so PyAV decodes it, packet by packet, within the limits.
+            log.debug("libsndfile cannot tell the length of %s; decoding it with PyAV", label)
+            return None
         rate, channels = int(f.samplerate), int(f.channels)
         _check_rate(rate, label)
         if channels <= 0:
             raise BadInputError(f"corrupt {fmt.upper()} header: {label} ({channels} channels)")
-        known = 0 < f.frames < _UNKNOWN_FRAMES
-        if known:  # the header's length: refuse before read() allocates it
-            _check_max_duration(f.frames / rate, label, limits)
-            _check_samples(f.frames * channels, label, limits, f"declared by its header, {channels} ch")
+        # the header's length: refuse before read() allocates it
+        _check_max_duration(f.frames / rate, label, limits)
+        _check_samples(f.frames * channels, label, limits, f"declared by its header, {channels} ch")
         try:
-            frames = f.read(dtype="float32", always_2d=True) if known else _read_blocks(f, label, limits)
+            frames = f.read(dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise BadInputError(f"truncated or corrupt {fmt.upper()} file: {label} ({_reason(e)})") from None
         return frames, rate
-
-
-def _read_blocks(f: sf.SoundFile, label: str, limits: AudioLimits) -> np.ndarray:
-    """Read a file of unknown length block by block, stopping at ``limits.max_samples``."""
-    chunks: list[np.ndarray] = []
-    total = 0
-    while True:
-        chunk = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
-        if len(chunk) == 0:
-            break
-        total += chunk.size
-        _check_samples(total, label, limits, f"at {f.samplerate} Hz, {f.channels} ch, before the end")
-        chunks.append(chunk)
-        if len(chunk) < _BLOCK_FRAMES:
-            break
-    return np.concatenate(chunks) if chunks else np.zeros((0, f.channels), np.float32)
 
 
 def _decode_av(
