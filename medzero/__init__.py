@@ -69,6 +69,7 @@ _EXPORTS = {
     "Segment": ("medzero.core.results", "Segment"),
     "Hit": ("medzero.core.results", "Hit"),
     "format_value": ("medzero.core.results", "format_value"),
+    "format_values": ("medzero.core.results", "format_values"),
     "cache_dir": ("medzero.core.cache", "cache_dir"),
     "MedzeroError": ("medzero.core.errors", "MedzeroError"),
     "BadInputError": ("medzero.core.errors", "BadInputError"),

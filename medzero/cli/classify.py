@@ -18,6 +18,8 @@ from ..pacs.cli import apply_dicomweb_options, dicomweb_options
 from ._engine import engine_options, ray_session
 
 FORMATS = ("table", "json", "jsonl", "csv", "parquet")
+#: The table's label column for an input the task does not judge (its raw scores are in JSON and CSV).
+NOT_JUDGED = {"en": "not judged (raw scores: --format json or csv)", "zh": "未判读（原始分数见 --format json 或 csv）"}
 
 
 @click.command()
@@ -132,7 +134,10 @@ def render(results, fmt: str, lang: str) -> str:
             rows.append((r.source, "error", "", r.error))
             continue
         names = {k: v.get(lang, k) for k, v in r.label_names.items()}
-        top = ", ".join(f"{names.get(k, k)} {v:.2f}" for k, v in r.top(3))
+        if r.judged:
+            top = ", ".join(f"{names.get(k, k)} {v:.2f}" for k, v in r.top(3))
+        else:  # a top score of an input the task does not judge would read as a finding
+            top = NOT_JUDGED[lang]
         reasons = "; ".join(reason.text(lang) for reason in r.reasons)
         rows.append((r.source, (r.verdict_name or {}).get(lang) or r.verdict or "", top, reasons))
     table = render_table(("file", "verdict", "top labels", "reasons"), rows)

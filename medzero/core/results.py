@@ -1,10 +1,11 @@
 """What a classification returns. Every ``to_dict()`` is plain JSON (str, float, int, list, dict, None)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Reason", "Segment", "Result", "Hit", "format_value"]
+__all__ = ["Reason", "Segment", "Result", "Hit", "format_value", "format_values"]
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,16 @@ class Reason:
     message: dict[str, str] | None = None
 
     def text(self, lang: str = "en") -> str:
+        """The reason as a sentence. Value and limit are printed with enough digits that the
+        sentence is true as printed (``9.6 dB below 10.0 dB``, never ``10 dB below 10 dB``)."""
         if self.message:
             return self.message.get(lang) or self.message.get("en") or self.id
         name = self.name.get(lang) or self.name.get("en") or self.id
         if self.value is None or self.limit is None:
             return name
-        value, limit = format_value(self.value, self.unit), format_value(self.limit, self.unit)
+        value, limit = format_values(self.value, self.limit, self.unit)
+        if self.value == self.limit:  # a label at its threshold exactly: "above" would be false
+            return f"{name} {value} 等于阈值 {limit}" if lang == "zh" else f"{name} {value} at the threshold {limit}"
         if lang == "zh":
             word = "高于阈值" if self.direction == "above" else "低于"
             return f"{name} {value} {word} {limit}"
@@ -51,19 +56,61 @@ class Reason:
 
 def format_value(value: float, unit: str = "") -> str:
     """A score or measurement as people read it: ``0.81``, ``6 dB``, ``3,400 Hz``, ``1.2%``, ``12.0 s``."""
-    if unit == "%":
-        return f"{value * 100:.1f}%"
-    if unit in ("dB", "dBFS"):
-        return f"{value:.0f} {unit}"
-    if unit == "Hz":
-        return f"{value:,.0f} Hz"
-    if unit == "s":
-        return f"{value:.1f} s"
+    return _render(value, unit, _decimals(value, unit))
+
+
+def format_values(value: float, limit: float, unit: str = "") -> tuple[str, str]:
+    """``value`` and ``limit`` as :func:`format_value` prints them, with more decimals where
+    needed so that the printed numbers compare as the true ones do: 9.58 against 10 dB is
+    ``9.6 dB`` and ``10.0 dB``, not ``10 dB`` twice; 0.4996 against 0.5 is ``0.4996`` and ``0.5000``.
+    A sentence built from them ("below", "above") is then true as printed."""
+    shown = format_value(value, unit), format_value(limit, unit)
+    if not (math.isfinite(value) and math.isfinite(limit)):
+        return shown
+    want = _sign(float(value) - float(limit))
+    decimals = max(_decimals(value, unit), _decimals(limit, unit))
+    while _sign(_printed(shown[0]) - _printed(shown[1])) != want and decimals < _MAX_DECIMALS:
+        decimals += 1
+        shown = _render(value, unit, decimals), _render(limit, unit, decimals)
+    return shown
+
+
+#: Past this many decimals two floats that still print alike are printed alike (they differ by rounding noise).
+_MAX_DECIMALS = 17
+
+
+def _decimals(value: float, unit: str) -> int:
+    """How many decimals a value gets by default: as many as a person needs for that unit."""
+    if unit in ("%", "s"):
+        return 1
+    if unit in ("dB", "dBFS", "Hz"):
+        return 0
     if unit == "" and float(value).is_integer() and abs(value) >= 1:
-        return f"{value:.0f}"
+        return 0
     if 0 < abs(value) < 0.1:
-        return f"{value:.3f}"
-    return f"{value:.2f}"
+        return 3
+    return 2
+
+
+def _render(value: float, unit: str, decimals: int) -> str:
+    if unit == "%":
+        return f"{value * 100:.{decimals}f}%"
+    if unit in ("dB", "dBFS"):
+        return f"{value:.{decimals}f} {unit}"
+    if unit == "Hz":
+        return f"{value:,.{decimals}f} Hz"
+    if unit == "s":
+        return f"{value:.{decimals}f} s"
+    return f"{value:.{decimals}f}"
+
+
+def _printed(text: str) -> float:
+    """The number a person reads in a rendered value (``3,400 Hz`` -> 3400; ``5.0%`` -> 5.0)."""
+    return float("".join(ch for ch in text if ch.isdigit() or ch in ".-"))
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
 
 
 @dataclass(frozen=True)
@@ -99,6 +146,8 @@ class Result:
     error: str | None = None
     #: ``False`` when the input is outside what the task judges: the verdict is then
     #: ``not_applicable``, the reasons say why (kind ``applicability``), and no triage level is given.
+    #: Its ``scores`` are kept as computed but judged against nothing: ``positive()`` is ``None``
+    #: and ``to_dict()`` gives no ``thresholds``.
     applicable: bool = True
     #: What the task's ``applies_to`` checks found (``{"checks": {name: "pass" | "fail" |
     #: "unknown"}, "gate": {"score", "min_score", "decides"}}``); ``None`` for a task without them.
@@ -116,6 +165,20 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def judged(self) -> bool:
+        """Whether the scores were judged against thresholds. A ``not_applicable`` result keeps its
+        raw scores, but no label of it is positive or negative and it has no triage level."""
+        return self.error is None and self.applicable
+
+    def positive(self, label: str) -> bool | None:
+        """Whether ``label`` scored at or above its threshold; ``None`` where nothing was judged
+        (an input the task does not judge, a failed or signal-only result, a label without a score)."""
+        score, threshold = self.scores.get(label), self.thresholds.get(label)
+        if not self.judged or score is None or threshold is None:
+            return None
+        return score >= threshold
 
     def top(self, n: int | None = None) -> list[tuple[str, float]]:
         ranked = sorted(self.scores.items(), key=lambda kv: kv[1], reverse=True)
@@ -143,7 +206,8 @@ class Result:
             "summary": {"en": self.summary("en"), "zh": self.summary("zh")} if self.error is None else None,
             "reasons": [r.to_dict() for r in self.reasons],
             "label_names": self.label_names,
-            "thresholds": self.thresholds,
+            # no threshold was applied to an input the task does not judge; its raw scores stay above
+            "thresholds": dict(self.thresholds) if self.judged else {},
             "metrics": dict(self.metrics),
             "segments": [s.to_dict() for s in self.segments],
             "timeline": self.timeline,

@@ -22,7 +22,7 @@ import numpy as np
 from .cache import TextEmbeddingCache, text_cache
 from .encoder import Encoder
 from .prompts import NOT_APPLICABLE, Task, applies_to_checks
-from .results import Reason, format_value
+from .results import Reason, format_values
 from .vectors import l2_normalise
 
 __all__ = ["TaskHead", "build_head", "class_embeddings", "evaluate", "Applicability", "applicability"]
@@ -212,7 +212,7 @@ def applicability(
         detail["gate"] = {"score": score, "min_score": scope.gate.min_score, "decides": decides}
         if decides and score < scope.gate.min_score:
             applicable = False
-            value, limit = format_value(score), format_value(scope.gate.min_score)
+            value, limit = format_values(score, scope.gate.min_score)
             reasons.append(
                 Reason(
                     kind="applicability",
