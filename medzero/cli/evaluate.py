@@ -62,7 +62,7 @@ def eval_command(manifest, task, labels, multilabel, calibration, models, device
     thresholds, Brier and calibration error; for multiclass tasks top-1/top-5, balanced accuracy,
     macro-F1 and the confusion matrix; with a verdict column, the agreement with people (kappa)."""
     from ..evaluation.evaluate import evaluate
-    from ..evaluation.report import SUMMARY_COLUMNS, render_html, render_markdown, summary_rows
+    from ..evaluation.report import SUMMARY_COLUMNS, render_html, render_markdown, summary_rows, verdict_confusion, verdict_counts
 
     if (task is None) == (labels is None):
         raise fail("give one of --task and --labels", 2)
@@ -92,8 +92,11 @@ def eval_command(manifest, task, labels, multilabel, calibration, models, device
     v = data.get("verdicts")
     if v:
         kappa = "–" if v["kappa"] is None else f"{v['kappa']:.3f}"
-        text.append(f"verdicts ({v['n']} rows): agreement {v['agreement']:.3f}, Cohen's kappa {kappa}")
-        text.append(_confusion_text(v["labels"], v["confusion"]["matrix"], "human \\ medzero"))
+        agreement = "–" if v["agreement"] is None else f"{v['agreement']:.3f}"
+        text.append(f"verdicts ({v['n']} rows): {verdict_counts(v)}; over the {v['n_judged']} judged rows: "
+                    f"agreement {agreement}, Cohen's kappa {kappa}")
+        columns, matrix = verdict_confusion(v)
+        text.append(render_table(["human \\ medzero", *columns], [[name, *map(str, row)] for name, row in zip(v["labels"], matrix)]))
     if output:
         target = Path(output)
         readable = target.with_suffix(".html" if fmt == "html" else ".md")

@@ -11,7 +11,9 @@ is counted and listed, never fatal) and computes, from the scores and the manife
 - multiclass tasks: top-1 and top-5 accuracy (top-5 only with more than five labels), balanced
   accuracy, macro-F1 and the confusion matrix, over the rows whose class is known;
 - tasks with verdicts and a ``verdict`` column: the confusion matrix of the human verdict against
-  medzero's, agreement, Cohen's kappa and linearly weighted kappa (verdicts ordered best → worst);
+  medzero's, agreement, Cohen's kappa and linearly weighted kappa (verdicts ordered best → worst),
+  over the rows medzero judged; rows it called ``not_applicable`` are abstentions, counted and
+  shown as their own column, never folded into a triage level or silently dropped;
 - ``reproducibility``: the model fingerprints, the task's sha256, the medzero version, the
   manifest's sha256 and a data hash over (path, file sha256, labels), so a report can be re-run
   and compared.
@@ -32,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..core.errors import BadInputError, MedzeroError, TaskError
-from ..core.prompts import Task
+from ..core.prompts import NOT_APPLICABLE, Task
 from . import metrics as M
 from .calibrate import UNCALIBRATED, Calibration, apply_calibration, check_model
 from .manifest import Manifest, read_manifest
@@ -185,14 +187,30 @@ def _multiclass_block(ids: list[str], T: Mapping[str, np.ndarray], S: np.ndarray
 
 
 def _verdict_block(order: list[str], human: Sequence[str | None], model: Sequence[str | None]) -> dict[str, Any]:
+    """Human against medzero over the rows both judged; medzero's abstentions counted apart.
+
+    A row medzero called ``not_applicable`` (the task does not judge that input) is no triage
+    level: it is counted in ``n`` and ``n_abstained``, shown in the confusion matrix's extra
+    ``not_applicable`` column (``abstained``, per human verdict), and left out of the agreement
+    and both kappas, which are over the ``n_judged`` rows."""
     pairs = [(h, m) for h, m in zip(human, model) if h is not None and m is not None]
-    h = [a for a, _ in pairs]
-    m = [b for _, b in pairs]
+    judged = [(h, m) for h, m in pairs if m != NOT_APPLICABLE.id]
+    abstained = [h for h, m in pairs if m == NOT_APPLICABLE.id]
+    h = [a for a, _ in judged]
+    m = [b for _, b in judged]
     cm = M.confusion_matrix(h, m, order)
     return {
         "n": len(pairs),
+        "n_judged": len(judged),
+        "n_abstained": len(abstained),
+        "abstention_rate": len(abstained) / len(pairs) if pairs else None,
+        "abstained_as": NOT_APPLICABLE.id,
         "labels": order,
-        "confusion": {"rows": "human", "columns": "medzero", "labels": order, "matrix": cm.tolist()},
+        "confusion": {
+            "rows": "human", "columns": "medzero", "labels": order, "matrix": cm.tolist(),
+            "abstained": [abstained.count(v) for v in order],  # the not_applicable column, per human verdict
+        },
+        "agreement_over": "judged rows (not_applicable left out)",
         "agreement": float(np.trace(cm) / cm.sum()) if cm.sum() else None,
         "kappa": M.cohen_kappa(h, m, labels=order),
         "kappa_linear": M.cohen_kappa(h, m, labels=order, weights="linear"),

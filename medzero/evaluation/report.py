@@ -12,7 +12,7 @@ import base64
 import html
 from typing import Any, Iterable, Sequence
 
-__all__ = ["render_html", "render_markdown", "roc_svg", "reliability_svg", "summary_rows"]
+__all__ = ["render_html", "render_markdown", "roc_svg", "reliability_svg", "summary_rows", "verdict_counts", "verdict_confusion"]
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -127,27 +127,53 @@ def reliability_svg(block: dict[str, Any], *, size: int = 240, xmlns: bool = Fal
     return plot.svg()
 
 
-def _confusion_html(labels: Sequence[str], matrix: Sequence[Sequence[int]], rows: str, columns: str) -> str:
+def _confusion_html(labels: Sequence[str], matrix: Sequence[Sequence[int]], rows: str, columns: str,
+                    abstained: Sequence[int] | None = None, abstained_as: str = "") -> str:
+    """A shaded confusion table; ``abstained`` adds a grey column (medzero's ``not_applicable`` per row)."""
     top = max((v for row in matrix for v in row), default=0) or 1
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in labels)
+    extra = f'<th style="background:#eee">{html.escape(abstained_as)}</th>' if abstained is not None else ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in labels) + extra
     out = [f'<table><tr><th class="l">{html.escape(rows)} ↓ / {html.escape(columns)} →</th>{head}</tr>']
-    for name, row in zip(labels, matrix):
+    for i, (name, row) in enumerate(zip(labels, matrix)):
         cells = []
         for j, v in enumerate(row):
             alpha = 0.85 * v / top
             color = "#fff" if alpha > 0.5 else "#222"
             diag = "font-weight:bold;" if labels[j] == name else ""
             cells.append(f'<td style="background:rgba(31,119,180,{alpha:.2f});color:{color};{diag}">{v}</td>')
+        if abstained is not None:
+            cells.append(f'<td style="background:#eee">{abstained[i]}</td>')
         out.append(f'<tr><th class="l">{html.escape(name)}</th>{"".join(cells)}</tr>')
     out.append("</table>")
     return "".join(out)
 
 
-def _confusion_md(labels: Sequence[str], matrix: Sequence[Sequence[int]], rows: str, columns: str) -> str:
-    lines = [f"| {rows} ↓ / {columns} → | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    for name, row in zip(labels, matrix):
-        lines.append(f"| {name} | " + " | ".join(f"**{v}**" if labels[j] == name else str(v) for j, v in enumerate(row)) + " |")
+def _confusion_md(labels: Sequence[str], matrix: Sequence[Sequence[int]], rows: str, columns: str,
+                  abstained: Sequence[int] | None = None, abstained_as: str = "") -> str:
+    extra = [abstained_as] if abstained is not None else []
+    lines = [f"| {rows} ↓ / {columns} → | " + " | ".join([*labels, *extra]) + " |", "|---" * (len(labels) + len(extra) + 1) + "|"]
+    for i, (name, row) in enumerate(zip(labels, matrix)):
+        cells = [f"**{v}**" if labels[j] == name else str(v) for j, v in enumerate(row)]
+        cells += [str(abstained[i])] if abstained is not None else []
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def verdict_counts(v: dict[str, Any]) -> str:
+    """``11 judged, 2 not_applicable (15.4% abstained)``: of the ``n`` rows with a human verdict,
+    how many the agreement is over and how many medzero abstained on."""
+    judged, abstained, rate = v.get("n_judged", v["n"]), v.get("n_abstained", 0), v.get("abstention_rate")
+    return (f"{judged} judged, {abstained} {v.get('abstained_as', 'not_applicable')}"
+            f" ({'–' if rate is None else f'{rate * 100:.1f}%'} abstained)")
+
+
+def verdict_confusion(v: dict[str, Any]) -> tuple[list[str], list[list[int]]]:
+    """The verdict confusion matrix's columns and rows as printed: medzero's verdicts, then its abstentions."""
+    labels, matrix = list(v["labels"]), [list(row) for row in v["confusion"]["matrix"]]
+    abstained = v["confusion"].get("abstained")
+    if abstained is None:
+        return labels, matrix
+    return [*labels, v.get("abstained_as", "not_applicable")], [[*row, a] for row, a in zip(matrix, abstained)]
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -236,12 +262,17 @@ def render_html(data: dict[str, Any]) -> str:
         )
     v = data.get("verdicts")
     if v:
+        rate = v.get("abstention_rate")
         out.append(
-            f"<h2>Verdicts: human against medzero ({v['n']} rows)</h2><table>"
+            f"<h2>Verdicts: human against medzero ({v['n']} rows)</h2><p>Of {v['n']} rows with a human verdict: {e(verdict_counts(v))}. "
+            f"Agreement and kappa are over the {v.get('n_judged', v['n'])} judged rows; "
+            f"{e(v.get('abstained_as', 'not_applicable'))} is medzero declining to judge an input, not a triage level.</p><table>"
+            f"<tr><th class=l>abstention rate</th><td>{_f(rate)}</td></tr>"
             f"<tr><th class=l>agreement</th><td>{_f(v['agreement'])}</td></tr>"
             f"<tr><th class=l>Cohen's kappa</th><td>{_f(v['kappa'])}</td></tr>"
             f"<tr><th class=l>linearly weighted kappa</th><td>{_f(v['kappa_linear'])}</td></tr></table>"
-            + _confusion_html(v["labels"], v["confusion"]["matrix"], "human", "medzero")
+            + _confusion_html(v["labels"], v["confusion"]["matrix"], "human", "medzero",
+                              v["confusion"].get("abstained"), v.get("abstained_as", "not_applicable"))
         )
     if data.get("errors"):
         out.append('<h2 class="warn">Rows that could not be classified</h2><table><tr><th>line</th><th class=l>path</th><th class=l>error</th></tr>')
@@ -291,8 +322,11 @@ def render_markdown(data: dict[str, Any]) -> str:
     v = data.get("verdicts")
     if v:
         out += ["", f"## Verdicts: human against medzero ({v['n']} rows)", "",
+                f"Of {v['n']} rows with a human verdict: {verdict_counts(v)}. "
+                f"Agreement and kappa are over the {v.get('n_judged', v['n'])} judged rows.", "",
                 f"agreement {_f(v['agreement'])} · Cohen's kappa {_f(v['kappa'])} · linearly weighted kappa {_f(v['kappa_linear'])}",
-                "", _confusion_md(v["labels"], v["confusion"]["matrix"], "human", "medzero")]
+                "", _confusion_md(v["labels"], v["confusion"]["matrix"], "human", "medzero",
+                                  v["confusion"].get("abstained"), v.get("abstained_as", "not_applicable"))]
     if data.get("errors"):
         out += ["", "## Rows that could not be classified", "", "| line | path | error |", "|---|---|---|"]
         out += [f"| {err['line']} | {err['path']} | {err['error']} |" for err in data["errors"]]
