@@ -29,9 +29,11 @@ whenever it is opened and brought back in step from the stored vectors when it i
   for a file like the cases wanted, :meth:`CaseIndex.search_vector` for an embedding; a string
   is never guessed to be a file. Text queries over an index holding both modalities are embedded in each space (CLAP text
   tower for audio, CLIP for images) and searched there; as cosine scores of different models are
-  not comparable, the per-space lists are *interleaved by rank* (the space whose best hit scores
-  higher first at each rank). Each Hit keeps the raw cosine of its own space. Pass ``modality=`` to
-  search one space only.
+  not comparable, hits are *ranked within their modality* and the per-space lists are interleaved
+  by rank (rank 1 of each modality, then rank 2, ...; at each rank the modalities in registry
+  order, audio then image), never sorted by score across modalities. Each Hit keeps the raw cosine
+  of its own space, so the merged list's scores go down within a modality only. Pass
+  ``modality=`` to search one space only.
 - **Writers.** Any writing operation (``add``, ``add_vectors``, ``remove``) takes ``write.lock``
   with a non-blocking ``flock`` for its duration; a second writer gets a one-line
   :class:`CaseIndexError` naming the holder's pid. Readers take no lock (SQLite in WAL mode) and
@@ -309,8 +311,11 @@ class CaseIndex:
     def search_text(self, text: str, k: int = 5, *, modality: str | None = None, where: Where = None, exact: bool = False) -> list[Hit]:
         """The ``k`` cases that best match the words ``text``, best first.
 
-        The text is embedded by each space's text encoder (or only ``modality``'s); as cosines of
-        different models are not comparable, the spaces' lists are interleaved by rank. ``where``
+        The text is embedded by each space's text encoder (or only ``modality``'s). Cosines of
+        different models are not comparable, so hits are ranked **within their modality**: the
+        list is rank 1 of each modality, then rank 2, ... (modalities in registry order), and a
+        Hit's ``score`` is the cosine in its own space; scores go down within a modality, not
+        across the list. ``where``
         filters on metadata (``ViewPosition=PA``), stored scores (``score.pleural_effusion>0.5``)
         and columns (``modality``, ``path``, ``task``, ``duration_s``, ``width``, ``height``) before
         ranking, so ``k`` hits come back whenever ``k`` cases match. ``exact`` scans every stored
@@ -419,11 +424,14 @@ def _normalised(vectors: np.ndarray, buffer: np.ndarray, step: int = 4096) -> np
 
 
 def _interleave(lists: list[list[Hit]], k: int) -> list[Hit]:
-    """Per-space lists merged by rank: rank 1 of every space, then rank 2, ...; within a rank, higher score first."""
+    """Per-space lists merged by rank: rank 1 of every space, then rank 2, ...; within a rank the
+    spaces in registry order (audio, image). Scores never decide between spaces: the cosines of
+    two models are not on one scale."""
     if len(lists) <= 1:
         return lists[0][:k] if lists else []
-    lists = sorted(lists, key=lambda hits: -hits[0].score)
+    order = {name: i for i, name in enumerate(modality_names())}
+    lists = sorted(lists, key=lambda hits: order.get(hits[0].modality, len(order)))
     merged: list[Hit] = []
     for rank in range(max(len(h) for h in lists)):
-        merged += sorted((h[rank] for h in lists if rank < len(h)), key=lambda hit: -hit.score)
+        merged += [h[rank] for h in lists if rank < len(h)]
     return merged[:k]
