@@ -145,3 +145,43 @@ def convert(path: Path, out_dir: Path, fmt: str) -> Path:
     _run("ffmpeg", "-y", "-loglevel", "error", "-i", path, "-map_metadata", "-1", "-fflags", "+bitexact",
          "-flags:a", "+bitexact", *codec, out)
     return out
+
+
+def pcm_wav(path: Path, out_dir: Path, *, bits: int = 24, floating: bool = False) -> Path:
+    """``path`` re-encoded as a WAV of ``bits``-bit integer PCM, or IEEE float when ``floating``."""
+    kind = "f" if floating else "s"
+    out = Path(out_dir) / f"{path.stem}-{kind}{bits}.wav"
+    sox(path, "-b", str(bits), "-e", "floating-point" if floating else "signed-integer", out)
+    return out
+
+
+def vorbis(path: Path, out_dir: Path) -> Path:
+    """``path`` as Ogg Vorbis (``convert(..., "ogg")`` writes Opus)."""
+    out = Path(out_dir) / f"{path.stem}-vorbis.ogg"
+    _run("ffmpeg", "-y", "-loglevel", "error", "-i", path, "-map_metadata", "-1", "-fflags", "+bitexact",
+         "-c:a", "libvorbis", "-q:a", "3", out)
+    return out
+
+
+def silence(out_dir: Path, seconds: float, *, rate: int, channels: int, fmt: str) -> Path:
+    """Digital silence compressed by ffmpeg as ``fmt`` (flac, m4a or ogg): a small file that decodes
+    to ``seconds * rate * channels`` samples, which is how a few kB can ask for gigabytes."""
+    codec = {"flac": ["-c:a", "flac"], "m4a": ["-c:a", "aac"], "ogg": ["-c:a", "libopus"]}[fmt]
+    layout = {1: "mono", 2: "stereo"}[channels]
+    out = Path(out_dir) / f"silence_{seconds:g}s_{rate}_{channels}ch.{fmt}"
+    _run("ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"anullsrc=r={rate}:cl={layout}", "-t", f"{seconds}",
+         "-fflags", "+bitexact", *codec, out)
+    return out
+
+
+def short_header_long_stream(out_dir: Path, seconds: float, *, rate: int = 48000) -> Path:
+    """Raw AAC (ADTS) that starts with 3 s of loud noise at 256 kb/s, then silence to ``seconds``.
+
+    ADTS has no length field: FFmpeg estimates one from the first frames' bit rate, about 20 s here,
+    so only a decoder that counts what it decodes notices the stream is ``seconds`` long.
+    """
+    out = Path(out_dir) / f"noise_then_silence_{seconds:g}s.aac"
+    _run("ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"anoisesrc=r={rate}:a=0.5:d=3:seed=1",
+         "-f", "lavfi", "-i", f"anullsrc=r={rate}:cl=mono", "-filter_complex",
+         f"[0][1]concat=n=2:v=0:a=1,atrim=0:{seconds}", "-c:a", "aac", "-b:a", "256k", "-f", "adts", out)
+    return out
