@@ -22,6 +22,14 @@ compute thread, whatever their options (an embedding does not depend on the task
 and each is scored by its own options' ``Classifier``. ``/v1/*`` needs ``Authorization: Bearer <token>`` unless the server was
 started with ``--insecure-no-auth`` (loopback only; the CLI enforces that).
 
+Bounds: one request's body is capped (``max_upload_bytes``, ``max_batch_bytes``), and so is the
+total held across all open requests, bodies and decoded uploads alike (``max_inflight_bytes``; see
+:mod:`medzero.service.budget`): past it a request gets 503 with ``Retry-After``. Each decoder's own
+limits are tightened to fit that budget (:func:`input_limits`). Header and body deadlines and the
+header size bound are the HTTP protocol's (:mod:`medzero.service.protocol`); the body deadline is
+also enforced here, where the body is read. A decoder that fails in a way it did not foresee costs
+its upload a 400 (in a batch, that file's error row), never a 500.
+
 Privacy: uploads are classified from memory under the neutral names ``upload`` / ``upload-N``;
 their file names are never read, and the service's logs hold the method, the route template, the
 status and the time, never a query string, a name, a label or a byte of a body.
@@ -59,6 +67,7 @@ import medzero
 from . import schemas
 from .auth import ApiKeys
 from .batching import Batcher, QueueFull
+from .budget import BudgetExceeded, InFlight, Lease, decoded_nbytes
 
 __all__ = ["ServiceConfig", "create_app", "app_from_env", "load_calibrations", "CONFIG_ENV"]
 
@@ -72,6 +81,8 @@ _INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _MAX_LABELS, _MAX_LABEL_CHARS = 64, 200
 _MAX_FIELD_BYTES = 64 * 1024
 _JSON_LIMIT = 64 * 1024
+_MAX_BOUNDARY = 256  # python-multipart's MAX_BOUNDARY_LENGTH (RFC 2046 asks for at most 70)
+_LEASE = "medzero.lease"  # the ASGI scope key of a request's Lease
 
 
 @dataclass
@@ -92,6 +103,10 @@ class ServiceConfig:
         queue_size: the most sources waiting for a forward pass; beyond it, 503 (before the body is read).
         timeout_s: a classification that has not finished after this long gets 503.
         body_timeout_s: a request body that has not arrived after this long gets 408.
+        header_timeout_s: request headers that have not arrived after this long get 408 (the protocol's).
+        max_header_bytes: request headers over this size get 431 (the protocol's).
+        max_inflight_bytes: the most bytes held across all open requests, bodies and decoded uploads;
+            a request that would pass it gets 503 with ``Retry-After``. No one request may be larger.
         index_root: the directory whose subfolders are the case indexes ``{name}``; ``None``: no case search.
         calibration_dir: a directory of site overlays written by ``medzero calibrate``; ``NAME.yaml`` in it is
             the request option ``calibration=NAME``. ``None``: no calibration overlays.
@@ -113,6 +128,9 @@ class ServiceConfig:
     queue_size: int = 64
     timeout_s: float = 120.0
     body_timeout_s: float = 60.0
+    header_timeout_s: float = 20.0
+    max_header_bytes: int = 64 * 1024
+    max_inflight_bytes: int = 1024 * MIB
     index_root: Optional[str] = None
     calibration_dir: Optional[str] = None
     cors_origins: tuple[str, ...] = ()
@@ -124,9 +142,10 @@ class ServiceConfig:
         self.cors_origins = tuple(self.cors_origins)
         if any(m not in ("audio", "image") for m in self.preload):
             raise ValueError("preload takes audio and image")
-        if min(self.max_upload_bytes, self.max_batch_bytes, self.max_batch_files, self.max_batch, self.queue_size) < 1:
-            raise ValueError("limits, batch and queue sizes must be at least 1")
-        if self.batch_window_ms < 0 or self.timeout_s <= 0 or self.body_timeout_s <= 0:
+        if min(self.max_upload_bytes, self.max_batch_bytes, self.max_batch_files, self.max_batch, self.queue_size,
+               self.max_inflight_bytes) < 1 or self.max_header_bytes < 1024:
+            raise ValueError("limits, batch and queue sizes must be at least 1 (headers: at least 1 KiB)")
+        if self.batch_window_ms < 0 or min(self.timeout_s, self.body_timeout_s, self.header_timeout_s) <= 0:
             raise ValueError("the batch window cannot be negative and timeouts must be positive")
         if self.index_root is not None:
             self.index_root = str(Path(self.index_root).resolve())
@@ -157,14 +176,46 @@ def _error_response(status: int, code: str, detail: str, headers: dict[str, str]
 _STATUS_CODES = {
     400: "bad_input", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     408: "request_timeout", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-    422: "invalid_request", 503: "unavailable",
+    422: "invalid_request", 431: "too_large", 503: "unavailable",
 }
+#: Sent with errors answered before the body was read: the rest of it is not worth waiting for.
+_CLOSE = {"Connection": "close"}
+
+
+class Undecodable(medzero.BadInputError):
+    """An upload whose decoder failed with an exception it did not foresee (a bug, or a file it cannot take)."""
+
+
+def _undecodable(name: str, exc: BaseException) -> Undecodable:
+    """A one-line 400 for ``name`` that names the exception's type only: a library's message may quote
+    the file's bytes or element values (patient data), so it goes neither to the client nor to the log."""
+    _logger.error("decoding an upload failed: %s", fault(exc))
+    return Undecodable(f"{name} cannot be decoded: the file is damaged or malformed ({type(exc).__name__} in the decoder)")
+
+
+def fault(exc: BaseException) -> str:
+    """Where an unexpected exception was raised, for the log: its type and the innermost frame's file,
+    line and function, never its message or arguments (they may carry a file's contents)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return type(exc).__name__
+    code = tb.tb_frame.f_code
+    parts = Path(code.co_filename).parts
+    short = "/".join(parts[-2:]) if len(parts) >= 2 else code.co_filename
+    return f"{type(exc).__name__} at {short}:{tb.tb_lineno} in {code.co_name}"
+
+
+def _busy(what: str) -> ApiError:
+    return ApiError(503, "busy", f"the server holds too much data for open requests to take {what}; try again shortly",
+                    {"Retry-After": "2", **_CLOSE})
 
 
 def _error_for(exc: BaseException, *, modality: str | None = None, conflict: bool = False) -> ApiError:
     """The HTTP status of a medzero error: 415 not audio/image, 400 bad file, 422 task, 503 model."""
     if isinstance(exc, medzero.BadInputError):
-        if modality == "unknown":
+        if modality == "unknown" and not isinstance(exc, Undecodable):
             return ApiError(415, "unsupported_media_type", str(exc))
         return ApiError(400, "bad_input", str(exc))
     if isinstance(exc, medzero.TaskError):
@@ -195,31 +246,53 @@ class Upload:
         return values[-1] if values else None
 
 
+def lease_of(request: Request) -> Lease:
+    """The request's share of the in-flight budget (opened by the outermost middleware)."""
+    lease = request.scope.get(_LEASE)
+    if lease is None:  # the app without its middleware (not served): a budget of its own
+        lease = request.scope[_LEASE] = InFlight(1 << 62).lease()
+    return lease
+
+
 async def _read_stream(request: Request, limit: int, timeout_s: float, on_chunk) -> int:
-    """Feed the body to ``on_chunk``; 413 as soon as it passes ``limit`` (Content-Length first, unread)."""
+    """Feed the body to ``on_chunk``; 413 as soon as it passes ``limit`` (Content-Length first, unread).
+
+    Its bytes are held in the request's lease as they arrive (a declared length at once): 503 when
+    the server's in-flight budget has no room for them.
+    """
+    lease = lease_of(request)
+    limit = min(limit, lease.budget.limit)  # more than the whole budget could never be admitted
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
-            raise ApiError(400, "bad_input", "Content-Length is not a number")
+            raise ApiError(400, "bad_input", "Content-Length is not a number", _CLOSE)
         if int(declared) > limit:
-            raise ApiError(413, "too_large", f"the request body is over the limit of {_size(limit)}")
+            raise ApiError(413, "too_large", f"the request body is over the limit of {_size(limit)}", _CLOSE)
+        try:
+            lease.hold(int(declared))
+        except BudgetExceeded:
+            raise _busy(f"a body of {_size(int(declared))}") from None
 
     async def consume() -> int:
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:
-                raise ApiError(413, "too_large", f"the request body is over the limit of {_size(limit)}")
+                raise ApiError(413, "too_large", f"the request body is over the limit of {_size(limit)}", _CLOSE)
             if chunk:
+                try:
+                    lease.hold_at_least(received)
+                except BudgetExceeded:
+                    raise _busy("more of this body") from None
                 on_chunk(chunk)
         return received
 
     try:
         return await asyncio.wait_for(consume(), timeout_s)
     except asyncio.TimeoutError:
-        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s") from None
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s", _CLOSE) from None
     except ClientDisconnect:
-        raise ApiError(400, "bad_input", "the client disconnected before the body was complete") from None
+        raise ApiError(400, "bad_input", "the client disconnected before the body was complete", _CLOSE) from None
 
 
 def _size(n: int) -> str:
@@ -233,13 +306,16 @@ async def read_upload(request: Request, limit: int, timeout_s: float, *, max_fil
         buf = bytearray()
         await _read_stream(request, limit, timeout_s, buf.extend)
         return Upload(files=[bytes(buf)] if buf else [])
-    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
-    _, options = parse_options_header(content_type)
+    try:
+        _, options = parse_options_header(content_type)
+    except (ValueError, UnicodeError):  # pragma: no cover - python-multipart parses any header it is given
+        raise ApiError(400, "bad_input", "the multipart Content-Type cannot be parsed", _CLOSE) from None
     boundary = options.get(b"boundary")
     if not boundary:
-        raise ApiError(400, "bad_input", "the multipart body has no boundary in its Content-Type")
+        raise ApiError(400, "bad_input", "the multipart body has no boundary in its Content-Type", _CLOSE)
     upload = Upload()
     part: dict[str, Any] = {}
     finished = []
@@ -283,21 +359,23 @@ async def read_upload(request: Request, limit: int, timeout_s: float, *, max_fil
                 raise ApiError(422, "invalid_request", f"form field {part['field']!r} is not UTF-8") from None
             upload.fields.setdefault(part["field"], []).append(value)
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": begin, "on_header_field": header_field, "on_header_value": header_value,
-            "on_header_end": header_end, "on_headers_finished": headers_done, "on_part_data": data,
-            "on_part_end": part_end, "on_end": lambda: finished.append(True),
-        },
-    )
+    callbacks = {
+        "on_part_begin": begin, "on_header_field": header_field, "on_header_value": header_value,
+        "on_header_end": header_end, "on_headers_finished": headers_done, "on_part_data": data,
+        "on_part_end": part_end, "on_end": lambda: finished.append(True),
+    }
+    try:  # python-multipart bounds the boundary (256), part headers (8) and header lines (4 KiB)
+        parser = MultipartParser(boundary, callbacks)
+    except (FormParserError, ValueError):
+        raise ApiError(400, "bad_input", f"the multipart boundary is not valid (at most {_MAX_BOUNDARY} characters)",
+                       _CLOSE) from None
     try:
         await _read_stream(request, limit, timeout_s, parser.write)
         parser.finalize()
-    except MultipartParseError:
-        raise ApiError(400, "bad_input", "the multipart body is malformed") from None
+    except FormParserError:  # its message quotes the body: not repeated
+        raise ApiError(400, "bad_input", "the multipart body is malformed", _CLOSE) from None
     if not finished:
-        raise ApiError(400, "bad_input", "the multipart body is incomplete")
+        raise ApiError(400, "bad_input", "the multipart body is incomplete (no closing boundary)")
     return upload
 
 
@@ -419,6 +497,45 @@ def load_calibrations(directory: "str | os.PathLike | None", tasks: dict[str, An
     return found
 
 
+# -- decoder limits ---------------------------------------------------------------------------------------
+#: The decoders' limit fields this server tightens, and the bytes one unit of each takes once decoded.
+_DECODED_FIELDS = {
+    "max_samples": 4,  # audio: float32 samples
+    "max_pixels": 12,  # images: float32 RGB pixels (the float copy that preprocessing makes)
+    "max_decoded_bytes": 1,
+}
+#: One upload may decode to at most this share of the in-flight budget.
+_UPLOAD_SHARE = 4
+
+
+def input_limits(config: ServiceConfig) -> dict[str, Any]:
+    """Each modality's decoder limits (its ``limits()``: defaults and environment) tightened to this server.
+
+    The encoded size (``max_bytes``) to the largest request this server takes, and what one upload
+    may decode to (samples, pixels, decoded bytes: whichever fields the modality's limits have) to a
+    quarter of ``max_inflight_bytes``, so that a decoder refuses, before allocating, an upload that
+    could never fit the budget, and the uploads being decoded fit beside those already held.
+    """
+    from medzero.core.modality import modalities
+
+    request_bytes = min(max(config.max_upload_bytes, config.max_batch_bytes), config.max_inflight_bytes)
+    decoded_bytes = max(1, config.max_inflight_bytes // _UPLOAD_SHARE)
+    out: dict[str, Any] = {}
+    for modality in modalities():
+        limits = modality.limits()
+        if not dataclasses.is_dataclass(limits):
+            continue
+        names = {f.name for f in dataclasses.fields(limits)}
+        changes = {}
+        if "max_bytes" in names:
+            changes["max_bytes"] = min(limits.max_bytes, request_bytes)
+        for name, unit in _DECODED_FIELDS.items():
+            if name in names and getattr(limits, name) is not None:
+                changes[name] = max(1, min(getattr(limits, name), decoded_bytes // unit))
+        out[modality.name] = dataclasses.replace(limits, **changes)
+    return out
+
+
 # -- state -------------------------------------------------------------------------------------------------
 class ServiceState:
     """What a running app holds: classifiers, the batcher, executors, model readiness, indexes."""
@@ -428,6 +545,8 @@ class ServiceState:
         self.keys = None if config.insecure_no_auth else ApiKeys(config.api_key_hashes)
         self.tasks = {t.name: t for t in medzero.list_tasks()}
         self.calibrations = load_calibrations(config.calibration_dir, self.tasks)
+        self.budget = InFlight(config.max_inflight_bytes)
+        self.limits = input_limits(config)
         self.classifiers: OrderedDict[tuple, Any] = OrderedDict()
         self.models: dict[str, dict[str, Any]] = {
             m: {"modality": m, "state": "loading" if m in config.preload else "on_demand", "fingerprint": None, "error": None}
@@ -515,6 +634,7 @@ class ServiceState:
                 device=self.config.device,
                 batch_size=self.config.max_batch,
                 calibration=calibration,
+                limits=self.limits,
             )
         except medzero.MedzeroError as exc:
             raise _error_for(exc) from None
@@ -528,13 +648,14 @@ class ServiceState:
         if self.batcher is None or self.batcher.waiting + n > self.batcher.capacity:
             raise ApiError(503, "queue_full", "the server is busy; try again shortly", {"Retry-After": "1"})
 
-    async def classify(self, options: ClassifyOptions, items: list[tuple[bytes, str]]) -> list[tuple[Any, int]]:
+    async def classify(self, options: ClassifyOptions, items: list[tuple[bytes, str]], lease: Lease) -> list[tuple[Any, int]]:
         """Results for uploads ``(bytes, name)``, each with the size of the forward pass it shared.
 
         Each upload is decoded by its classifier in the decode threads (while the compute thread
         embeds others), then queued for the next forward pass of its modality's model, which
         sources of every configuration share: the models are the server's, and the embedding of
-        a source does not depend on the task that scores it.
+        a source does not depend on the task that scores it. The decoded arrays are held in
+        ``lease`` until the response is sent: 503 when the in-flight budget has no room for them.
         """
         classifier = self.classifier(options)
         self.check_room(len(items))
@@ -546,6 +667,10 @@ class ServiceState:
                 loop.run_in_executor(self.decode, _prepare, classifier, data, name) for data, name in items
             ))
             ready = [p for p in decoded if not isinstance(p, medzero.Result)]
+            try:
+                lease.hold(sum(decoded_nbytes(p.item) + decoded_nbytes(p.input) for p in ready))
+            except BudgetExceeded:
+                raise _busy("the decoded uploads") from None
             try:
                 jobs.extend(self.batcher.enqueue([(classifier, p) for p in ready]) if ready else [])
             except QueueFull:
@@ -612,13 +737,15 @@ class ServiceState:
 
 
 def _prepare(classifier: Any, data: bytes, name: str) -> Any:
-    """One upload decoded by its classifier (in a decode thread); a failure that is not a
-    :class:`MedzeroError` (a bug) becomes this upload's internal-error Result, not the request's."""
+    """One upload decoded by its classifier (in a decode thread). Whatever the decoding path raises
+    that is not a :class:`MedzeroError` costs this upload a one-line 400 (:class:`Undecodable`), never
+    the request or the server: in a batch the other files go on."""
     try:
         return classifier.pipeline.prepare(_named(data, name))
-    except Exception:  # noqa: BLE001
-        _logger.exception("decoding an upload failed")
-        return medzero.Result.failed(name, _InternalError("internal error"))
+    except medzero.MedzeroError as exc:
+        return medzero.Result.failed(name, exc)
+    except Exception as exc:  # noqa: BLE001
+        return medzero.Result.failed(name, _undecodable(name, exc))
 
 
 def _embed_and_score(items: list[tuple[Any, Any]]) -> list[Any]:
@@ -633,16 +760,16 @@ def _embed_and_score(items: list[tuple[Any, Any]]) -> list[Any]:
     try:
         vectors = items[0][0].pipeline.embed(prepared)
         return _score(items, vectors)
-    except Exception:  # noqa: BLE001 - not a MedzeroError: isolate it to its source
+    except Exception as exc:  # noqa: BLE001 - not a MedzeroError: isolate it to its source
         if len(items) == 1:
-            _logger.exception("classification failed")
+            _logger.error("classification failed: %s", fault(exc))
             return [medzero.Result.failed(prepared[0].name, _InternalError("internal error"), modality=prepared[0].modality)]
     results = []
     for item in items:
         try:
             results.extend(_score([item], item[0].pipeline.embed([item[1]])))
-        except Exception:  # noqa: BLE001
-            _logger.exception("classification failed")
+        except Exception as exc:  # noqa: BLE001
+            _logger.error("classification failed: %s", fault(exc))
             results.append(medzero.Result.failed(item[1].name, _InternalError("internal error"), modality=item[1].modality))
     return results
 
@@ -675,17 +802,20 @@ def _relative(value: Any, base: str) -> Any:
 
 # -- middleware --------------------------------------------------------------------------------------------
 class _Guard:
-    """Outermost: one access line per request (method, route template, status, ms) and a JSON 500
-    instead of any exception that escaped, so no traceback ever reaches a client."""
+    """Outermost: one access line per request (method, route template, status, ms), a JSON 500
+    instead of any exception that escaped, so no traceback ever reaches a client (nor the log: its
+    type and place only), and the request's in-flight :class:`Lease`, released once the response is sent."""
 
-    def __init__(self, app):
+    def __init__(self, app, budget: InFlight):
         self.app = app
+        self.budget = budget
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = {"code": 0}
+        lease = scope[_LEASE] = self.budget.lease()
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
@@ -694,12 +824,13 @@ class _Guard:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:  # noqa: BLE001
-            _logger.exception("unhandled error")
+        except Exception as exc:  # noqa: BLE001
+            _logger.error("unhandled error: %s", fault(exc))
             if status["code"] == 0:
                 response = _error_response(500, "internal", "internal error; the server log has the details")
                 await response(scope, receive, send_wrapper)
         finally:
+            lease.release()
             template = getattr(scope.get("route"), "path", None)
             if template is None:  # a client's path is only repeated when it is one of ours
                 template = scope.get("path") if scope.get("path") == "/openapi.json" else "<unmatched>"
@@ -793,7 +924,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             _Cors, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(_Guard)
+    app.add_middleware(_Guard, budget=state.budget)
 
     # -- health --------------------------------------------------------------------------------------------
     @app.get("/healthz", response_model=schemas.Health, tags=["health"])
@@ -845,7 +976,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         options = _options(query, upload)
         if len(upload.files) != 1 or not upload.files[0]:
             raise ApiError(400, "bad_input", "send one file: multipart field 'file', or the raw request body")
-        (result, size), = await state.classify(options, [(upload.files[0], "upload")])
+        (result, size), = await state.classify(options, [(upload.files[0], "upload")], lease_of(request))
         if result.error is not None:
             raise _error_for(result.exception, modality=result.modality)
         response.headers["X-Medzero-Batch-Size"] = str(size)
@@ -869,7 +1000,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         if not upload.files:
             raise ApiError(400, "bad_input", "send the files as multipart/form-data, field 'files'")
         items = [(data, f"upload-{i}") for i, data in enumerate(upload.files, 1)]
-        done = await state.classify(options, items)
+        done = await state.classify(options, items, lease_of(request))
         results = []
         for result, _ in done:
             if result.exception is not None and not isinstance(result.exception, medzero.MedzeroError):
@@ -968,6 +1099,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             hits = await state.in_index_thread(work)
         except medzero.MedzeroError as exc:
             raise _error_for(exc) from None
+        except Exception as exc:  # noqa: BLE001 - an example the decoders did not foresee costs a 400, not a 500
+            if run is not _search_example:
+                raise
+            raise _error_for(_undecodable("upload", exc)) from None
         return {"hits": hits}
 
     @app.post(

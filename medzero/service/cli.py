@@ -6,6 +6,7 @@ without the ``serve`` extra.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -54,7 +55,7 @@ def _log_config(level: str) -> dict:
 def _require_serve_extra() -> None:
     import importlib.util
 
-    missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("fastapi", "uvicorn", "python_multipart", "httptools") if importlib.util.find_spec(name) is None]
     if missing:
         raise click.ClickException(
             f"medzero serve needs {', '.join(missing)}: pip install 'medzero[serve]'"
@@ -81,11 +82,14 @@ def _require_serve_extra() -> None:
 @click.option("--batch-window-ms", default=5.0, show_default=True, type=click.FloatRange(min=0), help="How long a request waits for others to share its forward pass.")
 @click.option("--queue-size", default=64, show_default=True, type=click.IntRange(min=1), help="Sources that may wait for a forward pass; beyond it, 503.")
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True, type=click.FloatRange(min=0.001), help="Seconds before a classification gives up with 503.")
+@click.option("--max-inflight-mb", default=1024.0, show_default=True, type=click.FloatRange(min=1), help="Most data held for all open requests together (bodies and decoded uploads); beyond it, 503 with Retry-After. One upload may decode to a quarter of it.")
+@click.option("--header-timeout", "header_timeout_s", default=20.0, show_default=True, type=click.FloatRange(min=0.001), help="Seconds a client has to send a request's headers; then 408 and the connection is closed.")
+@click.option("--body-timeout", "body_timeout_s", default=60.0, show_default=True, type=click.FloatRange(min=0.001), help="Seconds a client has to send a request's whole body; then 408 and the connection is closed.")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow this origin by CORS (repeatable; default: CORS off).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def serve_command(host, port, workers, api_key_file, insecure_no_auth, audio_model, image_model, device, backend, preload, index_root,
                   calibration_dir, max_upload_mb, max_batch_mb, max_batch_files, max_batch, batch_window_ms, queue_size, timeout_s,
-                  cors_origins, log_level):
+                  max_inflight_mb, header_timeout_s, body_timeout_s, cors_origins, log_level):
     """Serve classification and case search over HTTP (FastAPI + uvicorn).
 
     Every /v1 request needs `Authorization: Bearer <key>`. Logs hold no file names, labels or bodies.
@@ -115,6 +119,7 @@ def serve_command(host, port, workers, api_key_file, insecure_no_auth, audio_mod
     import medzero
 
     from .app import CONFIG_ENV, ServiceConfig, create_app, load_calibrations
+    from .protocol import GuardedHttpProtocol
 
     modalities = tuple(m.strip() for m in preload.split(",") if m.strip() and m.strip() != "none")
     try:
@@ -124,16 +129,23 @@ def serve_command(host, port, workers, api_key_file, insecure_no_auth, audio_mod
             max_upload_bytes=int(max_upload_mb * _MIB), max_batch_bytes=int(max_batch_mb * _MIB),
             max_batch_files=max_batch_files, max_batch=max_batch, batch_window_ms=batch_window_ms,
             queue_size=queue_size, timeout_s=timeout_s, index_root=index_root, calibration_dir=calibration_dir,
-            cors_origins=tuple(cors_origins),
+            cors_origins=tuple(cors_origins), max_inflight_bytes=int(max_inflight_mb * _MIB),
+            header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
         )
         load_calibrations(config.calibration_dir, {t.name: t for t in medzero.list_tasks()})  # a bad overlay stops us here
     except ValueError as exc:
         raise click.UsageError(str(exc))
     if insecure_no_auth:
         logging.getLogger("medzero.service").warning("serving without API keys (--insecure-no-auth)")
+    # Header and body deadlines and the header size bound, which uvicorn's own protocols lack; a
+    # partial of a module-level class pickles, so --workers processes get them too.
+    protocol = functools.partial(
+        GuardedHttpProtocol, header_timeout_s=config.header_timeout_s, body_timeout_s=config.body_timeout_s,
+        max_header_bytes=config.max_header_bytes,
+    )
     options = dict(
         host=host, port=port, log_config=_log_config(log_level), access_log=False, server_header=False,
-        proxy_headers=False, timeout_graceful_shutdown=10,
+        proxy_headers=False, timeout_graceful_shutdown=10, http=protocol,
     )
     if workers > 1:
         os.environ[CONFIG_ENV] = config.to_json()  # key hashes only; each worker builds its app from it
