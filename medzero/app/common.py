@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -51,12 +52,67 @@ def tr(en: str, zh: str) -> str:
     return zh if lang() == "zh" else en
 
 
-def app_message(error: BaseException) -> str:
-    """A library error as the app shows it: what went wrong, without the command-line advice that
-    the same error carries for the terminal (the app gives its own way to fix a missing model)."""
+def app_message(error: "BaseException | str") -> str:
+    """A library error as the app shows it, in the page's language: what went wrong, without the
+    command-line advice that the same error carries for the terminal (the app gives its own way to
+    fix a missing model). On the Chinese page the known messages are translated (the file's name
+    kept) and any other is introduced by a Chinese sentence saying what kind of problem it is."""
     text = getattr(error, "reason", None) or str(error)
     parts = [p for p in str(text).split("; ") if "--" not in p and "`medzero " not in p]
-    return "; ".join(parts) or str(text).split("; ")[0]
+    message = "; ".join(parts) or str(text).split("; ")[0]
+    if lang() != "zh":
+        return message
+    translated = zh_text(message)
+    if translated != message:
+        return translated
+    kind = next((zh for cls, zh in _ZH_KIND if isinstance(error, cls)), "出错")
+    return f"{kind}：{message}"
+
+
+#: What kind of problem an untranslated error is, in Chinese (most specific class first).
+_ZH_KIND = (
+    (medzero.ModelUnavailableError, "模型无法加载"),
+    (medzero.BadInputError, "文件无法使用"),
+    (medzero.TaskError, "任务设置有误"),
+    (medzero.CaseIndexError, "病例索引出错"),
+)
+_ZH_NOUN = {"audio": "音频", "image": "图像"}
+_ZH_FILE = {"an audio recording": "一段录音", "an image": "一张图像"}
+#: medzero's messages that the app shows, as (English pattern, Chinese); applied in order, anywhere
+#: in a text, so that a message quoted inside another (a signal-only note) is translated too.
+_ZH_MESSAGES: list[tuple[str, Any]] = [
+    (r"(.+?) is neither audio nor an image \(unrecognised content; expected (.+?)\)",
+     lambda m: f"{m[1]} 既不是音频也不是图像（内容无法识别；应为 {m[2].replace(' or ', ' 或 ')}）"),
+    (r"(.+?) is not an image \(not DICOM, PNG, JPEG or TIFF by its content\); pass an image file",
+     r"\1 不是图像（按内容看不是 DICOM、PNG、JPEG 或 TIFF）；请上传图像文件"),
+    (r"(.+?) is empty \(0 bytes\)", r"\1 是空文件（0 字节）"),
+    (r"truncated (\w+) file: (.+?) \(the data chunk declares (\d+) bytes but only (\d+) are present; copy or export the file again\)",
+     r"\1 文件不完整：\2（数据块声明 \3 字节，实际只有 \4 字节；请重新复制或导出该文件）"),
+    (r"(.+?): the DICOM pixel data is incomplete \((.+?)\); the file looks truncated, copy it again",
+     r"\1：DICOM 像素数据不完整（\2）；文件似乎被截断，请重新复制"),
+    (r"(.+?): cannot parse the DICOM data set \((.+?)\); the file looks truncated or damaged",
+     r"\1：无法解析 DICOM 数据集（\2）；文件似乎被截断或已损坏"),
+    (r"task (\S+) is for (audio|image), but this file is (an audio recording|an image)",
+     lambda m: f"任务 {m[1]} 用于{_ZH_NOUN[m[2]]}，而这个文件是{_ZH_FILE[m[3]]}"),
+    (r"\b(audio|image) model directory not found: (.+?) \(it does not exist\)", lambda m: f"找不到{_ZH_NOUN[m[1]]}模型文件夹：{m[2]}（不存在）"),
+    (r"\b(audio|image) model folder (.+?) does not exist", lambda m: f"{_ZH_NOUN[m[1]]}模型文件夹 {m[2]} 不存在"),
+    (r"\b(audio|image) model (.+?) is not available offline \(", lambda m: f"{_ZH_NOUN[m[1]]}模型 {m[2]} 离线不可用（"),
+    (r"\b(audio|image) model (.+?) could not be loaded from (\S+) \(", lambda m: f"{_ZH_NOUN[m[1]]}模型 {m[2]} 无法从 {m[3]} 加载（"),
+    (r"its text tower (\S+) is not in the Hugging Face cache", r"Hugging Face 缓存中没有它的文本塔 \1"),
+    (r"its weights are not in the Hugging Face cache", "Hugging Face 缓存中没有它的权重"),
+    (r"its processor files are not in the Hugging Face cache", "Hugging Face 缓存中没有它的处理器文件"),
+    (r"it is not in the Hugging Face cache", "Hugging Face 缓存中没有它"),
+    (r", and HF_HUB_OFFLINE is set\)", "，而且设置了 HF_HUB_OFFLINE（离线模式））"),
+    (r", and (\S+) cannot be reached \(", r"，而且无法连接 \1（"),
+    (r"\b(audio|image) 模型不可用", lambda m: f"{_ZH_NOUN[m[1]]}模型不可用"),  # the signal-only note's own Chinese
+]
+
+
+def zh_text(text: str) -> str:
+    """``text`` with every known English medzero message in it put into Chinese."""
+    for pattern, replacement in _ZH_MESSAGES:
+        text = re.sub(pattern, replacement, text)
+    return text
 
 
 def named_buffer(data: bytes, name: str) -> io.BytesIO:
@@ -116,8 +172,10 @@ def model_status() -> dict[str, dict[str, Any]]:
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _classifier(task: str | None, labels: str | None, template: str | None, multilabel: bool,
                 audio_ref: str, image_ref: str, calibration: str | None) -> medzero.Classifier:
-    return medzero.Classifier(task, labels=labels, template=template, multilabel=multilabel,
-                              audio_model=audio_ref, image_model=image_ref, calibration=calibration)
+    # The models are left to the library (MEDZERO_*_MODEL, else the default) rather than named here:
+    # a named model that cannot be loaded is an error, while a missing *default* audio model still
+    # gives a signal-only verdict, as in the CLI. The refs are only the cache key.
+    return medzero.Classifier(task, labels=labels, template=template, multilabel=multilabel, calibration=calibration)
 
 
 def classifier(task: str | None = None, *, labels: str | None = None, template: str | None = None,
@@ -172,19 +230,26 @@ def calibration_control(task: str | None, *, key: str) -> str | None:
             # the overlay is checked against the task without loading a model
             medzero.apply_calibration(medzero.load_task(task), str(path))
         except medzero.MedzeroError as exc:
-            st.error(str(exc))
+            st.error(app_message(exc))
             return None
         st.success(text["using"].format(name=upload.name))
         return str(path)
 
 
 def classify_upload(clf: medzero.Classifier, modality: str, data: bytes, name: str) -> medzero.Result:
-    """Load the model (spinner), then classify the uploaded bytes; raises MedzeroError for a bad file."""
-    enc = load_encoder(modality)
+    """Load the model (spinner), then classify the uploaded bytes; raises MedzeroError for a bad file.
+
+    A model that cannot be loaded is not an error here: the Classifier decides, as it does for the
+    CLI (a signal-only verdict when the default model is missing and the task has measurement
+    rules; the model's error otherwise)."""
+    try:
+        device = str(load_encoder(modality).device)
+    except medzero.ModelUnavailableError:
+        device = tr("no model: measurements only", "无模型：仅测量")
     with st.spinner(tr(f"Classifying {name}…", f"正在分类 {name}……")):
         start = time.perf_counter()
         result = clf.classify(named_buffer(data, name))
-        st.session_state[f"{modality}_timing"] = (time.perf_counter() - start, str(enc.device))
+        st.session_state[f"{modality}_timing"] = (time.perf_counter() - start, device)
         return result
 
 
@@ -242,7 +307,8 @@ def show_verdict(result: medzero.Result, task: medzero.Task, *, heading: str) ->
         st.markdown("**Why**" if lg == "en" else "**原因**")
         for reason in result.reasons:
             advice = (reason.advice or {}).get(lg) or (reason.advice or {}).get("en")
-            line = f"- {reason.text(lg)}"
+            text = reason.text(lg)
+            line = f"- {zh_text(text) if lg == 'zh' else text}"  # a note may quote a library message
             if advice:
                 line += f"  \n  *{advice}*"
             st.markdown(line)
@@ -251,7 +317,10 @@ def show_verdict(result: medzero.Result, task: medzero.Task, *, heading: str) ->
 
 
 def label_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
-    """One row per label, best score first: name, score, threshold, positive, and the verdict it set."""
+    """One row per label, best score first: name, score, threshold, positive, and the verdict it set.
+
+    For an input the task does not judge (``not_applicable``) the scores are kept as computed, but
+    ``judged`` is false and ``positive`` is ``None``: no finding is called present or absent."""
     lg = lang()
     set_by = {r.id: r for r in result.reasons if r.kind == "label"}
     rows = []
@@ -265,7 +334,8 @@ def label_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
                 "label": result.label_names.get(label.id, {}).get(lg) or label.id,
                 "score": score,
                 "threshold": threshold,
-                "positive": score >= threshold,
+                "judged": result.judged,
+                "positive": result.positive(label.id),
                 "polarity": label.polarity,
                 "problem": reason is not None,
                 "sets": (task.verdict(reason.verdict).display(lg) if reason is not None and reason.verdict else ""),
@@ -274,10 +344,20 @@ def label_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
+def not_judged_note() -> str:
+    """Says why a not-applicable result's scores are shown without a call."""
+    return tr("The task does not judge this input: the scores are shown as computed, and no label is called positive "
+              "or negative against its threshold.",
+              "此任务不判读这个输入：分数按计算结果显示，不依据阈值判定任何标签为阳性或阴性。")
+
+
 def score_chart(frame: pd.DataFrame) -> alt.LayerChart:
-    """Horizontal bars sorted by score, each label's threshold drawn as a black tick."""
+    """Horizontal bars sorted by score, each label's threshold drawn as a black tick (none where
+    the scores were not judged: a threshold there would invite a call nobody made)."""
     sets, above, below = tr("sets the verdict", "决定结论"), tr("above threshold", "高于阈值"), tr("below threshold", "低于阈值")
-    data = frame.assign(status=frame.apply(lambda r: sets if r.problem else (above if r.positive else below), axis=1))
+    unjudged = tr("not judged", "未判读")
+    status = frame.apply(lambda r: unjudged if not r.judged else sets if r.problem else (above if r.positive else below), axis=1)
+    data = frame.assign(status=status)
     order = list(data["label"])
     y = alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=260, labelOverlap=False))
     bars = alt.Chart(data).mark_bar().encode(
@@ -285,24 +365,47 @@ def score_chart(frame: pd.DataFrame) -> alt.LayerChart:
         y=y,
         color=alt.Color(
             "status:N",
-            scale=alt.Scale(domain=[sets, above, below], range=["#d62728", "#ff9f1c", "#7f9cc6"]),
+            scale=alt.Scale(domain=[sets, above, below, unjudged], range=["#d62728", "#ff9f1c", "#7f9cc6", "#b0b0b0"]),
             legend=alt.Legend(orient="bottom", title=None),
         ),
         tooltip=[alt.Tooltip("label:N"), alt.Tooltip("score:Q", format=".3f"), alt.Tooltip("threshold:Q", format=".2f")],
     )
+    if not frame["judged"].all():
+        return bars.properties(height=alt.Step(26))
     ticks = alt.Chart(data).mark_tick(color="black", thickness=2, size=18).encode(x="threshold:Q", y=y)
     return (bars + ticks).properties(height=alt.Step(26))
 
 
+def _score_and_threshold(score: float, threshold: float) -> tuple[str, str]:
+    """``0.503`` and ``0.50`` as usual; more digits where those would print the wrong side."""
+    shown = f"{score:.3f}", f"{threshold:.2f}"
+    if (float(shown[0]) > float(shown[1])) - (float(shown[0]) < float(shown[1])) == (score > threshold) - (score < threshold):
+        return shown
+    return medzero.format_values(score, threshold)
+
+
 def score_table(frame: pd.DataFrame, *, title: str | None = None):
-    """The label rows as a styled table: positives highlighted, the ones that set the verdict in red."""
-    yes, no = tr("yes", "是"), tr("no", "否")
+    """The label rows as a styled table: positives highlighted, the ones that set the verdict in red.
+
+    Score and threshold are printed with enough digits to show on which side of it the score lies
+    (``0.4996`` against ``0.5000``, not ``0.500`` against ``0.50`` with "no"). Rows that were not
+    judged show no threshold and "not judged" instead of yes or no."""
+    yes, no, unjudged = tr("yes", "是"), tr("no", "否"), tr("not judged", "未判读")
+    scores, thresholds = [], []
+    for row in frame.itertuples():
+        if not row.judged or row.score != row.score:  # not judged, or no score (nan)
+            scores.append("–" if row.score != row.score else f"{row.score:.3f}")
+            thresholds.append("–")
+            continue
+        score, threshold = _score_and_threshold(row.score, row.threshold)
+        scores.append(score)
+        thresholds.append(threshold)
     shown = pd.DataFrame(
         {
             title or tr("Label", "标签"): frame["label"],
-            tr("Score", "分数"): frame["score"].map(lambda v: f"{v:.3f}"),
-            tr("Threshold", "阈值"): frame["threshold"].map(lambda v: f"{v:.2f}"),
-            tr("Positive", "阳性"): frame["positive"].map(lambda v: yes if v else no),
+            tr("Score", "分数"): scores,
+            tr("Threshold", "阈值"): thresholds,
+            tr("Positive", "阳性"): frame["positive"].map(lambda v: unjudged if v is None else yes if v else no),
             tr("Sets verdict", "决定结论"): frame["sets"],
         }
     )
@@ -311,7 +414,7 @@ def score_table(frame: pd.DataFrame, *, title: str | None = None):
         f = frame.loc[row.name]
         if f.problem:
             style = "background-color: #fde2e1; font-weight: 600"
-        elif f.positive:
+        elif f.positive is True:
             style = "background-color: #fff3d6"
         else:
             style = ""
@@ -342,18 +445,19 @@ def metric_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
         info = metric_info.get(metric, {"en": metric, "zh": metric, "unit": ""})
         unit = info.get("unit", "")
         rule = task.metrics.get(metric)
-        limits = []
-        if rule is not None and rule.min is not None:
-            limits.append(f"≥ {medzero.format_value(rule.min, unit)}")
-        if rule is not None and rule.max is not None:
-            limits.append(f"≤ {medzero.format_value(rule.max, unit)}")
+        shown, limits = medzero.format_value(float(value), unit), []
+        for sign, bound in (("≥", rule.min), ("≤", rule.max)) if rule is not None else ():
+            if bound is not None:  # printed apart from the value, so "outside the limit" reads true
+                apart, limit = medzero.format_values(float(value), bound, unit)
+                shown = apart if len(apart) > len(shown) else shown
+                limits.append(f"{sign} {limit}")
         if rule is None:
             status = ""
         elif metric in problems:
             status = "outside the limit" if lg == "en" else "超出限值"
         else:
             status = "ok" if lg == "en" else "正常"
-        rows.append({tr("Measurement", "测量项"): info.get(lg) or info["en"], tr("Value", "数值"): medzero.format_value(float(value), unit),
+        rows.append({tr("Measurement", "测量项"): info.get(lg) or info["en"], tr("Value", "数值"): shown,
                      tr("Limit", "限值"): tr(" and ", " 且 ").join(limits), tr("Status", "状态"): status})
     return pd.DataFrame(rows)
 

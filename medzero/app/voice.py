@@ -1,6 +1,8 @@
 """Voice quality: is a recording good enough for a clinician to hear, or should it be recorded again?"""
 from __future__ import annotations
 
+import os
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -24,9 +26,14 @@ st.caption(tr(
     "上传或录制患者的语音留言。CLAP 评估它听起来如何（噪声、音乐、人声嘈杂、风声、嗡嗡声……），"
     "并直接测量波形（信噪比、削波、静音、带宽）。它不理解说话的内容。",
 ))
-model_check.banner("audio", key="voice", without=tr(
-    "Until it is installed, Classify judges a recording by its waveform measurements alone.",
-    "安装之前，“分类”只依据波形测量结果做出判断。",
+# Only a missing *default* model falls back to the measurements; a model the app was started with
+# (MEDZERO_AUDIO_MODEL) that cannot be found is an error, as in the CLI, and Classify is off.
+model_named = bool(os.environ.get(common.MODEL_ENV["audio"]))
+model_ready = model_check.banner("audio", key="voice", without=tr(
+    "Classify is off until then." if model_named else
+    "Until it is installed, Classify judges a recording by its waveform measurements alone (tasks with measurement "
+    "rules; typed labels need the model).",
+    "在此之前无法使用“分类”。" if model_named else "安装之前，“分类”只依据波形测量结果做出判断（适用于有测量规则的任务；自己输入的标签需要模型）。",
 ))
 
 _MODES = {"Upload a file": "上传文件", "Record in the browser": "在浏览器中录音"}
@@ -64,7 +71,8 @@ if upload is not None:
 
 calibration = common.calibration_control(None if choice == common.CUSTOM_TASK else choice, key="voice")
 
-clicked = st.button(tr("Classify", "分类"), type="primary", disabled=upload is None, key="voice_classify")
+clicked = st.button(tr("Classify", "分类"), type="primary", disabled=upload is None or (model_named and not model_ready),
+                    key="voice_classify")
 request = (getattr(upload, "file_id", None), choice, labels, template, multilabel, calibration)
 
 if clicked and upload is not None:
@@ -143,9 +151,15 @@ if stored is not None and stored[0] == request and upload is not None:
     frame = common.label_frame(result, task)
     with right:
         st.subheader(tr("Label scores", "标签分数"))
-        st.altair_chart(common.score_chart(frame), width="stretch")
-        st.caption(tr("Black tick: the label's threshold. Red: the label set the verdict.", "黑色刻度：该标签的阈值。红色：该标签决定了结论。"))
-    st.table(common.score_table(frame))
+        if result.signal_only:  # no model, no scores: the verdict comes from the measurements below
+            st.info(tr("No label scores: the audio model is not on this machine, so the verdict comes from the waveform "
+                       "measurements alone.", "没有标签分数：本机没有音频模型，结论只依据下面的波形测量结果。"))
+        else:
+            st.altair_chart(common.score_chart(frame), width="stretch")
+            st.caption(common.not_judged_note() if not result.judged else
+                       tr("Black tick: the label's threshold. Red: the label set the verdict.", "黑色刻度：该标签的阈值。红色：该标签决定了结论。"))
+    if not result.signal_only:
+        st.table(common.score_table(frame))
 
     st.subheader(tr("Waveform measurements", "波形测量"))
     st.table(common.metric_frame(result, task).style.hide(axis="index"))
@@ -154,7 +168,7 @@ if stored is not None and stored[0] == request and upload is not None:
     try:
         samples, rate = _display_audio(upload.file_id, upload.getvalue(), upload.name)
     except medzero.MedzeroError as exc:
-        st.error(str(exc))
+        st.error(common.app_message(exc))
     else:
         segs = pd.DataFrame([s.to_dict() for s in result.segments], columns=["label", "start", "end", "score"])
         if len(segs):
