@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 import medzero
 from medzero import WINDOW_PRESETS, read_image
@@ -16,6 +17,10 @@ IMAGE_TYPES = ["dcm", "dicom", "png", "jpg", "jpeg", "tif", "tiff"]
 _DEFAULT_TASK = medzero.get_modality("image").default_task
 _OWN_WINDOW = "dicom"
 _PRESET_ZH = {"lung": "肺窗", "mediastinum": "纵隔窗", "bone": "骨窗"}
+#: Display windows for any image that is not a CT (CR, DX, MG, ... and PNG/JPEG): the presets are
+#: in Hounsfield units and turn a radiograph black or white, so these work on the image's own values.
+_FULL, _CONTRAST = "full", "contrast"
+_CONTRAST_PERCENTILES = (1.0, 99.0)
 
 st.title(tr("Chest X-ray", "胸部 X 光"))
 st.caption(tr(
@@ -32,10 +37,52 @@ upload = st.file_uploader(tr("Image (DICOM, PNG, JPEG)", "图像（DICOM、PNG�
 @st.cache_data(show_spinner=False, max_entries=16)
 def _preview(file_id: str, _data: bytes, name: str, window: str) -> tuple[np.ndarray, dict, str, tuple[int, ...]]:
     """Display pixels (at most 1024 px a side), metadata, format and full shape, through ``read_image``."""
-    image = read_image(_data, window=None if window == _OWN_WINDOW else window, name=name)
-    pil = image.to_pil()
+    if window in (_FULL, _CONTRAST):
+        pixels, image = _stretched(_data, name, window)
+        pil = Image.fromarray(np.rint(pixels * 255.0).astype(np.uint8)).convert("RGB")
+    else:
+        image = read_image(_data, window=None if window == _OWN_WINDOW else window, name=name)
+        pil = image.to_pil()
     pil.thumbnail((1024, 1024))
     return np.asarray(pil), dict(image.metadata), image.format, image.shape
+
+
+def window_choices(fmt: str, metadata: dict) -> list[str]:
+    """The display windows that fit the image: Hounsfield presets for a CT only; for anything else
+    (CR, DX, MG, ... and PNG/JPEG) the file's own window, its full range and a contrast stretch."""
+    if fmt == "dicom" and str(metadata.get("Modality", "")).strip().upper() == "CT":
+        return [_OWN_WINDOW, *WINDOW_PRESETS]
+    return [_OWN_WINDOW, _FULL, _CONTRAST]
+
+
+def _stretched(data: bytes, name: str, window: str):
+    """``(pixels, image)``: the image's values linearly onto [0, 1], from its full range (min to
+    max) or from the 1st to the 99th percentile.
+
+    A DICOM is read once through a window wide enough to hold every stored value (from BitsStored
+    and the rescale), so nothing is clipped before the stretch; other files as stored."""
+    image = read_image(data, name=name)
+    if image.format == "dicom" and not image.is_color:
+        rescale = image.metadata.get("rescale") or {}
+        slope, intercept = abs(float(rescale.get("slope", 1.0))) or 1.0, float(rescale.get("intercept", 0.0))
+        bits = int(image.metadata.get("BitsStored") or 16)
+        image = read_image(data, window=(intercept, slope * 2.0 ** (bits + 1)), name=name)
+    values = image.pixels
+    low, high = (np.percentile(values, _CONTRAST_PERCENTILES) if window == _CONTRAST else (values.min(), values.max()))
+    if high <= low:
+        low, high = float(values.min()), float(values.max())
+    return np.clip((values - low) / max(float(high - low), 1e-12), 0.0, 1.0).astype(np.float32), image
+
+
+def _window_label(window: str, fmt: str) -> str:
+    if window == _OWN_WINDOW:
+        return tr("the file's own window", "文件自带的窗") if fmt == "dicom" else tr("as stored", "按存储原样")
+    if window == _FULL:
+        return tr("full range (min to max)", "全范围（最小到最大）")
+    if window == _CONTRAST:
+        return tr("contrast (1st to 99th percentile)", "对比度（第 1 到第 99 百分位）")
+    center, width = WINDOW_PRESETS[window]
+    return f"{tr(window, _PRESET_ZH.get(window, window))} (C {center:g} / W {width:g} HU)"
 
 
 tasks = common.tasks_for("image")
@@ -47,18 +94,13 @@ if upload is not None:
     data = upload.getvalue()
     try:
         pixels, metadata, fmt, shape = _preview(upload.file_id, data, upload.name, _OWN_WINDOW)
-        windows = [_OWN_WINDOW, *WINDOW_PRESETS] if fmt == "dicom" else [_OWN_WINDOW]
+        windows = window_choices(fmt, metadata)
         left, right = st.columns([3, 2], gap="large")
         with right:
             window = st.radio(
                 tr("Window", "窗宽窗位"),
                 windows,
-                format_func={  # worked out now, in this run's language
-                    w: (tr("the file's own window", "文件自带的窗") if fmt == "dicom" else tr("as stored", "按存储原样"))
-                    if w == _OWN_WINDOW
-                    else f"{tr(w, _PRESET_ZH.get(w, w))} (C {WINDOW_PRESETS[w][0]:g} / W {WINDOW_PRESETS[w][1]:g} HU)"
-                    for w in windows
-                }.get,
+                format_func={w: _window_label(w, fmt) for w in windows}.get,  # worked out now, in this run's language
                 key="xray_window",
                 help=tr("Changes the display only: the model always sees the file's own window.", "只改变显示：模型看到的始终是文件自带的窗。"),
             )
@@ -104,6 +146,7 @@ if stored is not None and stored[0] == request and upload is not None:
         st.subheader(tr("Findings", "发现"))
         st.table(common.score_table(frame, title=tr("Finding", "发现")))
         st.caption(
+            common.not_judged_note() if not result.judged else
             tr("Probability of each finding scored on its own against its negation; highlighted rows are at or above "
                "their threshold, red rows set the triage level.",
                "每项发现单独与其否定描述比较得出概率；高亮的行达到或超过阈值，红色的行决定了分诊级别。")
