@@ -196,27 +196,45 @@ def _thumbnail(path: str, mtime: float):
     return pil
 
 
+def _hit_card(hit, rank: int) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{Path(hit.path).name}**  \n#{rank} · {tr('score', '分数')} {hit.score:.3f} · {model_check.noun(hit.modality)}")
+        try:
+            if not os.path.exists(hit.path):
+                st.caption(tr("(file no longer on disk)", "（文件已不在磁盘上）"))
+            elif hit.modality == "image":
+                st.image(_thumbnail(hit.path, os.path.getmtime(hit.path)), width="stretch")
+            else:
+                st.audio(hit.path)
+        except medzero.MedzeroError as exc:
+            st.caption(common.app_message(exc))
+        if hit.metadata:
+            with st.expander(tr("metadata", "元数据")):
+                st.json(hit.metadata)
+
+
 stored = st.session_state.get("search_hits")
 if stored is not None:
     query, hits = stored
     st.markdown(tr(f"**{len(hits)} hit(s)** for *{query}*", f"*{query}* 的结果：**{len(hits)} 条**"))
     if not hits:
         st.info(tr("No cases matched (an empty index, or none of that modality).", "没有匹配的病例（索引为空，或没有该模态的病例）。"))
+    # Each modality's hits come from its own model: ranked (and shown) within their modality, best first.
+    by_modality: dict[str, list] = {}
+    for hit in hits:
+        by_modality.setdefault(hit.modality, []).append(hit)
+    if len(by_modality) > 1:
+        st.caption(tr(
+            "Audio and image cases are scored by different models whose scores are not comparable, so hits are ranked "
+            "within each modality: the best of each, then the second of each, and so on.",
+            "音频和图像病例由不同的模型评分，分数之间不可比较，因此结果在各自的模态内排序：先取每种模态的第一名，再取第二名，依此类推。",
+        ))
     per_row = 3
-    for start in range(0, len(hits), per_row):
-        row = st.columns(per_row)
-        for col, hit in zip(row, hits[start : start + per_row]):
-            with col.container(border=True):
-                st.markdown(f"**{Path(hit.path).name}**  \n{tr('score', '分数')} {hit.score:.3f} · {model_check.noun(hit.modality)}")
-                try:
-                    if not os.path.exists(hit.path):
-                        st.caption(tr("(file no longer on disk)", "（文件已不在磁盘上）"))
-                    elif hit.modality == "image":
-                        st.image(_thumbnail(hit.path, os.path.getmtime(hit.path)), width="stretch")
-                    else:
-                        st.audio(hit.path)
-                except medzero.MedzeroError as exc:
-                    st.caption(str(exc))
-                if hit.metadata:
-                    with st.expander(tr("metadata", "元数据")):
-                        st.json(hit.metadata)
+    for modality, group in by_modality.items():
+        if len(by_modality) > 1:
+            st.markdown(tr(f"**{model_check.noun(modality).capitalize()} cases** ({len(group)}, ranked by the {modality} model's score)",
+                           f"**{model_check.noun(modality)}病例**（{len(group)} 条，按{model_check.noun(modality)}模型的分数排序）"))
+        for start in range(0, len(group), per_row):
+            for offset, (col, hit) in enumerate(zip(st.columns(per_row), group[start : start + per_row])):
+                with col:
+                    _hit_card(hit, start + offset + 1)
