@@ -133,13 +133,13 @@ def test_xray_page_window_metadata_and_findings(app_env, dicom_files):
     at.run()
     assert not at.exception and not at.error
     shown = at.radio(key="xray_window").options  # the labels the radio shows
-    assert len(shown) == 4 and shown[0] == "the file's own window"
-    assert [o.split(" ")[0] for o in shown[1:]] == ["lung", "mediastinum", "bone"]
+    assert len(shown) == 3 and shown[0] == "the file's own window"
+    assert [o.split(" ")[0] for o in shown[1:]] == ["full", "contrast"]  # a DX film: no CT (HU) presets
     text = _text(at)
     assert "ViewPosition" in text or "view_position" in text.lower()
     for secret in ("Doe", "MRN-99812345", "Saint Example", "19510317"):
         assert secret not in text  # PHI never reaches the page
-    at.radio(key="xray_window").set_value("lung")
+    at.radio(key="xray_window").set_value("contrast")
     at.run()
     assert not at.exception and not at.error
     _button(at, "Classify").click()
@@ -163,7 +163,8 @@ def test_xray_other_task_and_bad_file(app_env, image_files):
     at.file_uploader(key="xray_file").set_value(("gray8.png", image_files["gray8.png"].read_bytes(), "image/png"))
     at.selectbox(key="xray_task").set_value("chest_xray_quality")
     at.run()
-    assert at.radio(key="xray_window").options == ["as stored"]  # presets are Hounsfield units: DICOM only
+    shown = at.radio(key="xray_window").options
+    assert shown[0] == "as stored" and not any("HU" in o for o in shown)  # presets are Hounsfield units: CT only
     _button(at, "Classify").click()
     at.run()
     assert not at.exception and not at.error
