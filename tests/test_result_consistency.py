@@ -146,6 +146,22 @@ def test_snr_just_under_its_limit_reads_true_in_the_cli(tiny_clap_dir, audio_cli
     assert f"{snr:.1f} dB" in table and f"{limit:.1f} dB" in table
 
 
+def test_a_speech_ratio_just_under_its_limit_reads_true(tiny_clap_dir, audio_clips, tmp_path, capsys):
+    clip = audio_clips["noise"]
+    ratio = _voice_json(capsys, clip, "--task", "voice_quality", "--audio-model", tiny_clap_dir)["metrics"]["speech_ratio"]
+    limit = ratio + 1e-4  # the old one-decimal percentage printed both as the same number
+    assert f"{limit * 100:.1f}" == f"{ratio * 100:.1f}"
+    task = yaml.safe_load((PROMPTS / "voice_quality.yaml").read_text())
+    task["applies_to"]["speech"]["min_speech_ratio"] = limit
+    path = tmp_path / "voice_quality_site.yaml"
+    path.write_text(yaml.safe_dump(task, allow_unicode=True))
+    record = _voice_json(capsys, clip, "--task", path, "--audio-model", tiny_clap_dir)
+    assert record["verdict"] == "not_applicable"
+    (reason,) = [r for r in record["reasons"] if r["id"] == "speech"]
+    for lang in ("en", "zh"):
+        _assert_true_as_printed(reason["text"][lang])
+
+
 def test_a_label_just_past_a_site_threshold_reads_true_in_the_cli(tiny_clap_dir, audio_clips, tmp_path, capsys):
     clip = audio_clips["speech"]
     record = _voice_json(capsys, clip, "--task", "voice_quality", "--audio-model", tiny_clap_dir)

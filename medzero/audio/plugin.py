@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..core.ingest import Prepared, Source
 from ..core.modality import Modality, register_modality
 from ..core.prompts import NOT_APPLICABLE, register_applies_to
-from ..core.results import Reason, format_value
+from ..core.results import Reason, format_values
 from .quality import METRIC_INFO
 from .timeline import add_timeline
 
@@ -96,7 +96,7 @@ def _check_speech(
     if ratio >= params.min_speech_ratio:
         return True, []
     info = METRIC_INFO["speech_ratio"]
-    value, limit = format_value(ratio, "%"), format_value(params.min_speech_ratio, "%")
+    value, limit = format_values(ratio, params.min_speech_ratio, "%")  # printed apart: the sentence stays true
     reason = Reason(
         kind="applicability",
         id="speech",
