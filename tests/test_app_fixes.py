@@ -105,6 +105,20 @@ def test_a_score_just_under_a_site_threshold_is_printed_apart_from_it(app_env, a
     assert row["Positive"] == "no" and float(row["Score"]) < float(row["Threshold"]), row.to_dict()
 
 
+def test_a_measurement_just_under_its_limit_is_printed_apart_from_it():
+    import medzero
+    from medzero.app import common
+
+    task = medzero.load_task("voice_quality")
+    result = medzero.Result("a.wav", "audio", task.name, "", {}, "re-record", metrics={"snr_db": 9.58, "clipping_ratio": 0.0104})
+    frame = common.metric_frame(result, task)
+    rows = {r["Measurement"]: r for r in frame.to_dict("records")}
+    snr = next(r for name, r in rows.items() if "noise" in name.lower())
+    assert (snr["Value"], snr["Limit"]) == ("9.6 dB", "≥ 10.0 dB")  # not "10 dB" against "≥ 10 dB"
+    clipping = next(r for name, r in rows.items() if "clip" in name.lower())
+    assert (clipping["Value"], clipping["Limit"]) == ("1.04%", "≤ 1.00%")
+
+
 # -- 4. the default audio model missing: the CLI's signal-only verdict -------------------------------
 
 
