@@ -305,7 +305,7 @@ async def read_upload(request: Request, limit: int, timeout_s: float, *, max_fil
     if not content_type.lower().startswith("multipart/"):
         buf = bytearray()
         await _read_stream(request, limit, timeout_s, buf.extend)
-        return Upload(files=[bytes(buf)] if buf else [])
+        return Upload(files=[bytes(buf)] if buf else [])  # the buffer is dropped on return, in the same step
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -351,7 +351,10 @@ async def read_upload(request: Request, limit: int, timeout_s: float, *, max_fil
 
     def part_end() -> None:
         if part.get("is_file"):
+            # Copied out and its buffer dropped at once, within this one step of the event loop: only one
+            # request at a time ever holds a file twice (the in-flight budget counts it once).
             upload.files.append(bytes(part["data"]))
+            part["data"] = bytearray()
         else:
             try:
                 value = part["data"].decode("utf-8")
@@ -839,7 +842,7 @@ class _Guard:
 
 
 # -- the app -----------------------------------------------------------------------------------------------
-_ERRORS = {status: {"model": schemas.ErrorResponse} for status in (400, 401, 413, 415, 422, 503)}
+_ERRORS = {status: {"model": schemas.ErrorResponse} for status in (400, 401, 408, 413, 415, 422, 503)}
 _BATCH_HEADER = {200: {"headers": {"X-Medzero-Batch-Size": {
     "description": "How many sources shared this request's forward pass", "schema": {"type": "integer"}}}}}
 _BINARY = {"type": "string", "format": "binary"}

@@ -267,6 +267,6 @@ class ErrorResponse(_Model):
 
     error: str = Field(
         description="bad_input, unauthorized, not_found, timeout, too_large, unsupported_media_type, "
-        "invalid_request, conflict, queue_full, request_timeout, not_ready, model_unavailable, internal"
+        "invalid_request, conflict, queue_full, busy, request_timeout, not_ready, model_unavailable, internal"
     )
     detail: str
