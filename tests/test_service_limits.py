@@ -468,10 +468,28 @@ def test_one_upload_may_decode_to_a_quarter_of_the_budget(budget_server):
         one_hz = bytearray(wav_bytes(0.3))
         one_hz[24:28], one_hz[28:32] = struct.pack("<I", 1), struct.pack("<I", 2)  # 1 Hz: 230 M samples at 48 kHz
         hertz = client.post("/v1/classify", params={"labels": "speech,music"}, content=bytes(one_hz))
+        # Four that fit one by one decode to more than the server holds for everyone: 413, not "busy".
+        batch = client.post("/v1/classify/batch", files=[("files", (f"f{i}", wav_bytes(40.0, seed=i))) for i in range(4)])
     assert fits.status_code == 200, fits.text
     detail = assert_error(refused, 400, "bad_input")["detail"]
     assert "upload" in detail and "2,097,152 samples" in detail, detail
     assert_error(hertz, 400, "bad_input")
+    assert re.fullmatch(r"the files decode to [\d.]+ MiB, more than this server holds for all requests \(32 MiB\); "
+                        r"send fewer per request", assert_error(batch, 413, "too_large")["detail"])
+
+
+def test_the_decoders_get_the_servers_limits(monkeypatch):
+    """Each modality's limits (environment included) tightened to the server: one upload decodes to at most
+    a quarter of the in-flight budget, and no encoded file is larger than the largest request."""
+    from medzero.service.app import ServiceConfig, input_limits
+
+    monkeypatch.setenv("MEDZERO_MAX_AUDIO_SAMPLES", "1000")  # tighter than the server's: kept
+    limits = input_limits(ServiceConfig(insecure_no_auth=True, max_inflight_bytes=32 << 20, max_upload_bytes=4 << 20,
+                                        max_batch_bytes=8 << 20))
+    assert limits["audio"].max_samples == 1000 and limits["audio"].max_bytes == 8 << 20
+    assert limits["image"].max_decoded_bytes == 8 << 20 and limits["image"].max_bytes == 8 << 20
+    monkeypatch.delenv("MEDZERO_MAX_AUDIO_SAMPLES")
+    assert input_limits(ServiceConfig(insecure_no_auth=True))["audio"].max_samples == (1 << 30) // 4 // 4
 
 
 def _vm(pid: int, key: str) -> int:

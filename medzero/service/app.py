@@ -503,9 +503,8 @@ def load_calibrations(directory: "str | os.PathLike | None", tasks: dict[str, An
 # -- decoder limits ---------------------------------------------------------------------------------------
 #: The decoders' limit fields this server tightens, and the bytes one unit of each takes once decoded.
 _DECODED_FIELDS = {
-    "max_samples": 4,  # audio: float32 samples
-    "max_pixels": 12,  # images: float32 RGB pixels (the float copy that preprocessing makes)
-    "max_decoded_bytes": 1,
+    "max_samples": 4,  # audio: float32 samples, at the source rate and at the model's
+    "max_decoded_bytes": 1,  # images: the codec's output and medzero's float32 copies, from the header
 }
 #: One upload may decode to at most this share of the in-flight budget.
 _UPLOAD_SHARE = 4
@@ -515,9 +514,9 @@ def input_limits(config: ServiceConfig) -> dict[str, Any]:
     """Each modality's decoder limits (its ``limits()``: defaults and environment) tightened to this server.
 
     The encoded size (``max_bytes``) to the largest request this server takes, and what one upload
-    may decode to (samples, pixels, decoded bytes: whichever fields the modality's limits have) to a
-    quarter of ``max_inflight_bytes``, so that a decoder refuses, before allocating, an upload that
-    could never fit the budget, and the uploads being decoded fit beside those already held.
+    may decode to (audio samples, an image's decoded bytes: whichever of those fields the modality's
+    limits have) to a quarter of ``max_inflight_bytes``, so that a decoder refuses, from the header and
+    before allocating, an upload that could never fit the budget.
     """
     from medzero.core.modality import modalities
 
@@ -670,9 +669,13 @@ class ServiceState:
                 loop.run_in_executor(self.decode, _prepare, classifier, data, name) for data, name in items
             ))
             ready = [p for p in decoded if not isinstance(p, medzero.Result)]
+            needed = sum(decoded_nbytes(p.item) + decoded_nbytes(p.input) for p in ready)
             try:
-                lease.hold(sum(decoded_nbytes(p.item) + decoded_nbytes(p.input) for p in ready))
+                lease.hold(needed)
             except BudgetExceeded:
+                if lease.held + needed > lease.budget.limit:  # would not fit an idle server either
+                    raise ApiError(413, "too_large", f"the files decode to {needed / MIB:.1f} MiB, more than this server holds "
+                                   f"for all requests ({_size(lease.budget.limit)}); send fewer per request") from None
                 raise _busy("the decoded uploads") from None
             try:
                 jobs.extend(self.batcher.enqueue([(classifier, p) for p in ready]) if ready else [])
