@@ -1,17 +1,22 @@
 """CLAP's log-mel features without the per-frame Python loop, and without torch or transformers' processor.
 
-:class:`MelFeatures` computes exactly what ``ClapFeatureExtractor._np_extract_fbank_features``
-computes (the same Hann window, reflect padding, float64 FFT stored as complex64, power, mel
-filters, floor and dB conversion, in the same order, so the result is bit-identical), but frames a
-block of the waveform at once and runs one FFT per block instead of one per frame. It carries the
+:class:`MelFeatures` computes what ``ClapFeatureExtractor._np_extract_fbank_features`` computes
+(the same Hann window, reflect padding, float64 FFT stored as complex64, power, mel filters, floor
+and dB conversion, in the same order), but frames a block of the waveform at once and runs one FFT
+and one filter-bank product per block instead of one FFT per frame. The result equals the
+extractor's to float32 rounding, not always bit for bit: the filter-bank product goes through BLAS
+with other matrix shapes, whose summation order depends on the CPU's kernels, and a float64 value
+one unit apart can round to the neighbouring complex64 or float32 value. Tests bound the difference
+(one float32 unit in the last place, plus 5.2e-7 dB from the complex64 rounding). It carries the
 extractor's settings and both filter banks, which it can save beside an ONNX export and load
 without importing transformers (whose feature-extraction module imports torch). The periodic Hann
-window and the dB conversion are transformers' ``window_function`` and ``power_to_db`` written
-out (tests compare the result with the extractor's, bit for bit).
+window and the dB conversion are transformers' ``window_function`` and ``power_to_db`` written out.
 
 :func:`shrink_rows` is ``torch.nn.functional.interpolate(..., mode="bilinear", align_corners=False)``
-along the frame axis, the "shrink" of a long clip's whole mel to the model's input length (equal
-to torch's up to the last bit of float32).
+along the frame axis, the "shrink" of a long clip's whole mel to the model's input length. It
+equals torch's to float32 rounding, not bit for bit: torch's CPU kernels round the source
+positions once or twice depending on the instruction set they were built for (a fused
+multiply-add or not), which moves a weight by up to a float32 unit of the position.
 """
 from __future__ import annotations
 
@@ -63,7 +68,7 @@ class MelFeatures:
         return self._window
 
     def _np_extract_fbank_features(self, waveform: np.ndarray, mel_filters: np.ndarray) -> np.ndarray:
-        """(frames, mels) float32 log-mel spectrogram, equal bit for bit to the extractor's."""
+        """(frames, mels) float32 log-mel spectrogram, equal to the extractor's to float32 rounding (see the module docstring)."""
         n, hop = int(self.fft_window_size), int(self.hop_length)
         x = _reflect_pad(np.asarray(waveform, dtype=np.float64), n // 2)
         frames = 1 + (x.size - n) // hop
@@ -89,13 +94,21 @@ def _reflect_pad(x: np.ndarray, pad: int) -> np.ndarray:
 
 def shrink_rows(mel: np.ndarray, rows: int) -> np.ndarray:
     """``mel`` (frames, mels) resized to ``rows`` frames as torch's bilinear interpolation with
-    ``align_corners=False`` does it, in the input's precision (float32 positions for float32 input,
-    as torch computes them); the mel axis keeps its size, so it is left as it is."""
+    ``align_corners=False`` does it, in the input's precision; the mel axis keeps its size, so it
+    is left as it is.
+
+    For float32 input each source position ``scale * (i + 0.5) - 0.5`` is rounded to float32 once,
+    as torch's vectorised x86 kernels compute it (one fused multiply-add); torch's generic kernel
+    rounds twice, which moves a position by at most one float32 unit of the frame count. For
+    float64 input everything is float64.
+    """
     mel = np.asarray(mel)
     real = mel.dtype.type if mel.dtype in (np.float32, np.float64) else np.float64
     size = mel.shape[0]
-    scale = real(size) / real(rows)
-    source = np.maximum(scale * (np.arange(rows).astype(real) + real(0.5)) - real(0.5), real(0))
+    scale = real(size) / real(rows)  # rounded to the input's precision, as torch computes it
+    # Exact in float64 for float32 operands (a 24-bit by 24-bit product), then one rounding.
+    exact = np.float64(scale) * (np.arange(rows, dtype=np.float64) + 0.5) - 0.5
+    source = np.maximum(exact.astype(real), real(0))
     lower = source.astype(np.int64)
     upper = lower + (lower < size - 1)
     weight_upper = np.clip(source - lower.astype(real), real(0), real(1))[:, None]
