@@ -527,7 +527,7 @@ def test_peak_memory_under_concurrent_large_bodies_stays_under_the_budget(budget
     print(f"\npeak RSS above rest, --max-inflight-mb {INFLIGHT_MB}: 12 concurrent 12 MB bodies {growth / mib:.0f} MiB; "
           f"statuses {sorted(statuses)}")
     assert sorted(statuses) == [415] * 2 + [503] * 10  # two read whole (neither audio nor image), ten refused
-    assert growth < 2 * INFLIGHT_MB * mib, growth / mib
+    assert growth < 3 * INFLIGHT_MB * mib, growth / mib  # unbounded (before): about 200 MiB
 
 
 def test_peak_memory_under_concurrent_uploads_stays_near_the_budget(budget_server):
