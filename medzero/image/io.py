@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
 import numpy as np
 
-from ..core.errors import BadInputError, one_line
+from ..core.errors import BadInputError
 from ..core.sniff import sniff_source
 from .dicom import read_dicom
 from .pixels import (
@@ -40,10 +41,15 @@ from .pixels import (
     ImageLimits,
     LoadedImage,
     Window,
+    block_mean,
     clahe,
+    decoded_bytes,
     finish_gray,
+    library_messages,
     minmax_to_unit,
+    reduction_factor,
     resolve_window,
+    scrub,
     window_to_unit,
 )
 
@@ -54,6 +60,8 @@ _logger = logging.getLogger(__name__)
 #: Formats decoded through Pillow (the rest of :data:`medzero.core.sniff.IMAGE_FORMATS` are refused).
 _PILLOW_FORMATS = ("png", "jpeg", "tiff", "gif", "webp", "jpeg2000")
 _EIGHT_BIT_GRAY = ("1", "L", "LA", "La")
+#: Modes Image.reduce averages as they are (others are converted to RGB first: a palette index is no value).
+_REDUCE_FIRST = ("L", "LA", "RGB", "RGBA")
 _HIGH_BIT_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, np.ndarray]
@@ -70,6 +78,7 @@ def read_image(
     clahe: bool = False,
     name: str | None = None,
     fmt: str | None = None,
+    reduce_to: int | None = None,
 ) -> LoadedImage:
     """Load ``source`` (a path, bytes, a binary file-like object or a numpy array).
 
@@ -77,8 +86,11 @@ def read_image(
     name from :data:`WINDOW_PRESETS`, or an explicit ``(center, width)``. ``clahe``: contrast-limited
     adaptive histogram equalisation after windowing. ``name`` is what ``.source`` reports for bytes,
     streams and arrays. ``fmt``: the format already sniffed from the content (the ingest pipeline
-    sniffs each source once); ``None`` sniffs here. Raises :class:`BadInputError` for anything
-    that is not a usable image.
+    sniffs each source once); ``None`` sniffs here. ``reduce_to``: the pixels may come out smaller,
+    both sides staying at least this many pixels (what a model that resizes to ``reduce_to / 2``
+    needs): JPEG and JPEG 2000 are then decoded smaller by the codec, anything else averaged in
+    blocks; ``None`` keeps the full size. Raises :class:`BadInputError` for anything that is not a
+    usable image, or that would take more memory to decode than ``limits.max_decoded_bytes``.
     """
     limits = limits or ImageLimits.from_env()
     explicit_window = resolve_window(window)
@@ -100,24 +112,44 @@ def read_image(
     if fmt == "png":
         _check_png_header(data, label)
     if fmt == "dicom":
-        return read_dicom(data, label=label, limits=limits, window=window, use_clahe=clahe)
+        return read_dicom(data, label=label, limits=limits, window=window, use_clahe=clahe, reduce_to=reduce_to)
     if isinstance(window, str) and window.lower() in WINDOW_PRESETS:
         raise BadInputError(
             f"window preset {window!r} is in Hounsfield units and needs a DICOM; "
             f"for a {fmt.upper()} pass an explicit (center, width) in pixel values"
         )
-    return _read_pillow(data, fmt, label=label, limits=limits, window=explicit_window, use_clahe=clahe)
+    return _read_pillow(data, fmt, label=label, limits=limits, window=explicit_window, use_clahe=clahe, reduce_to=reduce_to)
 
 
 # -- Pillow formats ------------------------------------------------------------------------------
 
 
 def _read_pillow(
-    data: bytes | Path, fmt: str, *, label: str, limits: ImageLimits, window: tuple[float, float] | None, use_clahe: bool
+    data: bytes | Path,
+    fmt: str,
+    *,
+    label: str,
+    limits: ImageLimits,
+    window: tuple[float, float] | None,
+    use_clahe: bool,
+    reduce_to: int | None = None,
 ) -> LoadedImage:
-    from PIL import Image, UnidentifiedImageError
+    with library_messages() as said:
+        try:
+            return _decode_pillow(data, fmt, label, limits, window, use_clahe, reduce_to)
+        finally:
+            for message in said:
+                _logger.debug("%s: %s said: %s", label, message.source, message.safe)
+
+
+def _decode_pillow(
+    data: bytes | Path, fmt: str, label: str, limits: ImageLimits, window: tuple[float, float] | None, use_clahe: bool,
+    reduce_to: int | None,
+) -> LoadedImage:
+    from PIL import Image
 
     fp: Any = data if isinstance(data, Path) else io.BytesIO(data)
+    size = data.stat().st_size if isinstance(data, Path) else len(data)
     try:
         im = Image.open(fp)  # reads the header only
     except Image.DecompressionBombError:
@@ -125,8 +157,8 @@ def _read_pillow(
             f"{label}: the {fmt.upper()} header claims more pixels than Pillow allows "
             f"(over {2 * (Image.MAX_IMAGE_PIXELS or 0):,}); refusing to decode it"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadInputError(f"{label}: cannot read the {fmt.upper()} header ({one_line(exc)}); the file may be damaged") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's plug-ins raise many types for damaged headers
+        raise BadInputError(_header_error(label, fmt, size, exc)) from None
     with im:
         width, height = im.size
         frames = int(getattr(im, "n_frames", 1) or 1)
@@ -138,22 +170,38 @@ def _read_pillow(
                 f"raise MEDZERO_MAX_IMAGE_PIXELS if this image is expected"
             )
         try:
-            im.load()
+            decoded_w, decoded_h = _decode_smaller(im, fmt, reduce_to)
+            factor = reduction_factor(decoded_h, decoded_w, reduce_to)
             mode = im.mode
+            channels = 1 if mode in _EIGHT_BIT_GRAY or mode in _HIGH_BIT_GRAY else 3
+            converts = mode not in ("RGB", *_HIGH_BIT_GRAY) and mode not in _REDUCE_FIRST
+            codec = decoded_w * decoded_h * (_pil_bytes(mode) + (4 if converts else 0))
+            kept = (decoded_w // factor) * (decoded_h // factor)
+            limits.check_decoded(label, f"this {width}×{height} {fmt.upper()}", decoded_bytes(codec, kept, channels))
+            im.load()
             metadata: dict[str, Any] = {"format": fmt, "width": width, "height": height, "mode": mode}
+            if (decoded_w, decoded_h) != (width, height) or factor > 1:  # the size decoded at, before any averaging
+                metadata["decoded_size"] = [decoded_w, decoded_h]
             if frames > 1:
                 metadata["frames"] = frames
                 metadata["frame_index"] = 0
             if mode in _HIGH_BIT_GRAY:
-                values = np.asarray(im)
+                values = block_mean(np.asarray(im), factor) if factor > 1 else np.asarray(im)
                 metadata["bits"] = 32 if mode in ("I", "F") else 16
                 pixels = finish_gray(values, window=window, use_clahe=use_clahe, metadata=metadata)
                 metadata["scaling"] = "window" if window is not None else "min-max"
                 return LoadedImage(pixels, metadata, label, fmt)
-            rgb = im.convert("RGB")
+            small = im.reduce(factor) if factor > 1 and mode in _REDUCE_FIRST else im
+            rgb = small.convert("RGB")
+            if factor > 1 and mode not in _REDUCE_FIRST:
+                rgb = rgb.reduce(factor)
             gray = mode in _EIGHT_BIT_GRAY
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise BadInputError(f"{label}: cannot decode the {fmt.upper()} pixels ({one_line(exc)}); the file looks truncated or damaged") from None
+        except BadInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError for truncated data, and whatever a damaged file raises
+            raise BadInputError(
+                f"{label}: cannot decode the {fmt.upper()} pixels ({scrub(exc)}); the file looks truncated or damaged"
+            ) from None
     metadata["bits"] = 8
     values = np.asarray(rgb)
     if gray:
@@ -164,7 +212,8 @@ def _read_pillow(
     else:
         if window is not None:
             _logger.info("%s: window ignored for a colour image", label)
-        pixels = values.astype(np.float32) / np.float32(255.0)
+        pixels = values.astype(np.float32)
+        pixels /= np.float32(255.0)
         metadata["window"] = None
     metadata["scaling"] = "window" if metadata["window"] else "divide-255"
     if use_clahe:
@@ -172,6 +221,43 @@ def _read_pillow(
     metadata["clahe"] = bool(use_clahe)
     keep = rgb if metadata["window"] is None and not use_clahe else None
     return LoadedImage(pixels, metadata, label, fmt, pil=keep)
+
+
+def _decode_smaller(im: Any, fmt: str, reduce_to: int | None) -> tuple[int, int]:
+    """Ask the codec for a smaller picture when it can make one (both sides staying at least
+    ``reduce_to``): JPEG by DCT scaling (1/2, 1/4, 1/8), JPEG 2000 by discarding resolution levels.
+    Returns the size the codec will decode to."""
+    fit = min(im.size) // reduce_to if reduce_to else 0
+    if fit >= 2 and fmt == "jpeg":
+        im.draft(im.mode, (reduce_to, reduce_to))  # sets im.size to the reduced size
+    elif fit >= 2 and fmt == "jpeg2000" and isinstance(getattr(type(im), "reduce", None), property):
+        levels = min(int(math.log2(fit)), 5)
+        im.reduce = levels
+        power = 1 << levels  # the size Pillow's load() will give (Jpeg2KImageFile.load)
+        return int((im.size[0] + (power >> 1)) / power), int((im.size[1] + (power >> 1)) / power)
+    return im.size
+
+
+def _pil_bytes(mode: str) -> int:
+    """Bytes per pixel Pillow stores for ``mode``."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _header_error(label: str, fmt: str, size: int, exc: BaseException) -> str:
+    from PIL import UnidentifiedImageError
+
+    if fmt == "tiff" and size <= 132:
+        return (
+            f"{label}: only {size} bytes: too short for a TIFF image, and the start of a DICOM file's 128-byte "
+            f"preamble looks like this too; the file is truncated or damaged"
+        )
+    if isinstance(exc, UnidentifiedImageError):
+        return f"{label}: Pillow cannot read the {fmt.upper()} header; the file may be damaged"
+    return f"{label}: cannot read the {fmt.upper()} header ({scrub(exc)}); the file may be damaged"
 
 
 # -- arrays --------------------------------------------------------------------------------------

@@ -6,20 +6,26 @@ internals.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
+import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Iterator, Union
 
 import numpy as np
 
-from ..core.errors import BadInputError
+from ..core.errors import BadInputError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
 __all__ = [
     "LoadedImage", "ImageLimits", "WINDOW_PRESETS", "Window", "resolve_window", "window_to_unit",
-    "minmax_to_unit", "clahe", "finish_gray",
+    "minmax_to_unit", "clahe", "finish_gray", "decoded_bytes", "reduction_factor", "block_mean",
+    "LibraryMessage", "library_messages", "scrub",
 ]
 
 #: Named windows as (center, width) in Hounsfield units.
@@ -34,26 +40,56 @@ Window = Union[str, tuple[float, float], None]
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Refuse inputs larger than this before decoding them."""
+    """Refuse inputs larger than this before decoding them.
+
+    ``max_decoded_bytes`` bounds the memory one image may take while it is decoded: what the codec
+    produces, at the size it decodes to, plus the float32 copies medzero makes of the pixels it
+    keeps (see :func:`decoded_bytes`). It is checked from the header, before any pixel is decoded.
+    """
 
     max_pixels: int = 100_000_000
     max_bytes: int = 1 << 30
+    max_decoded_bytes: int = 1 << 30
 
     @classmethod
     def from_env(cls) -> "ImageLimits":
-        """``MEDZERO_MAX_IMAGE_PIXELS`` (and ``MEDZERO_MAX_IMAGE_BYTES``) override the defaults."""
+        """``MEDZERO_MAX_IMAGE_PIXELS``, ``MEDZERO_MAX_IMAGE_BYTES`` and ``MEDZERO_MAX_IMAGE_DECODED_BYTES``
+        override the defaults."""
         values: dict[str, int] = {}
-        for attr, var in (("max_pixels", "MEDZERO_MAX_IMAGE_PIXELS"), ("max_bytes", "MEDZERO_MAX_IMAGE_BYTES")):
+        for attr, var in (
+            ("max_pixels", "MEDZERO_MAX_IMAGE_PIXELS"),
+            ("max_bytes", "MEDZERO_MAX_IMAGE_BYTES"),
+            ("max_decoded_bytes", "MEDZERO_MAX_IMAGE_DECODED_BYTES"),
+        ):
             raw = os.environ.get(var, "").strip().replace("_", "")
             if not raw:
                 continue
             try:
                 values[attr] = int(float(raw))
             except ValueError:
-                raise BadInputError(f"{var}={os.environ[var]!r} is not a number; set it to a pixel count such as 100000000") from None
+                raise BadInputError(f"{var}={os.environ[var]!r} is not a number; set it to a count such as 100000000") from None
             if values[attr] <= 0:
                 raise BadInputError(f"{var} must be positive, got {os.environ[var]!r}")
         return cls(**values)
+
+    def check_decoded(self, label: str, what: str, nbytes: int) -> None:
+        """Refuse, before decoding, an image whose decoding would take more than ``max_decoded_bytes``."""
+        if nbytes > self.max_decoded_bytes:
+            raise BadInputError(
+                f"{label}: decoding {what} takes about {_mib(nbytes)} of memory, over the limit of "
+                f"{_mib(self.max_decoded_bytes)}; raise MEDZERO_MAX_IMAGE_DECODED_BYTES if this image is expected"
+            )
+
+
+def decoded_bytes(codec_bytes: int, kept_pixels: int, channels: int) -> int:
+    """The memory one image takes while it is decoded: ``codec_bytes`` (the codec's output at the size
+    it decodes to, and any raw copy held beside it) plus two float32 copies of the ``kept_pixels``
+    medzero keeps (the result and one working copy; the value mapping works in place)."""
+    return int(codec_bytes) + 2 * 4 * int(kept_pixels) * int(channels)
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.0f} MiB"
 
 
 @dataclass
@@ -120,19 +156,49 @@ def resolve_window(window: Window) -> tuple[float, float] | None:
 
 
 def window_to_unit(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Map ``[center - width/2, center + width/2]`` linearly onto [0, 1], clipping outside (float32)."""
-    low = center - width / 2.0
-    out = (np.asarray(values, dtype=np.float64) - low) / width
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    """Map ``[center - width/2, center + width/2]`` linearly onto [0, 1], clipping outside.
+
+    Returns a new float32 array (``values`` is never changed) computed in place: one copy, never a
+    float64 one, so a large image costs four bytes per value here.
+    """
+    out = np.array(values, dtype=np.float32, copy=True)
+    out -= np.float32(center - width / 2.0)
+    out /= np.float32(width)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def minmax_to_unit(values: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Scale by the array's own range; a constant image becomes all zeros."""
-    values = np.asarray(values, dtype=np.float64)
+    """Scale by the array's own range; a constant image becomes all zeros (a new float32 array)."""
+    values = np.asarray(values)
     low, high = float(values.min()), float(values.max())
-    if high <= low:
+    if not high > low:  # constant, or NaN
         return np.zeros(values.shape, dtype=np.float32), low, high
-    return ((values - low) / (high - low)).astype(np.float32), low, high
+    out = np.array(values, dtype=np.float32, copy=True)
+    out -= np.float32(low)
+    out /= np.float32(high - low)
+    return np.clip(out, 0.0, 1.0, out=out), low, high
+
+
+def reduction_factor(height: int, width: int, reduce_to: int | None) -> int:
+    """The integer factor by which an image can shrink and keep both sides at least ``reduce_to``
+    (1: keep it as it is)."""
+    if not reduce_to or reduce_to <= 0:
+        return 1
+    return max(1, min(int(height), int(width)) // int(reduce_to))
+
+
+def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """``values`` (H×W or H×W×C) shrunk ``factor`` times by averaging ``factor × factor`` blocks, as
+    float32. The last rows and columns that do not fill a block are dropped (fewer than ``factor``).
+
+    The mean runs over a reshaped view, so no full-size float copy is made.
+    """
+    if factor <= 1:
+        return np.asarray(values)
+    h, w = values.shape[0] // factor, values.shape[1] // factor
+    view = values[: h * factor, : w * factor]
+    blocks = view.reshape(h, factor, w, factor, *values.shape[2:])
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
 
 
 def clahe(image: np.ndarray, *, clip_limit: float = 2.0, tiles: int = 8, bins: int = 256) -> np.ndarray:
@@ -193,3 +259,163 @@ def finish_gray(
         pixels = clahe(pixels)
     metadata["clahe"] = bool(use_clahe)
     return pixels
+
+
+# -- what the decoding libraries say ---------------------------------------------------------------
+#
+# pydicom reports a damaged file twice, to its "pydicom" logger and with warnings.warn (its
+# warn_and_log), and those messages quote element values: a UID whose length runs over the next
+# elements quotes the patient's name, ID, birth date and address. Its decoder registry logs a full
+# traceback for every plug-in that fails. Decoding runs in worker threads (the ingest pipeline, the
+# server's decode pool, the DICOM listener's association threads), where warnings.catch_warnings
+# cannot be used: it swaps process-wide state. So the diversion is per thread: a logging filter on
+# the libraries' loggers and a wrapper around warnings.showwarning, both installed on first use,
+# divert what a thread says while it is inside library_messages() and pass everything else on
+# unchanged. The user's own code, and medzero's other threads, see their warnings as before.
+
+#: Loggers whose records are diverted inside library_messages() (and any logger below them).
+_LIBRARY_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "rle", "PIL", "py.warnings")
+#: Loggers created lazily by the libraries (when a decoder plug-in is first imported): made now, so
+#: that their first record is diverted too.
+_KNOWN_LOGGERS = (
+    "pydicom.pixels.decoders.base", "pydicom.pixels.utils", "pylibjpeg.utils", "openjpeg.utils",
+    "openjpeg._openjpeg", "libjpeg.utils", "rle.utils", "PIL.Image", "PIL.PngImagePlugin",
+    "PIL.TiffImagePlugin", "PIL.JpegImagePlugin", "PIL.Jpeg2KImagePlugin",
+)
+
+_local = threading.local()
+_install_lock = threading.Lock()
+_scanned = -1
+
+
+@dataclass(frozen=True)
+class LibraryMessage:
+    """One warning or log record a library emitted while medzero decoded. ``text`` is the library's
+    own words and may quote file content: read it, never print it; :attr:`safe` may be printed."""
+
+    kind: str  # "warning" or "log"
+    source: str  # the warning category or the logger's name
+    text: str
+
+    @property
+    def safe(self) -> str:
+        return scrub(self.text)
+
+
+class _Divert(logging.Filter):
+    """Drops a library's record from the logs when its thread is inside :func:`library_messages`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sink = getattr(_local, "sink", None)
+        if sink is None:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is still diverted
+            text = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            text = f"{text} ({type(record.exc_info[1]).__name__})"
+        sink.append(LibraryMessage("log", record.name, text))
+        return False
+
+
+_DIVERT = _Divert()
+
+
+def _divert_showwarning(previous: Any) -> Any:
+    def showwarning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        sink = getattr(_local, "sink", None)
+        if sink is None:
+            return previous(message, category, filename, lineno, file, line)
+        sink.append(LibraryMessage("warning", getattr(category, "__name__", "Warning"), str(message)))
+        return None
+
+    showwarning._medzero_divert = True  # type: ignore[attr-defined]
+    return showwarning
+
+
+def _install() -> None:
+    """Wrap warnings.showwarning (again, if something replaced it since) and filter the libraries'
+    loggers, including those created since the last call."""
+    global _scanned
+    with _install_lock:
+        if not getattr(warnings.showwarning, "_medzero_divert", False):
+            warnings.showwarning = _divert_showwarning(warnings.showwarning)
+        loggers = logging.root.manager.loggerDict
+        if len(loggers) == _scanned:
+            return
+        for name in (*_LIBRARY_LOGGERS, *_KNOWN_LOGGERS):
+            logging.getLogger(name)
+        for name, logger in list(loggers.items()):
+            ours = any(name == root or name.startswith(root + ".") for root in _LIBRARY_LOGGERS)
+            if ours and isinstance(logger, logging.Logger) and _DIVERT not in logger.filters:
+                logger.addFilter(_DIVERT)
+        _scanned = len(loggers)
+
+
+@contextmanager
+def library_messages() -> Iterator[list[LibraryMessage]]:
+    """Collect, instead of printing, what the decoding libraries warn and log in this thread.
+
+    Yields the list the messages are appended to. The caller decides what they mean (a decoder's
+    warning about a premature end makes the image an error) and logs them, scrubbed, at DEBUG.
+    """
+    _install()
+    outer = getattr(_local, "sink", None)
+    sink: list[LibraryMessage] = []
+    _local.sink = sink
+    try:
+        yield sink
+    finally:
+        _local.sink = outer
+        _install()  # loggers a plug-in created while decoding are filtered from now on
+
+
+_names: frozenset[str] | None = None
+
+
+def _dicom_names() -> frozenset[str]:
+    """DICOM keywords, element names and registered UIDs: what a library may quote that is not data."""
+    global _names
+    if _names is None:
+        try:
+            from pydicom._uid_dict import UID_dictionary
+            from pydicom.datadict import DicomDictionary
+
+            names = {entry[4] for entry in DicomDictionary.values()} | {entry[2] for entry in DicomDictionary.values()}
+            names |= set(UID_dictionary)
+        except ImportError:  # pragma: no cover - pydicom is a dependency
+            names = set()
+        _names = frozenset(n for n in names if n)
+    return _names
+
+
+def scrub(text: "str | BaseException", limit: int = 200) -> str:
+    """A library's message with what it quotes from the file left out, on one line.
+
+    Quoted values and byte strings (``'Doe^Jane'``, ``b'\\x10\\x00'``) become ``'…'``; a quoted DICOM
+    keyword, element name or registered UID stays (``(0028,0008) 'Number of Frames'``); an
+    unterminated quote drops the rest of the message. An apostrophe inside a word (``can't``) is
+    not a quote. Used for every library message medzero prints or logs, since such messages quote
+    element values (patient names, IDs, dates).
+    """
+    text = str(text)
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        is_bytes = text[i] == "b" and i + 1 < n and text[i + 1] in "'\"" and (i == 0 or not text[i - 1].isalnum())
+        start = i + 1 if is_bytes else i
+        if text[start] in "'\"" and (start == 0 or not text[start - 1].isalnum() or is_bytes):
+            quote, j = text[start], start + 1
+            while j < n and text[j] != quote:
+                j += 2 if text[j] == "\\" else 1
+            if j >= n:  # unterminated: what follows may be the file's bytes
+                out.append("'…'")
+                break
+            content = text[start + 1 : j]
+            out.append(text[i : j + 1] if not is_bytes and content in _dicom_names() else ("b'…'" if is_bytes else "'…'"))
+            i = j + 1
+            continue
+        out.append(text[i])
+        i += 1
+    return one_line("".join(out), limit)

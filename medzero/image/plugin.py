@@ -19,14 +19,35 @@ __all__ = ["IMAGE", "DicomCheck"]
 def _prepare(source: Source, encoder, limits) -> Prepared:
     from .io import read_image
 
-    image = read_image(source.data, limits=limits, name=source.name, fmt=source.format)
+    side = _model_side(encoder)
+    # Decoded at least twice the model's input size (as PIL's thumbnail() drafts): a 10000×10000
+    # JPEG then decodes at 1/8 by DCT scaling instead of to 100 M pixels and their float copies.
+    image = read_image(source.data, limits=limits, name=source.name, fmt=source.format, reduce_to=2 * side if side else None)
     height, width = image.pixels.shape[:2]
+    metadata = image.metadata
     return Prepared(
         source,
         item=image,
-        metadata=dict(image.metadata),
-        columns={"width": int(width), "height": int(height)},
+        metadata=dict(metadata),
+        columns={  # the image's own size, not the size it was decoded at
+            "width": int(metadata.get("width") or metadata.get("Columns") or width),
+            "height": int(metadata.get("height") or metadata.get("Rows") or height),
+        },
     )
+
+
+def _model_side(encoder: Any) -> int | None:
+    """The largest side the encoder's preprocessing resizes or crops to (224 for a ViT-B/16), read
+    from its transforms; ``None`` when it cannot be told (the image is then decoded at full size)."""
+    side = getattr(encoder, "image_size", None)
+    if isinstance(side, int) and side > 0:
+        return side
+    sizes: list[int] = []
+    for step in getattr(getattr(encoder, "preprocess", None), "transforms", None) or []:
+        size = getattr(step, "size", None)
+        values = [size] if isinstance(size, int) else list(size) if isinstance(size, (tuple, list)) else []
+        sizes.extend(v for v in values if isinstance(v, int) and v > 0)
+    return max(sizes) if sizes else None
 
 
 def _accepts_array(obj: Any) -> bool:
