@@ -575,7 +575,8 @@ def test_bad_data_is_refused_with_one_line_and_the_node_goes_on(orthanc, pacs_fi
     from pydicom.uid import JPEGBaseline8Bit
 
     undecodable.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    undecodable.PixelData = encapsulate([b"\xff\xd8\xff\xe0 not really a jpeg " * 4])
+    # complete as a JPEG stream (start and end markers; an incomplete frame is refused at once), undecodable inside
+    undecodable.PixelData = encapsulate([b"\xff\xd8\xff\xe0 not really a jpeg " * 4 + b"\xff\xd9"])
     undecodable.BitsAllocated = undecodable.BitsStored = 8
     undecodable.HighBit = 7
     undecodable["PixelData"].VR = "OB"

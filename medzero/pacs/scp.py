@@ -11,17 +11,19 @@
                                  └─► per study, when its association ends (or it has been idle):
                                      build_sr ──C-STORE / STOW-RS──► the destination (optional)
 
-The handler only parses and checks a dataset (it must decode as DICOM, carry its UIDs, and an
-image's native pixel data must be as long as its header says); it answers at once, so the
-association is never held by the model. Unparseable or truncated data is refused with 0xC210
-("cannot understand"), an image without pixel data with 0xA900, and a full queue with 0xA700;
+The handler only parses and checks a dataset (it must decode as DICOM, carry well-formed UIDs, an
+image's native pixel data must be as long as its header says, and each compressed frame must be
+complete: a JPEG with its end-of-image marker, a JPEG 2000 codestream with its end); it answers at
+once, so the association is never held by the model. Unparseable, truncated or incomplete data is
+refused with 0xC210 ("cannot understand"), an image without pixel data with 0xA900, and a full queue with 0xA700;
 each refusal is one log line and the node goes on. Non-image objects (SR, KO, PR, ...) are
 accepted and ignored. Images go through ``Classifier.classify_batch``, so a task's ``applies_to``
 rules hold here as everywhere: an image the task does not judge (a CT slice sent to a chest X-ray
 task) is recorded as ``not_applicable`` and gets no findings in an SR (a study with no applicable
 image gets no SR). Received images are named by their SOP Instance UID; nothing is written to
 disk but the results database (and the index when asked). Patient names, IDs and dates are never
-logged or stored.
+logged or stored: what pydicom warns while it parses a received data set (its warnings quote
+element values) is kept out of the log (:func:`medzero.image.pixels.library_messages`).
 
 Calling AE titles outside ``allow`` (when given) are refused at association time, and the called
 AE title must be this node's.
@@ -33,6 +35,7 @@ import json
 import logging
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -50,6 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Listener", "listen", "RESULTS_SCHEMA", "STATUS"]
 
 _logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 #: DIMSE statuses the handler answers
 STATUS = {"success": 0x0000, "out_of_resources": 0xA700, "mismatch": 0xA900, "cannot_understand": 0xC210}
@@ -312,17 +317,25 @@ class Listener:
         )
 
     def _on_store(self, event) -> int:
+        from ..image.pixels import library_messages, scrub
+
         calling = str(event.assoc.requestor.ae_title).strip()
-        sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "?")
-        try:
-            received = self._receive(event, calling)
-        except BadInputError as exc:
-            status = STATUS["mismatch"] if isinstance(exc, _NoPixels) else STATUS["cannot_understand"]
-            _logger.error("C-STORE from %s refused (0x%04X): instance %s: %s", calling, status, sop, one_line(exc, 200))
-            return status
-        except Exception as exc:  # noqa: BLE001 - pydicom's many ways to fail on bad bytes; the node goes on
-            _logger.error("C-STORE from %s refused (0xC210): instance %s cannot be read: %s", calling, sop, one_line(exc, 200))
-            return STATUS["cannot_understand"]
+        sop = _uid_or(getattr(event.request, "AffectedSOPInstanceUID", ""), "?")
+        # pydicom's warnings about a damaged data set quote its values (a UID whose length runs over
+        # the patient module quotes the name, ID and birth date): kept out of the log, this thread only.
+        with library_messages() as said:
+            try:
+                received = self._receive(event, calling)
+            except BadInputError as exc:
+                status = STATUS["mismatch"] if isinstance(exc, _NoPixels) else STATUS["cannot_understand"]
+                _logger.error("C-STORE from %s refused (0x%04X): instance %s: %s", calling, status, sop, one_line(exc, 200))
+                return status
+            except Exception as exc:  # noqa: BLE001 - pydicom's many ways to fail on bad bytes; the node goes on
+                _logger.error("C-STORE from %s refused (0xC210): instance %s cannot be read: %s", calling, sop, scrub(exc))
+                return STATUS["cannot_understand"]
+            finally:
+                for message in said:
+                    _logger.debug("C-STORE from %s: instance %s: %s said: %s", calling, sop, message.source, message.safe)
         if received is None:
             return STATUS["success"]
         try:
@@ -345,8 +358,11 @@ class Listener:
         for element in dataset.iterall():  # decode every element now, not later in the worker
             pass
         for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-            if not str(dataset.get(keyword, "") or "").strip():
+            value = str(dataset.get(keyword, "") or "").strip("\x00 ")
+            if not value:
                 raise BadInputError(f"no {keyword}")
+            if not _uid_or(value, ""):  # a damaged length: the value runs over the elements after it
+                raise BadInputError(f"{keyword} is damaged (not a UID: {len(value)} characters)")
         sop_class = UID(str(dataset.SOPClassUID))
         if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
             if "Image" in sop_class.name:
@@ -354,6 +370,9 @@ class Listener:
             _logger.info("C-STORE from %s: %s is a %s, not an image: accepted, not triaged", calling, dataset.SOPInstanceUID, sop_class.name or sop_class)
             return None
         _check_pixels(dataset, event.file_meta.TransferSyntaxUID)
+        from ..image.dicom import check_encapsulated_frames
+
+        check_encapsulated_frames(dataset, "data set")  # an incomplete JPEG frame: refused now, not triaged half grey
         buffer = io.BytesIO()
         buffer.write(b"\x00" * 128 + b"DICM")
         write_file_meta_info(buffer, event.file_meta, enforce_standard=True)
@@ -519,6 +538,12 @@ def _transfer_syntaxes() -> list[str]:
     from pynetdicom import ALL_TRANSFER_SYNTAXES
 
     return list(ALL_TRANSFER_SYNTAXES)
+
+
+def _uid_or(value: Any, default: str) -> str:
+    """``value`` as a UID string if it is one (digits and dots, at most 64), else ``default``."""
+    text = str(value or "").strip("\x00 ")
+    return text if 0 < len(text) <= 64 and _UID.fullmatch(text) else default
 
 
 def _check_pixels(dataset: "Dataset", transfer_syntax) -> None:
