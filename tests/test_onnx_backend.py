@@ -40,7 +40,7 @@ def fresh_cache(isolated_cache):
 
 def _exports(cache: Path) -> list[Path]:
     root = cache / "onnx"
-    return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
 
 
 def _embeddings(clf: "medzero.Classifier", sources) -> np.ndarray:
@@ -342,7 +342,8 @@ def test_auto_falls_back_to_torch_when_the_export_is_refused(tiny_clap_dir, audi
         encoder = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu")
     assert type(encoder).__name__ == "ClapEncoder"
     assert [r.getMessage() for r in caplog.records if "using torch" in r.getMessage()], caplog.text
-    assert not _exports(fresh_cache)
+    assert not _exports(fresh_cache) and not list((fresh_cache / "onnx").glob(".*.tmp"))
+    assert len(list((fresh_cache / "onnx").glob("*.refused.json"))) == 1  # auto did not try again (tests/test_backend_faults.py)
 
 
 def test_auto_does_not_hide_a_missing_model(tmp_path, fresh_cache, caplog):

@@ -61,16 +61,20 @@ def _identity(source: str, revision: str | None) -> tuple[str | None, str]:
 
 def load(source: str, *, revision: str | None = None, cfg: ModelCfg | None = None, backend: str = "onnx") -> "ClapOnnxEncoder":
     """A CLAP model's ONNX towers, exported on first use (see the module docstring)."""
-    backends.require(backends.runtime(backend), why=f"the {backend} backend")
+    runtime = backends.runtime(backend)
+    backends.require(runtime, why=f"the {backend} backend")
     fingerprint, model_id = _identity(source, revision)
     directory = backends.export_dir(fingerprint, FAMILY, _versions()) if fingerprint else None
     meta = backends.read_export(directory) if directory is not None else None
     if meta is None:
+        earlier = backends.refused(directory, runtime) if directory is not None else None
+        if earlier is not None:  # before loading torch: a refused export is not tried again
+            raise earlier
         encoder = load_clap(source, revision=revision, device="cpu", cfg=cfg)
         fingerprint, model_id = encoder.fingerprint, encoder.model_id
         directory = backends.export_dir(fingerprint, FAMILY, _versions())
         _logger.info("exporting %s to ONNX in %s (once per model)", fingerprint, directory)
-        meta = backends.exported(directory, lambda tmp: export(encoder, tmp, runtime=backends.runtime(backend)))
+        meta = backends.exported(directory, lambda tmp: export(encoder, tmp, runtime=runtime), runtime_module=runtime, what=fingerprint)
         del encoder
     return ClapOnnxEncoder(directory, meta, model_id=model_id, fingerprint=fingerprint, backend=backend, source=(source, revision, cfg))
 
@@ -262,7 +266,7 @@ def export(encoder: ClapEncoder, directory: Path, *, runtime: str = "onnxruntime
         "preprocess_config": encoder.preprocess_config(),
         "max_abs_diff": {"audio": audio_diff, "text": text_diff},
         "versions": _versions(),
-        "opset": backends.OPSET,
+        "opset": backends.opset(),
     }
 
 

@@ -23,7 +23,17 @@ A family supports these backends by registering an ``onnx`` hook
 (``register_family_hook(family, "onnx")``) that loads it with ``backend=``. The cache directory is
 ``$MEDZERO_CACHE_DIR/onnx`` (default ``~/.cache/medzero/onnx``); an export is written into a
 temporary folder beside it and renamed into place when complete, so a killed export leaves no half
-model, and two processes exporting the same model at once both end up using one complete copy.
+model, and two processes exporting the same model at once both end up using one complete copy. The
+temporary folder goes on any failure, Ctrl-C included (:func:`discard_unfinished_exports` for a
+process that exits without waiting for the exporting thread); one a killed process left is removed
+by the next export on that machine.
+
+An export that is refused (torch cannot export the model, or the runtime's output differs from
+torch's) is remembered: ``<export folder>.refused.json`` says why, with the versions of medzero,
+torch, onnx and the runtime. While they stay the same, later processes do not try again: ``auto``
+loads torch at once with one warning, and an exported backend asked for by name is the same error
+at once. An upgrade of any of them, or deleting the file, tries again. ``MEDZERO_ONNX_OPSET`` sets
+the ONNX opset exports target (default :data:`OPSET`).
 """
 from __future__ import annotations
 
@@ -34,6 +44,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -67,6 +78,10 @@ __all__ = [
     "exported",
     "read_export",
     "export_onnx",
+    "opset",
+    "refused",
+    "discard_unfinished_exports",
+    "building",
     "quantise",
     "Session",
     "BackendError",
@@ -100,7 +115,9 @@ OPTION_HELP = (
 TOLERANCE = 1e-4
 #: Bumped when the exported graphs change meaning, so older exports are not reused.
 EXPORT_VERSION = 1
+#: The ONNX opset exports target, unless ``MEDZERO_ONNX_OPSET`` says otherwise.
 OPSET = 17
+OPSET_ENV = "MEDZERO_ONNX_OPSET"
 
 _process_default: str | None = None
 _default_lock = threading.Lock()
@@ -215,6 +232,16 @@ def package_versions(*names: str) -> dict[str, str]:
 # -- the export cache ------------------------------------------------------------------------------
 
 
+def opset() -> int:
+    """The ONNX opset exports target: ``MEDZERO_ONNX_OPSET`` if set, else :data:`OPSET`."""
+    raw = os.environ.get(OPSET_ENV, "").strip()
+    if not raw:
+        return OPSET
+    if not raw.isdigit():
+        raise BackendError(f"{OPSET_ENV} must be a whole number (an ONNX opset such as {OPSET}), not {raw!r}")
+    return int(raw)
+
+
 def cache_root() -> Path:
     from .cache import cache_dir
 
@@ -225,7 +252,7 @@ def export_dir(fingerprint: str, family: str, versions: Mapping[str, str]) -> Pa
     """Where a model's exported towers live: readable model name, then a hash of everything the
     export depends on (fingerprint, family, exporter version, library versions)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint).strip("._")[:64] or "model"
-    key = json.dumps({"fingerprint": fingerprint, "family": family, "export": EXPORT_VERSION, "opset": OPSET, **versions}, sort_keys=True)
+    key = json.dumps({"fingerprint": fingerprint, "family": family, "export": EXPORT_VERSION, "opset": opset(), **versions}, sort_keys=True)
     return cache_root() / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -248,37 +275,139 @@ def _fsync_tree(directory: Path) -> None:
     fsync_dir(directory)
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:40] or "host"
+#: ``.<export>.tmp-<host>-<pid>-<random>.tmp``: which process on which machine is writing it.
+_TEMPORARY = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[^/]*\.tmp$")
+#: Temporary export folders this process is writing (removed by discard_unfinished_exports).
+_UNFINISHED: set[Path] = set()
+_UNFINISHED_LOCK = threading.Lock()
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
 def _remove_stale_temporaries(root: Path, older_than_s: float = 3600.0) -> None:
-    """Temporary export folders a killed process left (hours old, so never one being written)."""
+    """Temporary export folders a killed process left: its process is gone (same machine), or
+    they are hours old (a cache shared between machines), so never one being written."""
     now = time.time()
     for path in root.glob(".*.tmp"):
         try:
-            if path.is_dir() and now - path.stat().st_mtime > older_than_s:
+            owner = _TEMPORARY.search(path.name)
+            dead = owner is not None and owner["host"] == _HOST and _process_gone(int(owner["pid"]))
+            if path.is_dir() and (dead or now - path.stat().st_mtime > older_than_s):
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             pass
 
 
-def exported(directory: Path, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+def discard_unfinished_exports() -> None:
+    """Remove the temporary folders of exports still running in this process: for a process that
+    exits at once (Ctrl-C during a load) without waiting for the thread that exports."""
+    with _UNFINISHED_LOCK:
+        unfinished = list(_UNFINISHED)
+    for path in unfinished:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- refused exports ---------------------------------------------------------------------------------
+
+
+def _refusal_path(directory: Path) -> Path:
+    return directory.with_name(directory.name + ".refused.json")
+
+
+def _refusal_versions(runtime_module: str) -> dict[str, str]:
+    """What a refusal depends on beyond the export folder's key: an upgrade of any retries."""
+    return package_versions("medzero", "torch", "onnx", runtime_module)
+
+
+def refused(directory: Path, runtime_module: str = "onnxruntime") -> BackendError | None:
+    """The remembered refusal of the export that belongs in ``directory`` (as a one-line error),
+    or ``None``: never refused, or refused under other versions of medzero, torch, onnx or the runtime."""
+    marker = _refusal_path(directory)
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("versions") != _refusal_versions(runtime_module):
+        return None
+    return BackendError(
+        f"its ONNX export was refused on {str(record.get('created', ''))[:10]}, remembered in {marker} (delete it, or "
+        f"upgrade medzero, torch, onnx or {runtime_module}, to try again): {record.get('reason', '')}"
+    )
+
+
+def _remember_refusal(directory: Path, runtime_module: str, reason: str) -> None:
+    record = {"reason": reason, "versions": _refusal_versions(runtime_module), "runtime": runtime_module,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        with replacing(_refusal_path(directory)) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+    except OSError as exc:  # a read-only cache: the next process tries again
+        _logger.debug("cannot remember the refused export in %s (%s)", directory.parent, exc)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
+
+
+def _refusal(exc: Exception, what: str) -> BackendError:
+    """The one-line error of an export that failed for a reason that would fail it again (the
+    exporter or the runtime refusing the model), as opposed to the machine (disk, memory)."""
+    if isinstance(exc, BackendError):
+        return exc
+    return BackendError(
+        f"torch cannot export {what} to ONNX opset {opset()} ({type(exc).__name__}: {_one_line(exc)}); use --backend torch for this model"
+    )
+
+
+def exported(
+    directory: Path, build: Callable[[Path], dict[str, Any]], *, runtime_module: str = "onnxruntime", what: str = ""
+) -> dict[str, Any]:
     """The metadata of the complete export in ``directory``, building it first if there is none.
 
     ``build(tmp)`` writes the files into the empty folder ``tmp`` and returns the metadata, which
     must list them under ``files``; ``meta.json`` is written last, everything is synced, and the
     folder is renamed to ``directory`` in one step. A folder without a valid ``meta.json`` and all
-    its files is not an export and is replaced.
+    its files is not an export and is replaced. The temporary folder goes whatever happens.
+
+    A refused export (``build`` raising anything but an ``OSError``, a ``MemoryError`` or an
+    interruption) is a one-line :class:`BackendError`, remembered beside ``directory`` (see
+    :func:`refused`, checked first: a remembered refusal raises at once).
     """
     meta = read_export(directory)
     if meta is not None:
         return meta
+    earlier = refused(directory, runtime_module)
+    if earlier is not None:
+        raise earlier
     root = directory.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(root)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{_HOST}-{os.getpid()}-", suffix=".tmp", dir=root))
     except OSError as exc:
         raise BackendError(f"cannot write the onnx export cache in {root}: {exc.strerror or exc}; set MEDZERO_CACHE_DIR") from None
+    with _UNFINISHED_LOCK:
+        _UNFINISHED.add(tmp)
     try:
-        meta = dict(build(tmp))
+        try:
+            meta = dict(build(tmp))
+        except (OSError, MemoryError) as exc:  # the machine, not the model: the next process tries again
+            raise BackendError(f"the ONNX export of {what or directory.name} failed ({type(exc).__name__}: {_one_line(exc)})") from None
+        except Exception as exc:  # noqa: BLE001 - the exporter and the runtimes raise many types
+            error = _refusal(exc, what or directory.name)
+            _remember_refusal(directory, runtime_module, str(error))
+            _logger.info("the ONNX export of %s was refused; remembered in %s", what or directory.name, _refusal_path(directory))
+            raise error from None
         meta.setdefault("files", [])
         meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
@@ -291,8 +420,11 @@ def exported(directory: Path, build: Callable[[Path], dict[str, Any]]) -> dict[s
                 os.rename(tmp, directory)
         fsync_dir(root)
     finally:
+        with _UNFINISHED_LOCK:
+            _UNFINISHED.discard(tmp)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _refusal_path(directory).unlink(missing_ok=True)  # refused under other versions, exported now
     final = read_export(directory)
     if final is None:  # pragma: no cover - the rename above either landed or raised
         raise BackendError(f"the onnx export in {directory} is incomplete; delete it and try again")
@@ -342,6 +474,16 @@ def _threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_BUILDING = 0  # sessions being built (compiled) right now, in any thread
+_BUILDING_LOCK = threading.Lock()
+
+
+def building() -> bool:
+    """Whether a runtime is building a session in this process right now (seconds of native code,
+    often in the background thread of :meth:`Session.preload`)."""
+    return _BUILDING > 0
+
+
 class Session:
     """One exported tower, run with numpy inputs by ONNX Runtime or OpenVINO (``runtime``), loaded
     on first use.
@@ -360,9 +502,12 @@ class Session:
         self._local = threading.local()
 
     def load(self) -> Any:
+        global _BUILDING
         with self._lock:
             if self._model is None:
                 module = require(self.runtime, why="running an exported model")
+                with _BUILDING_LOCK:
+                    _BUILDING += 1
                 try:
                     self._model = _load_openvino(module, self.path) if self.runtime == "openvino" else _load_onnxruntime(module, self.path)
                 except MedzeroError:
@@ -371,6 +516,9 @@ class Session:
                     raise BackendError(
                         f"{self.runtime} cannot load {self.path} ({type(exc).__name__}); delete {self.path.parent} to export it again"
                     ) from None
+                finally:
+                    with _BUILDING_LOCK:
+                        _BUILDING -= 1
             return self._model
 
     def preload(self) -> "Session":
@@ -478,12 +626,37 @@ def export_onnx(module: Any, args: Sequence[Any], path: Path, *, inputs: Sequenc
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's fused kernel has no ONNX form
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _exporter_log_to_debug(torch):
             warnings.simplefilter("ignore")  # tracer and deprecation warnings about the TorchScript exporter
             torch.onnx.export(
-                module, tuple(args), str(path), dynamo=False, opset_version=OPSET, input_names=list(inputs),
+                module, tuple(args), str(path), dynamo=False, opset_version=opset(), input_names=list(inputs),
                 output_names=["embeds"], dynamic_axes={**{k: dict(v) for k, v in dynamic.items()}, "embeds": {0: "batch"}},
                 do_constant_folding=True,
             )
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+@contextmanager
+def _exporter_log_to_debug(torch: Any) -> Iterator[None]:
+    """Send the TorchScript exporter's own log to this module's debug log while it runs.
+
+    The exporter turns its log on for every export (its ``setup_onnx_logging`` tests the function
+    ``_jit_is_onnx_log_enabled`` rather than its result) and, when a model cannot be exported,
+    prints the whole TorchScript graph, hundreds of lines, to standard output, where it would land
+    in ``--format json`` output.
+    """
+    native = getattr(torch._C, "_jit_onnx_log", None)
+    if native is None:  # another torch: nothing to quiet
+        yield
+        return
+
+    def to_debug(*parts: Any) -> None:
+        if _logger.isEnabledFor(logging.DEBUG):
+            _logger.debug("exporter: %s", _one_line(" ".join(str(p) for p in parts), 2000))
+
+    torch._C._jit_onnx_log = to_debug
+    try:
+        yield
+    finally:
+        torch._C._jit_onnx_log = native

@@ -58,7 +58,8 @@ def _identity(source: str, revision: str | None, cfg: ModelCfg | None) -> tuple[
 
 def load(source: str, *, revision: str | None = None, cfg: ModelCfg | None = None, backend: str = "onnx") -> "OnnxClipEncoder":
     """An open_clip model's ONNX towers, exported on first use (see the module docstring)."""
-    backends.require(backends.runtime(backend), why=f"the {backend} backend")
+    runtime = backends.runtime(backend)
+    backends.require(runtime, why=f"the {backend} backend")
     fingerprint, tokenizer_ref = _identity(source, revision, cfg)
     directory = backends.export_dir(fingerprint, FAMILY, _versions()) if fingerprint else None
     meta = backends.read_export(directory) if directory is not None else None
@@ -67,10 +68,13 @@ def load(source: str, *, revision: str | None = None, cfg: ModelCfg | None = Non
         if preprocess is not None:
             return OnnxClipEncoder(directory, meta, preprocess, tokenizer, fingerprint=fingerprint, backend=backend,
                                    source=(source, revision, cfg))
+    elif directory is not None and (earlier := backends.refused(directory, runtime)) is not None:
+        raise earlier  # before loading torch: a refused export is not tried again
     encoder = load_open_clip(source, revision=revision, device="cpu", cfg=cfg)
     directory = backends.export_dir(encoder.fingerprint, FAMILY, _versions())
     _logger.info("exporting %s to ONNX in %s (once per model)", encoder.fingerprint, directory)
-    meta = backends.exported(directory, lambda tmp: export(encoder, tmp, runtime=backends.runtime(backend)))
+    meta = backends.exported(directory, lambda tmp: export(encoder, tmp, runtime=runtime), runtime_module=runtime,
+                             what=encoder.fingerprint)
     return OnnxClipEncoder(directory, meta, encoder.preprocess, encoder.tokenizer, fingerprint=encoder.fingerprint,
                            backend=backend, source=(source, revision, cfg))
 
@@ -207,5 +211,5 @@ def export(encoder: OpenClipEncoder, directory: Path, *, runtime: str = "onnxrun
         "preprocess_cfg": _plain(dict(model.visual.preprocess_cfg)),
         "max_abs_diff": {"image": image_diff, "text": text_diff},
         "versions": _versions(),
-        "opset": backends.OPSET,
+        "opset": backends.opset(),
     }
