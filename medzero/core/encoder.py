@@ -27,9 +27,10 @@ import json
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -60,6 +61,7 @@ __all__ = [
     "missing_error",
     "short_reason",
     "forget",
+    "loading",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -164,6 +166,7 @@ _HOOK_NAMES = ("locate", "stage", "recognise", "onnx")
 _MODELS: dict[str, ModelCfg] = {}
 _LOADED: dict[tuple[str, str, str, str], Encoder] = {}  # (modality, ref, device, backend)
 _LOAD_LOCK = threading.Lock()
+_LOADING = threading.Event()  # set while a model loads (or exports), in whichever thread
 _ENV = {"audio": "MEDZERO_AUDIO_MODEL", "image": "MEDZERO_IMAGE_MODEL"}
 
 
@@ -337,7 +340,7 @@ def create(ref: str | None = None, *, modality: str, device: str | None = "auto"
     ref = ref or default_model(modality)
     wanted = (device or "auto").lower()
     asked = backends.resolve(backend)
-    with _LOAD_LOCK:
+    with _LOAD_LOCK, _loading((modality, ref, wanted, asked) not in _LOADED):
         if (modality, ref, wanted, asked) in _LOADED:
             return _LOADED[(modality, ref, wanted, asked)]
         target = resolve(ref, modality=modality)
@@ -371,6 +374,20 @@ def create(ref: str | None = None, *, modality: str, device: str | None = "auto"
                     _LOADED[key] = _load(target, backend, device, offline_because)
         _LOADED[(modality, ref, wanted, asked)] = _LOADED[key]
         return _LOADED[key]
+
+
+@contextmanager
+def _loading(really: bool) -> Iterator[None]:
+    """While the block runs, mark this process as loading a model (importing torch included),
+    unless it is ``really`` not (the model is loaded already): see :func:`loading`."""
+    if not really:
+        yield
+        return
+    _LOADING.set()
+    try:
+        yield
+    finally:
+        _LOADING.clear()
 
 
 def _load(target: Target, backend: str, device: str, offline_because: str | None) -> Encoder:
@@ -493,6 +510,14 @@ def local_dir(ref: str, *, modality: str = "") -> Path | None:
         hint = "check the path" + (f" given with --{modality}-model or MEDZERO_{modality.upper()}_MODEL" if modality else "")
         raise model_error(f"{what} not found: {path} (it does not exist)", hint)
     return None
+
+
+def loading() -> bool:
+    """Whether a model is loading (or exporting) in this process right now, in any thread. A load
+    runs in native code that no signal interrupts, for seconds; the command line asks this to
+    leave at once on Ctrl-C rather than wait for it. An exported model's sessions, built in the
+    background after :func:`create` returns, count as loading too."""
+    return _LOADING.is_set() or backends.building()
 
 
 def forget(refs: Sequence[str]) -> None:
