@@ -291,3 +291,128 @@ def dicom_files(tmp_path_factory) -> dict[str, Path]:
     files["mpeg2"] = root / "mpeg2.dcm"
     ds.save_as(files["mpeg2"], enforce_file_format=True)
     return files
+
+
+# -- hostile DICOM and large images (tests/test_hostile_image.py, tests/test_phi_logs.py) ----------
+
+#: Unique, made-up identifiers planted in hostile files; none may appear in any output or log.
+PLANTED = {
+    "PatientName": "Qwertyuk^Zebulonia",
+    "PatientID": "PID-73X9-QQ5521",
+    "PatientBirthDate": "19270914",
+    "PatientAddress": "77 Kookaburra Crescent Wagga",
+}
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def chest_pixels(size: int = 256) -> np.ndarray:
+    """An 8-bit picture with a chest radiograph's layout: a bright body, two dark lung fields."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    pixels = 200 - 120 * np.abs(x - 0.5)
+    for cx in (0.31, 0.69):
+        lung = ((x - cx) / 0.16) ** 2 + ((y - 0.5) / 0.31) ** 2 < 1
+        pixels = np.where(lung, 40 + 30 * y, pixels)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def jpeg_dicom(path: Path, pixels: np.ndarray, *, keep: float | None = None, quality: int = 90, **attrs) -> Path:
+    """``pixels`` (8-bit grayscale) as a JPEG baseline CR Part-10 file with its UIDs.
+
+    ``keep``: the share of the JPEG stream kept (a stream cut before its end, inside an otherwise
+    well-formed DICOM, as a transfer that died mid-frame and was wrapped anyway leaves it).
+    """
+    import io
+
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    stream = buffer.getvalue()
+    if keep is not None:
+        stream = stream[: int(len(stream) * keep)]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def damaged_uid_dicom(path: Path, tag: int) -> Path:
+    """A CR with :data:`PLANTED` identifiers whose UI element ``tag`` has a length that runs over the
+    following elements up to the end of Patient's Address, as a damaged writer leaves it.
+
+    ``0x00020010`` (Transfer Syntax UID, in the file meta) swallows the start of the data set;
+    ``0x0008001A`` (Related General SOP Class UID) swallows the patient module.
+    """
+    import struct
+
+    from pydicom.uid import generate_uid
+
+    write_dicom(
+        path, (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16), bits_stored=12, modality="CR",
+        StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), RelatedGeneralSOPClassUID="1.2.840.10008.5.1.4.1.1.1",
+        WindowCenter=2000, WindowWidth=4000, **PLANTED,
+    )
+    raw = bytearray(path.read_bytes())
+    position = raw.index(struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"UI")
+    end = raw.index(PLANTED["PatientAddress"].encode()) + len(PLANTED["PatientAddress"])
+    end += end % 2
+    struct.pack_into("<H", raw, position + 6, end - (position + 8))
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def rle_with_bogus_segments(path: Path, *, outside: bool) -> Path:
+    """pydicom's MR_small_RLE.dcm with its RLE header damaged: a segment offset past the frame's end
+    (``outside``), or the offsets moved so that each segment's length is wrong."""
+    import struct
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate, get_frame
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    frame = bytearray(get_frame(ds.PixelData, 0))
+    count = struct.unpack_from("<I", frame, 0)[0]
+    if outside:
+        struct.pack_into("<I", frame, 4 * count, len(frame) + 1000)
+    else:
+        struct.pack_into("<I", frame, 8, struct.unpack_from("<I", frame, 8)[0] - 37)  # segment 1 shorter, 2 longer
+    ds.PixelData = encapsulate([bytes(frame)])
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def large_jpeg_dicom(path: Path, size: int = 10_000) -> Path:
+    """A ``size``×``size`` JPEG CR with rescale and a window: about 1.3 MB on disk, 100 M pixels."""
+    y = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    pixels = (np.add.outer(y, y) * 100).astype(np.uint8)
+    pixels[size // 3 : size // 3 + size // 50, :] = 220
+    pixels[:, size // 2 : size // 2 + size // 30] = 30
+    return jpeg_dicom(path, pixels, quality=80, RescaleSlope="2", RescaleIntercept="-100", WindowCenter="150", WindowWidth="300")
+
+
+def large_rgb_png(path: Path, size: int = 10_000) -> Path:
+    """A ``size``×``size`` RGB PNG of smooth gradients: a few MB on disk, 100 M pixels."""
+    from PIL import Image
+
+    y = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    gray = (np.add.outer(y, y) * 100).astype(np.uint8)
+    Image.fromarray(np.stack([gray, gray[::-1], gray[:, ::-1]], axis=-1)).save(path, compress_level=1)
+    return path
