@@ -13,7 +13,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 import numpy as np
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "LoadedImage", "ImageLimits", "WINDOW_PRESETS", "Window", "resolve_window", "window_to_unit",
     "minmax_to_unit", "clahe", "finish_gray", "decoded_bytes", "reduction_factor", "block_mean",
-    "LibraryMessage", "library_messages", "scrub",
+    "LibraryMessage", "library_messages", "divert_threads", "scrub",
 ]
 
 #: Named windows as (center, width) in Hounsfield units.
@@ -266,15 +266,17 @@ def finish_gray(
 # pydicom reports a damaged file twice, to its "pydicom" logger and with warnings.warn (its
 # warn_and_log), and those messages quote element values: a UID whose length runs over the next
 # elements quotes the patient's name, ID, birth date and address. Its decoder registry logs a full
-# traceback for every plug-in that fails. Decoding runs in worker threads (the ingest pipeline, the
-# server's decode pool, the DICOM listener's association threads), where warnings.catch_warnings
-# cannot be used: it swaps process-wide state. So the diversion is per thread: a logging filter on
-# the libraries' loggers and a wrapper around warnings.showwarning, both installed on first use,
-# divert what a thread says while it is inside library_messages() and pass everything else on
-# unchanged. The user's own code, and medzero's other threads, see their warnings as before.
+# traceback for every plug-in that fails; pynetdicom logs a bad command's values and a traceback.
+# Decoding runs in worker threads (the ingest pipeline, the server's decode pool, the DICOM
+# listener's association threads), where warnings.catch_warnings cannot be used: it swaps
+# process-wide state. So the diversion is per thread: a logging filter on the libraries' loggers and
+# a wrapper around warnings.showwarning, both installed on first use, divert what a thread says
+# while it is inside library_messages() (or, for threads a library starts itself, while a rule
+# given to divert_threads() claims it) and pass everything else on unchanged. The user's own code,
+# and medzero's other threads, see their warnings and log records as before.
 
-#: Loggers whose records are diverted inside library_messages() (and any logger below them).
-_LIBRARY_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "rle", "PIL", "py.warnings")
+#: Loggers whose records are diverted (and any logger below them).
+_LIBRARY_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "rle", "PIL", "pynetdicom", "py.warnings")
 #: Loggers created lazily by the libraries (when a decoder plug-in is first imported): made now, so
 #: that their first record is diverted too.
 _KNOWN_LOGGERS = (
@@ -286,6 +288,8 @@ _KNOWN_LOGGERS = (
 _local = threading.local()
 _install_lock = threading.Lock()
 _scanned = -1
+_thread_rules: list[Callable[[threading.Thread], bool]] = []
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -296,17 +300,37 @@ class LibraryMessage:
     kind: str  # "warning" or "log"
     source: str  # the warning category or the logger's name
     text: str
+    level: int = logging.WARNING
 
     @property
     def safe(self) -> str:
         return scrub(self.text)
 
 
+def _sink() -> Callable[[LibraryMessage], None] | None:
+    """Where this thread's library messages go: its library_messages() list, a thread rule's
+    scrubbed log, or ``None`` (on to the user's handlers, untouched)."""
+    sink = getattr(_local, "sink", None)
+    if sink is not None:
+        return sink.append
+    if _thread_rules:
+        thread = threading.current_thread()
+        if any(rule(thread) for rule in list(_thread_rules)):
+            return _log_scrubbed
+    return None
+
+
+def _log_scrubbed(message: LibraryMessage) -> None:
+    """A library's message from a claimed thread: its errors stay visible, what they quote does not."""
+    level = message.level if message.level >= logging.ERROR else logging.DEBUG
+    _logger.log(level, "%s: %s", message.source, message.safe)
+
+
 class _Divert(logging.Filter):
-    """Drops a library's record from the logs when its thread is inside :func:`library_messages`."""
+    """Drops a library's record from the logs when its thread's messages are diverted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        sink = getattr(_local, "sink", None)
+        sink = _sink()
         if sink is None:
             return True
         try:
@@ -315,7 +339,7 @@ class _Divert(logging.Filter):
             text = str(record.msg)
         if record.exc_info and record.exc_info[1] is not None:
             text = f"{text} ({type(record.exc_info[1]).__name__})"
-        sink.append(LibraryMessage("log", record.name, text))
+        sink(LibraryMessage("log", record.name, text, record.levelno))
         return False
 
 
@@ -324,10 +348,10 @@ _DIVERT = _Divert()
 
 def _divert_showwarning(previous: Any) -> Any:
     def showwarning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
-        sink = getattr(_local, "sink", None)
+        sink = _sink()
         if sink is None:
             return previous(message, category, filename, lineno, file, line)
-        sink.append(LibraryMessage("warning", getattr(category, "__name__", "Warning"), str(message)))
+        sink(LibraryMessage("warning", getattr(category, "__name__", "Warning"), str(message)))
         return None
 
     showwarning._medzero_divert = True  # type: ignore[attr-defined]
@@ -371,6 +395,21 @@ def library_messages() -> Iterator[list[LibraryMessage]]:
         _install()  # loggers a plug-in created while decoding are filtered from now on
 
 
+def divert_threads(rule: Callable[[threading.Thread], bool]) -> Callable[[], None]:
+    """Divert the library messages of every thread ``rule`` claims (threads a library starts, such
+    as pynetdicom's association and DUL threads, which decode what a peer sends before medzero's
+    code runs): their errors are logged scrubbed, the rest at DEBUG. Returns the function that
+    stops it. The rule must be cheap: it runs for every library message of every thread."""
+    _install()
+    _thread_rules.append(rule)
+
+    def stop() -> None:
+        if rule in _thread_rules:
+            _thread_rules.remove(rule)
+
+    return stop
+
+
 _names: frozenset[str] | None = None
 
 
@@ -397,9 +436,13 @@ def scrub(text: "str | BaseException", limit: int = 200) -> str:
     keyword, element name or registered UID stays (``(0028,0008) 'Number of Frames'``); an
     unterminated quote drops the rest of the message. An apostrophe inside a word (``can't``) is
     not a quote. Used for every library message medzero prints or logs, since such messages quote
-    element values (patient names, IDs, dates).
+    element values (patient names, IDs, dates). A message that holds raw bytes (control
+    characters: a value formatted as it was read) is cut before the first of them.
     """
     text = str(text)
+    cut = next((k for k, c in enumerate(text) if ord(c) < 32 and c not in "\t\n\r"), None)
+    if cut is not None:
+        text = text[:cut] + "…"
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:

@@ -174,6 +174,8 @@ class Listener:
         self._stop = threading.Event()
         self._busy = threading.Lock()
         self._server = None
+        self._ae = None
+        self._undivert = None
         self._worker: threading.Thread | None = None
         self._classifier = None
         self._index = None
@@ -208,8 +210,15 @@ class Listener:
                 db.executescript(RESULTS_SCHEMA)
             db.close()
         self._stop.clear()
+        from ..image.pixels import divert_threads
+
+        self._ae = self._make_ae()
+        # pynetdicom decodes what a peer sends in its own association and DUL threads, before any
+        # handler runs; what pydicom and pynetdicom say there about a damaged command or data set
+        # quotes its values: diverted (errors logged scrubbed), for this node's threads only.
+        self._undivert = divert_threads(self._is_node_thread)
         try:
-            self._server = self._make_ae().start_server(
+            self._server = self._ae.start_server(
                 (self.host, self._port),
                 block=False,
                 evt_handlers=[
@@ -250,11 +259,19 @@ class Listener:
             ae.add_supported_context(context.abstract_syntax, syntaxes)
         return ae
 
+    def _is_node_thread(self, thread: threading.Thread) -> bool:
+        """Whether ``thread`` is one of this node's pynetdicom association or DUL threads."""
+        assoc = thread if hasattr(thread, "dimse") else getattr(thread, "assoc", None)
+        return assoc is not None and getattr(assoc, "ae", None) is self._ae
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, finish what is queued (reporting every pending study), close the files."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self._undivert is not None:
+            self._undivert()
+            self._undivert = None
         if self._worker is not None:
             self._open_assocs.clear()
             self._queue.put(None)
