@@ -2,21 +2,34 @@
 
 Pixel pipeline, in the order the DICOM standard gives (PS3.4 N.2):
 
-1. decode one frame (the middle one of a multi-frame object) with pydicom's decoder registry,
-   which converts YBR colour to RGB by default; compressed transfer syntaxes decode through
-   pylibjpeg (JPEG, JPEG-LS, JPEG 2000, HTJ2K), Pillow or pydicom's own RLE decoder;
-2. Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence) into modality units;
-3. VOI: an explicit ``window`` (preset or (center, width), in modality units) if one was given,
-   else the file's VOI LUT Sequence or first Window Center/Width (pydicom's ``apply_voi_lut``),
-   else min–max of the frame's modality values;
-4. scale to [0, 1] (float32) by the VOI output range;
-5. MONOCHROME1: ``1.0 - x``, so a MONOCHROME1 file and its MONOCHROME2 twin are exact inverses;
-6. optional CLAHE.
+1. check before decoding: a data set is there (not a file cut after its meta information), it has
+   pixel data (else: cut short, saved without pixels, or not an image at all, each said as such),
+   its Transfer Syntax UID is a UID, the header's size fits the pixel limits and, in decoded bytes
+   with the float copies, ``ImageLimits.max_decoded_bytes``; native pixel data at least twice what
+   the header describes means a damaged Rows/Columns/Number of Frames; a compressed frame must be
+   complete (a JPEG ends with its EOI marker, a JPEG 2000 codestream with EOC, RLE segment offsets
+   lie inside the frame), so that a cut frame is never decoded half grey;
+2. decode one frame (the middle one of a multi-frame object, always by index) with pydicom's
+   decoder registry, which converts YBR colour to RGB by default; compressed transfer syntaxes
+   decode through pylibjpeg (JPEG, JPEG-LS, JPEG 2000, HTJ2K), Pillow or pydicom's own RLE
+   decoder. With ``reduce_to`` (the model path asks for twice its input side) a large grayscale
+   JPEG is decoded at 1/2, 1/4 or 1/8 by Pillow's DCT scaling and a JPEG 2000 with resolution
+   levels discarded, and any frame is then averaged in blocks down to about ``reduce_to``;
+3. Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence) into modality units;
+4. VOI: an explicit ``window`` (preset or (center, width), in modality units) if one was given,
+   else the file's VOI LUT Sequence or first Window Center/Width (LINEAR, LINEAR_EXACT or
+   SIGMOID, PS3.3 C.11.2.1.2), else min–max of the frame's modality values;
+5. scale to [0, 1] by the VOI output range; steps 3–5 run in place on one float32 array;
+6. MONOCHROME1: ``1.0 - x``, so a MONOCHROME1 file and its MONOCHROME2 twin are exact inverses;
+7. optional CLAHE.
 
 Colour images (RGB, YBR_*, PALETTE COLOR) are scaled by their bit depth and not windowed.
 
-Only an allow-list of non-identifying attributes leaves this module (:data:`METADATA_TAGS`):
-names, IDs, dates, accession numbers, institutions and free text never do.
+Only an allow-list of non-identifying attributes leaves this module (:data:`METADATA_TAGS`), and
+only values well formed for their VR: names, IDs, dates, accession numbers, institutions and free
+text never do. Every warning and log record of pydicom and its plug-ins is kept out of the logs
+while a file is read (their text quotes element values), and no library text reaches an error
+message without its quoted values taken out (:func:`medzero.image.pixels.scrub`).
 """
 from __future__ import annotations
 
@@ -126,6 +139,10 @@ def read_dicom(
     with library_messages() as said:
         try:
             return _read(data, label, limits, window, explicit, use_clahe, reduce_to, said)
+        except BadInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pydicom converts elements lazily: a damaged one fails where it is read
+            raise BadInputError(f"{label}: the DICOM data set is damaged ({type(exc).__name__}: {scrub(exc)})") from None
         finally:
             for message in said:
                 _logger.debug("%s: %s said: %s", label, message.source, message.safe)

@@ -10,9 +10,9 @@ pixels are decoded, and returns a :class:`LoadedImage`:
 Value mapping for non-DICOM inputs:
 
 - 8-bit images (PNG/JPEG/TIFF/GIF/WebP modes ``1``, ``L``, ``P``, ``RGB``, ``RGBA``, ``CMYK``, ...)
-  are divided by 255. Unless a window or CLAHE is asked for, ``to_pil()`` returns exactly
-  ``PIL.Image.open(path).convert("RGB")`` (alpha is dropped, as Pillow and open_clip do; EXIF
-  orientation is not applied, as Pillow does not).
+  are divided by 255. Unless a window, CLAHE or ``reduce_to`` (below) changes it, ``to_pil()``
+  returns exactly ``PIL.Image.open(path).convert("RGB")`` (alpha is dropped, as Pillow and
+  open_clip do; EXIF orientation is not applied, as Pillow does not).
 - 16-bit and 32-bit grayscale images (``I;16``, ``I``, ``F``) are scaled min–max over the image's
   own value range: exports from PACS rarely fill the full 16-bit range (12-bit data is common), so
   dividing by 65535 would give a near-black picture. ``metadata["scaling"]`` says which was used.
@@ -21,6 +21,15 @@ Value mapping for non-DICOM inputs:
   :data:`WINDOW_PRESETS` are in Hounsfield units and so are for DICOM only. Windowing applies to
   grayscale images; colour images are left as they are.
 - ``clahe=True`` applies contrast-limited adaptive histogram equalisation after windowing.
+
+Memory: before any pixel is decoded, the decoded bytes (what the codec produces at the size it
+decodes to, plus two float32 copies of what is kept) are checked against
+``ImageLimits.max_decoded_bytes`` (``MEDZERO_MAX_IMAGE_DECODED_BYTES``, 1 GiB by default).
+``reduce_to`` lets a large image come out smaller: JPEG is decoded at 1/2, 1/4 or 1/8 by DCT
+scaling (``Image.draft``), JPEG 2000 with resolution levels discarded, any other format decoded in
+full and shrunk with ``Image.reduce`` (a box average) before it is converted to floats. The image
+modality asks for twice the model's input side, as PIL's ``thumbnail`` does; a direct
+``read_image`` call keeps the full size.
 """
 from __future__ import annotations
 
@@ -161,7 +170,10 @@ def _decode_pillow(
         raise BadInputError(_header_error(label, fmt, size, exc)) from None
     with im:
         width, height = im.size
-        frames = int(getattr(im, "n_frames", 1) or 1)
+        try:
+            frames = int(getattr(im, "n_frames", 1) or 1)  # TIFF and GIF walk their frame headers here
+        except Exception as exc:  # noqa: BLE001
+            raise BadInputError(_header_error(label, fmt, size, exc)) from None
         if width <= 0 or height <= 0:
             raise BadInputError(f"{label}: the {fmt.upper()} image is empty ({width}×{height} pixels)")
         if width * height > limits.max_pixels:
