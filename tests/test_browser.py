@@ -198,7 +198,9 @@ def test_xray_dicom_classify_shows_triage_and_findings(page, app_url, dicom_file
     text = main_text(page)
     for secret in ("Doe^Jane", "MRN-99812345", "Saint Example", "19510317"):
         assert secret not in text
-    page.get_by_text("lung (C -600 / W 1500 HU)").click()  # a window preset redraws the image
+    # a radiograph is offered windows on its own values, never the CT presets in Hounsfield units
+    assert page.get_by_text("lung (C -600 / W 1500 HU)").count() == 0
+    page.get_by_text("contrast (1st to 99th percentile)").click()  # a window choice redraws the image
     page.wait_for_timeout(300)
     wait_idle(page)
     classify_and_wait(page, XRAY_LAST)
