@@ -125,7 +125,8 @@ class ResultModel(_Model):
     summary: Optional[Localized]
     reasons: list[ReasonModel]
     label_names: dict[str, Localized]
-    thresholds: dict[str, float] = Field(description="The thresholds applied (a calibration overlay's where one was used)")
+    thresholds: dict[str, float] = Field(description="The thresholds applied (a calibration overlay's where one was used); "
+                                           "empty when applicable is false, since nothing was judged")
     metrics: dict[str, float] = Field(description="Waveform measurements of a recording (SNR, clipping, ...)")
     segments: list[SegmentModel]
     timeline: Optional[dict[str, Any]] = Field(description="Window scores of recordings longer than the model's input")
