@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_audio import build_full_size_clap, make_clips  # noqa: E402
 from bench_image import build_checkpoint  # noqa: E402
+from audio_samples import one_hz_wav  # noqa: E402
 from fixtures_image import large_jpeg_dicom, large_rgb_png  # noqa: E402
 
 _CHILD = """
@@ -39,14 +39,6 @@ peak = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).grou
 print(f"exit={code} peak_mib={peak}", file=sys.stderr)
 """
 
-
-def one_hz_wav(path: Path, size: int = 10_700) -> Path:
-    """10.7 kB of 8-bit mono PCM declared at 1 Hz: 2.97 hours, under the time limit."""
-    n = size - 44
-    samples = bytes(128 + (i % 50) - 25 for i in range(n))
-    header = b"RIFF" + struct.pack("<I", 36 + n) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 1, 1, 1, 8)
-    path.write_bytes(header + b"data" + struct.pack("<I", n) + samples)
-    return path
 
 
 def classify_peak(model_option: list[str], path: Path, work: Path) -> tuple[int, float, str]:

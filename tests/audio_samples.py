@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+import struct
 import subprocess
+import wave
 from pathlib import Path
 
 DEFAULT_TEXT = (
@@ -185,3 +187,22 @@ def short_header_long_stream(out_dir: Path, seconds: float, *, rate: int = 48000
          "-f", "lavfi", "-i", f"anullsrc=r={rate}:cl=mono", "-filter_complex",
          f"[0][1]concat=n=2:v=0:a=1,atrim=0:{seconds}", "-c:a", "aac", "-b:a", "256k", "-f", "adts", out)
     return out
+
+
+def one_hz_wav(path: Path, size: int = 10_700) -> Path:
+    """The reported file: 10.7 kB of 8-bit mono PCM declared at 1 Hz (2.97 hours: under the time limit)."""
+    n = size - 44
+    samples = bytes(128 + (i % 50) - 25 for i in range(n))
+    header = b"RIFF" + struct.pack("<I", 36 + n) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 1, 1, 1, 8)
+    path.write_bytes(header + b"data" + struct.pack("<I", n) + samples)
+    return path
+
+
+def silent_wav(path: Path, seconds: float = 3.0, rate: int = 16000) -> Path:
+    """``seconds`` of digital silence, 16-bit mono WAV."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * int(seconds * rate))
+    return path

@@ -88,3 +88,13 @@ def default_models_missing(monkeypatch, tmp_path):
     encoder.clear_loaded()
     yield tmp_path
     encoder.clear_loaded()
+
+
+@pytest.fixture
+def app_env(monkeypatch, tiny_clap_dir, tiny_hf_clip_dir, tmp_path):
+    """The app's environment: the tiny models named as the app is told of them, a private cache."""
+    monkeypatch.setenv("MEDZERO_AUDIO_MODEL", str(tiny_clap_dir))
+    monkeypatch.setenv("MEDZERO_IMAGE_MODEL", f"local-dir:{tiny_hf_clip_dir}")
+    monkeypatch.setenv("MEDZERO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path

@@ -194,6 +194,23 @@ PHI = {
 }
 
 
+def part10_dataset(sop_class: str, transfer_syntax: str, *, study: bool = False):
+    """A data set with its file meta and a fresh SOP Instance UID (and Study/Series UIDs with ``study``)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    if study:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    return ds
+
+
 def write_dicom(
     path: Path,
     pixels: np.ndarray,
@@ -205,17 +222,9 @@ def write_dicom(
     **attrs,
 ) -> Path:
     """Write ``pixels`` ((rows, cols), (frames, rows, cols) or (rows, cols, 3)) as a DICOM Part 10 file."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = part10_dataset(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
     ds.Modality = modality
     ds.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits_stored or pixels.dtype.itemsize * 8)
     for key, value in attrs.items():
@@ -324,23 +333,15 @@ def jpeg_dicom(path: Path, pixels: np.ndarray, *, keep: float | None = None, qua
     import io
 
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import JPEGBaseline8Bit
 
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
     stream = buffer.getvalue()
     if keep is not None:
         stream = stream[: int(len(stream) * keep)]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds = part10_dataset(CR_IMAGE_STORAGE, JPEGBaseline8Bit, study=True)
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -20,14 +20,6 @@ ENTRY = str(medzero.app.ENTRY)
 TIMEOUT = 120
 
 
-@pytest.fixture
-def app_env(monkeypatch, tiny_clap_dir, tiny_hf_clip_dir, tmp_path):
-    monkeypatch.setenv("MEDZERO_AUDIO_MODEL", str(tiny_clap_dir))
-    monkeypatch.setenv("MEDZERO_IMAGE_MODEL", f"local-dir:{tiny_hf_clip_dir}")
-    monkeypatch.setenv("MEDZERO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path
-
 
 def _app(page: str | None = None, lang: str | None = None) -> AppTest:
     at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT)

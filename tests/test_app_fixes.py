@@ -24,7 +24,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from fixtures_image import write_dicom  # noqa: E402
 from medzero.cli import main  # noqa: E402
-from test_app import _app, app_env  # noqa: E402,F401 - the same environment: tiny checkpoints, offline
+from test_app import _app  # noqa: E402 - AppTest of the app entry; app_env comes from conftest
 
 
 def _text(at: AppTest) -> str:

@@ -11,7 +11,7 @@ pytest.importorskip("streamlit")
 from pydicom.data import get_testdata_file  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from test_app import _app, app_env  # noqa: E402,F401 - the same environment: tiny checkpoints, offline
+from test_app import _app  # noqa: E402 - AppTest of the app entry; app_env comes from conftest
 
 
 def _classify(at: AppTest) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import warnings
-import wave
 
 import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
+import audio_samples
 import medzero
 from conftest import default_models_missing_env
 from fixtures_image import write_dicom
@@ -168,19 +168,11 @@ def test_the_cli_renders_not_applicable_without_changes(image_model):
 # -- audio: voice activity ---------------------------------------------------------------------------
 
 
-def _silence(path, seconds: float = 3.0, rate: int = 16000):
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * int(seconds * rate))
-    return path
-
 
 def test_voice_quality_needs_speech(tiny_clap_dir, audio_clips, tmp_path):
     clf = medzero.Classifier("voice_quality", audio_model=str(tiny_clap_dir), device="cpu")
     speech_like = ["speech", "noisy_0db", "telephone", "clipped", "amr"]
-    results = clf.classify_batch([audio_clips[k] for k in speech_like] + [audio_clips["noise"], _silence(tmp_path / "silence.wav")])
+    results = clf.classify_batch([audio_clips[k] for k in speech_like] + [audio_clips["noise"], audio_samples.silent_wav(tmp_path / "silence.wav")])
     for key, result in zip(speech_like, results):
         assert result.applicable, key
         assert result.verdict in {"accept", "review", "re-record"}, key

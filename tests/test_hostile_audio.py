@@ -36,14 +36,6 @@ def with_field(data: bytes, offset: int, value: int) -> bytes:
     return bytes(out)
 
 
-def one_hz_wav(path: Path, size: int = 10_700) -> Path:
-    """The reported file: 10.7 kB of 8-bit mono PCM declared at 1 Hz (2.97 hours: under the time limit)."""
-    n = size - 44
-    samples = bytes(128 + (i % 50) - 25 for i in range(n))
-    header = b"RIFF" + struct.pack("<I", 36 + n) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 1, 1, 1, 8)
-    path.write_bytes(header + b"data" + struct.pack("<I", n) + samples)
-    return path
-
 
 def flac_declaring(data: bytes, total_samples: int) -> bytes:
     """A FLAC whose STREAMINFO claims ``total_samples`` (36 bits at byte 18) whatever it holds."""
@@ -167,7 +159,7 @@ def hostile_folder(tmp_path, speech) -> dict[str, Path]:
     for name, content in files.items():
         paths[name] = tmp_path / name
         paths[name].write_bytes(content)
-    paths["one_hz.wav"] = one_hz_wav(tmp_path / "one_hz.wav")
+    paths["one_hz.wav"] = audio_samples.one_hz_wav(tmp_path / "one_hz.wav")
     paths["good.wav"] = Path(shutil.copy(speech, tmp_path / "good.wav"))
     return paths
 
@@ -321,7 +313,7 @@ def decode_in_subprocess(good: Path, paths: list[Path], **env: str) -> dict:
 def test_hostile_headers_decode_within_the_memory_bound(speech, tmp_path, encoded):
     data = speech.read_bytes()
     files = {
-        "one_hz.wav": one_hz_wav(tmp_path / "one_hz.wav").read_bytes(),
+        "one_hz.wav": audio_samples.one_hz_wav(tmp_path / "one_hz.wav").read_bytes(),
         "data_size_max.wav": with_field(data, DATA_SIZE, 0xFFFFFFFF),
         "rate_max.wav": with_field(data, RATE, 0xFFFFFFFF),
         "declares_200M.flac": flac_declaring(encoded["flac"].read_bytes(), 200_000_000),

@@ -24,10 +24,11 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import medzero
+from fixtures_image import part10_dataset
 
 pytest.importorskip("pynetdicom", reason="the pacs extra is not installed: pip install 'medzero[pacs]'")
 pytest.importorskip("highdicom", reason="the pacs extra is not installed: pip install 'medzero[pacs]'")
@@ -92,14 +93,7 @@ def chest_cr(path: Path) -> Path:
     for cx in (80, 176):
         pixels = np.where(((x - cx) / 42.0) ** 2 + ((y - 130) / 80.0) ** 2 < 1, 700 + (y % 7) * 20, pixels)
     pixels = np.clip(pixels, 0, 4095).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CR_STORAGE, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds = part10_dataset(CR_STORAGE, ExplicitVRLittleEndian, study=True)
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
     ds.StudyDate, ds.SeriesDate, ds.StudyTime = "20260115", "20260115", "101500"
     ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, 1

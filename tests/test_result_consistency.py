@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import warnings
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from pydicom.data import get_testdata_file
 
+import audio_samples
 import medzero
 from medzero.cli import main
 
@@ -186,20 +186,12 @@ def test_a_label_just_past_a_site_threshold_reads_true_in_the_cli(tiny_clap_dir,
 # -- 3. eval: abstentions counted apart --------------------------------------------------------------
 
 
-def _silence(path: Path, seconds: float = 3.0, rate: int = 16000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * int(seconds * rate))
-    return path
-
 
 def test_eval_reports_abstentions_as_their_own_column_and_count(tiny_clap_dir, audio_clips, tmp_path, capsys):
     skm = pytest.importorskip("sklearn.metrics")
     rows = [("speech", "accept"), ("flac", "accept"), ("telephone", "review"), ("noisy_0db", "re-record"),
             ("clipped", "re-record"), ("noise", "re-record")]
-    files = [(audio_clips[key], verdict) for key, verdict in rows] + [(_silence(tmp_path / "silence.wav"), "re-record")]
+    files = [(audio_clips[key], verdict) for key, verdict in rows] + [(audio_samples.silent_wav(tmp_path / "silence.wav"), "re-record")]
     manifest = tmp_path / "site.csv"
     manifest.write_text("path,verdict\n" + "".join(f"{path},{verdict}\n" for path, verdict in files))
     out = tmp_path / "out" / "report.json"

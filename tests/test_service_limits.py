@@ -14,7 +14,6 @@ import random
 import re
 import socket
 import struct
-import subprocess
 import time
 import wave
 from concurrent.futures import ThreadPoolExecutor

@@ -19,13 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
 
 
-@pytest.fixture
-def app_env(monkeypatch, tiny_clap_dir, tiny_hf_clip_dir, tmp_path):
-    monkeypatch.setenv("MEDZERO_AUDIO_MODEL", str(tiny_clap_dir))
-    monkeypatch.setenv("MEDZERO_IMAGE_MODEL", f"local-dir:{tiny_hf_clip_dir}")
-    monkeypatch.setenv("MEDZERO_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path
-
 
 def _shown(at: AppTest) -> list[str]:
     return [str(e.value) for kind in ("title", "header", "subheader", "warning") for e in getattr(at, kind)]
