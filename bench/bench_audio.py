@@ -339,7 +339,7 @@ def main() -> None:
         model_dir = build_full_size_clap(work / "clap-full")
         print(f"built full-size CLAP in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs; backends {', '.join(backends)}", flush=True)
         clips = make_clips(work, max(args.clips, args.process_clips, 8))
-        from medzero.core import encoder as encoders
+        from medzero.encoders import factory as encoders
 
         parts = set(args.parts.split(","))
         print(f"  {load_note()}", flush=True)

@@ -25,14 +25,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .core import backend as _backends
-from .core import encoder as _encoders
+from .encoders import backends as _backends
+from .encoders import factory as _encoders
 from .core.errors import BadInputError, MedzeroError, ModelUnavailableError, TaskError, one_line
 from .core.ingest import Pipeline, Prepared, Source, expand, iter_expand
 from .core.modality import get_modality
-from .core.prompts import NOT_APPLICABLE, Task, load_task, task_from_labels
+from .tasks.schema import NOT_APPLICABLE, Task, load_task, task_from_labels
 from .core.results import Reason, Result
-from .core.scoring import Applicability, TaskHead, applicability, build_head, evaluate
+from .tasks.scoring import Applicability, TaskHead, applicability, build_head, evaluate
 
 __all__ = ["Classifier", "classify", "expand_sources"]
 

@@ -1,1 +1,1 @@
-"""The prompt sets shipped with medzero (installed as ``medzero.prompts``); see medzero.core.prompts."""
+"""The prompt sets shipped with medzero (installed as ``medzero.prompts``); see medzero.tasks.schema."""

@@ -78,7 +78,7 @@ def default_models_missing_env(tmp: Path) -> dict[str, str | None]:
 @pytest.fixture
 def default_models_missing(monkeypatch, tmp_path):
     """This test runs as a site without model weights (see :func:`default_models_missing_env`)."""
-    from medzero.core import encoder
+    from medzero.encoders import factory as encoder
 
     for key, value in default_models_missing_env(tmp_path).items():
         if value is None:

@@ -115,7 +115,7 @@ def tiny_hf_clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
     """A fresh MEDZERO_CACHE_DIR and no encoders kept from other tests."""
-    from medzero.core import encoder
+    from medzero.encoders import factory as encoder
 
     monkeypatch.setenv("MEDZERO_CACHE_DIR", str(tmp_path / "cache"))
     encoder.clear_loaded()

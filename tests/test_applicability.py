@@ -15,10 +15,10 @@ import medzero
 from conftest import default_models_missing_env
 from fixtures_image import write_dicom
 from medzero.cli.classify import render
-from medzero.core import encoder as encoders
+from medzero.encoders import factory as encoders
 from medzero.core.errors import TaskError
-from medzero.core.prompts import load_task
-from medzero.core.scoring import class_embeddings
+from medzero.tasks.schema import load_task
+from medzero.tasks.scoring import class_embeddings
 from medzero.image import read_image
 
 CHEST_TASKS = ("chest_xray_findings", "chest_xray_quality", "chest_xray_covid")

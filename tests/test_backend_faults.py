@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medzero.core import backend as backends
-from medzero.core import encoder as encoders
+from medzero.encoders import backends as backends
+from medzero.encoders import factory as encoders
 from medzero.core.errors import ModelUnavailableError
 
 pytest.importorskip("onnxruntime")

@@ -12,7 +12,7 @@ import torch
 
 import medzero
 from medzero.audio.io import load_audio
-from medzero.core import encoder as encoders
+from medzero.encoders import factory as encoders
 from medzero.core.errors import BadInputError, ModelUnavailableError, TaskError
 
 

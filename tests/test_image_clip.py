@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from fixtures_image import *  # noqa: F401,F403
-from medzero.core import encoder as registry
+from medzero.encoders import factory as registry
 from medzero.core.errors import ModelUnavailableError
-from medzero.core.prompts import task_from_labels
-from medzero.core.scoring import build_head
+from medzero.tasks.schema import task_from_labels
+from medzero.tasks.scoring import build_head
 from medzero.image import read_image
 from medzero.image.clip import OpenClipEncoder
 
@@ -135,8 +135,8 @@ def test_local_dir_without_weights_is_refused(tiny_clip_dir, tmp_path, isolated_
 def test_shipped_image_tasks_score(name, tiny_clip_dir, image_files, isolated_cache):
     from pathlib import Path
 
-    from medzero.core.prompts import load_task_file
-    from medzero.core.scoring import evaluate
+    from medzero.tasks.schema import load_task_file
+    from medzero.tasks.scoring import evaluate
 
     task = load_task_file(Path(__file__).resolve().parents[1] / "prompts" / f"{name}.yaml")
     assert task.modality == "image"

@@ -146,7 +146,7 @@ def test_a_decoder_exception_becomes_one_error_row_and_the_batch_goes_on(faulty_
 def test_pipeline_prepare_never_raises_for_a_decoder_fault(faulty_image_plugin, tiny_hf_clip_dir):
     from pydicom.data import get_testdata_file
 
-    from medzero.core import encoder as encoders
+    from medzero.encoders import factory as encoders
 
     pipeline = Pipeline(lambda m: encoders.create(f"local-dir:{tiny_hf_clip_dir}", modality=m, device="cpu"))
     prepared = pipeline.prepare(Source.of(get_testdata_file("MR_small.dcm")))

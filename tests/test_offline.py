@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import medzero
-from medzero.core import encoder as registry
-from medzero.core import hub
+from medzero.encoders import factory as registry
+from medzero.encoders import hub
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"

@@ -15,8 +15,8 @@ import pytest
 
 import medzero
 from medzero.audio.io import load_audio
-from medzero.core import backend as backends
-from medzero.core import encoder as encoders
+from medzero.encoders import backends as backends
+from medzero.encoders import factory as encoders
 from medzero.core.errors import ModelUnavailableError
 
 pytest.importorskip("onnxruntime")
@@ -26,7 +26,7 @@ pytest.importorskip("onnx")
 #: same float32 arithmetic as torch in another order (fused and reordered operators, other matrix
 #: kernels), so they differ by rounding, not bit for bit (measured 1e-7 to 1e-6 per element on the
 #: tiny models). An export is accepted only when every element is within this of torch's on a probe
-#: batch, so this is the library's own promise (medzero.core.backend.TOLERANCE).
+#: batch, so this is the library's own promise (medzero.encoders.backends.TOLERANCE).
 TOL = backends.TOLERANCE
 RUNTIMES = ["onnx", pytest.param("openvino", marks=pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("openvino") is None, reason="openvino is not installed"))]
@@ -338,7 +338,7 @@ def test_auto_falls_back_to_torch_when_the_export_is_refused(tiny_clap_dir, audi
     with pytest.raises(ModelUnavailableError, match="differs from torch"):
         encoders.create(str(tiny_clap_dir), modality="audio", device="cpu", backend="onnx")
     encoders.clear_loaded()
-    with caplog.at_level("WARNING", logger="medzero.core.encoder"):
+    with caplog.at_level("WARNING", logger="medzero.encoders.factory"):
         encoder = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu")
     assert type(encoder).__name__ == "ClapEncoder"
     assert [r.getMessage() for r in caplog.records if "using torch" in r.getMessage()], caplog.text
@@ -347,7 +347,7 @@ def test_auto_falls_back_to_torch_when_the_export_is_refused(tiny_clap_dir, audi
 
 
 def test_auto_does_not_hide_a_missing_model(tmp_path, fresh_cache, caplog):
-    with caplog.at_level("WARNING", logger="medzero.core.encoder"):
+    with caplog.at_level("WARNING", logger="medzero.encoders.factory"):
         with pytest.raises(ModelUnavailableError) as caught:
             encoders.create(str(tmp_path / "no-such-model"), modality="audio", device="cpu")
     assert "no-such-model" in str(caught.value) and "using torch" not in caplog.text

@@ -23,7 +23,7 @@ import pytest
 
 import medzero
 from medzero.cli import main
-from medzero.core import encoder as registry
+from medzero.encoders import factory as registry
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CLAP_FILES = {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"}

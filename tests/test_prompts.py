@@ -10,7 +10,7 @@ import pytest
 
 import medzero
 from medzero.core.errors import TaskError
-from medzero.core.prompts import load_task, task_from_labels
+from medzero.tasks.schema import load_task, task_from_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = """
@@ -103,7 +103,7 @@ def test_shipped_prompts_work_from_an_installed_wheel(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import medzero, medzero.core.prompts as p; "
+        "import medzero, medzero.tasks.schema as p; "
         "assert medzero.__file__.startswith(%r), medzero.__file__; "
         "print(sorted(t.name for t in medzero.list_tasks()))" % str(site)
     )

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medzero.core import encoder as encoders
-from medzero.core.cache import TextEmbeddingCache
-from medzero.core.prompts import load_task, parse_task, task_from_labels
-from medzero.core.scoring import build_head, class_embeddings, evaluate
+from medzero.encoders import factory as encoders
+from medzero.encoders.cache import TextEmbeddingCache
+from medzero.tasks.schema import load_task, parse_task, task_from_labels
+from medzero.tasks.scoring import build_head, class_embeddings, evaluate
 
 
 @pytest.fixture()
@@ -84,7 +84,7 @@ def test_classify_twice_in_a_process_encodes_prompts_once(tiny_clap_dir, audio_c
 
     clap = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu")
     calls = _counting(monkeypatch, clap)
-    from medzero.core import cache as cache_module
+    from medzero.encoders import cache as cache_module
 
     monkeypatch.setattr(cache_module, "_default", TextEmbeddingCache(persist=False))
     monkeypatch.setattr(cache_module, "_default_dir", cache_module.cache_dir())

@@ -24,25 +24,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core import backend as backends
-from ..core import hub
-from ..core.encoder import (
-    Location,
-    ModelCfg,
-    Target,
-    advice,
-    local_dir,
-    missing_error,
-    model_error,
-    register_family,
-    register_family_hook,
-    register_model,
-    short_reason,
-    weights_fingerprint,
-)
+from ..encoders import backends as backends
+from ..encoders import hub
+from ..encoders.factory import Location, ModelCfg, Target, advice, local_dir, missing_error, model_error, register_family, register_family_hook, register_model, short_reason, weights_fingerprint
 from ..core.errors import BadInputError
 from ..core.ingest import map_ahead
-from ..core.packs import LICENCE_PATTERNS, TOKENIZER_FILES, copy_files
+from ..encoders.packs import LICENCE_PATTERNS, TOKENIZER_FILES, copy_files
 from .clap_features import MelFeatures
 
 __all__ = ["ClapEncoder", "ClapInput", "load_clap", "CLAP_FUSED"]

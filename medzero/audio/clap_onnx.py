@@ -1,7 +1,7 @@
 """CLAP's two towers on ONNX Runtime: ``backend="onnx"`` (and ``"onnx-int8"``).
 
 The first load of a model builds the torch model once, exports both towers
-(:mod:`medzero.core.backend`: checked against torch, cached per fingerprint) and keeps beside the
+(:mod:`medzero.encoders.backends`: checked against torch, cached per fingerprint) and keeps beside the
 graphs everything inference needs: the feature extractor's settings and filter banks
 (:class:`~medzero.audio.clap_features.MelFeatures`), the tokenizer as a ``tokenizers`` JSON, the
 logit scale, the embedding size and the preprocessing a model pack records. Every later load
@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core import backend as backends
-from ..core import hub
-from ..core.encoder import ModelCfg, local_dir, weights_fingerprint
+from ..encoders import backends as backends
+from ..encoders import hub
+from ..encoders.factory import ModelCfg, local_dir, weights_fingerprint
 from .clap import PROBE_TEXT, ClapEncoder, load_clap
 from .clap_features import MelFeatures, shrink_rows
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.ingest import Prepared, Source
 from ..core.modality import Modality, register_modality
-from ..core.prompts import NOT_APPLICABLE, register_applies_to
+from ..tasks.schema import NOT_APPLICABLE, register_applies_to
 from ..core.results import Reason, format_values
 from .quality import METRIC_INFO
 from .timeline import add_timeline

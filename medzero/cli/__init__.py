@@ -67,10 +67,10 @@ def _on_interrupt(signum: int, frame: object) -> None:
     reaches, a KeyboardInterrupt would wait for the load to finish, then again at exit for its
     threads (13-25 s with CLAP). So then the process leaves at once: one line, the unfinished ONNX
     export folders removed, exit status 130. Otherwise it is Python's own KeyboardInterrupt."""
-    encoders = sys.modules.get("medzero.core.encoder")
+    encoders = sys.modules.get("medzero.encoders.factory")
     if encoders is None or not encoders.loading():
         raise KeyboardInterrupt
-    backends = sys.modules.get("medzero.core.backend")
+    backends = sys.modules.get("medzero.encoders.backends")
     if backends is not None:
         backends.discard_unfinished_exports()
     for stream in (sys.stdout, sys.stderr):

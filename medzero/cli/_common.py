@@ -22,7 +22,7 @@ def fail(message: str, code: int = 1) -> "click.exceptions.Exit":
 
 def backend_option(command: Callable) -> Callable:
     """``--backend`` (``MEDZERO_BACKEND``), passed to ``command`` as ``backend``."""
-    from ..core import backend as backends
+    from ..encoders import backends as backends
 
     return click.option("--backend", type=click.Choice(backends.BACKENDS), envvar=backends.ENV, help=backends.OPTION_HELP)(command)
 
@@ -30,13 +30,13 @@ def backend_option(command: Callable) -> Callable:
 def model_options(command: Callable) -> Callable:
     """``--<modality>-model`` for every registered modality, ``--device`` and ``--backend``, passed
     as ``models={modality: ref}`` and ``device``; ``--backend`` is the default backend of every
-    model the command opens (:func:`medzero.core.backend.use`). Every subcommand that opens a model
+    model the command opens (:func:`medzero.encoders.backends.use`). Every subcommand that opens a model
     or an index takes the same set, so a script can pass the same options to all of them."""
     names = modality_names()
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ..core import backend
+        from ..encoders import backends as backend
 
         kwargs["models"] = {name: kwargs.pop(f"{name}_model", None) for name in names}
         with backend.use(kwargs.pop("backend", None)):

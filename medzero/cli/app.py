@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..core import backend as backends
+from ..encoders import backends as backends
 from ..core.errors import MedzeroError
 
 

@@ -17,7 +17,7 @@ from ._common import fail, render_table
 @click.option("--lang", default="en", show_default=True, type=click.Choice(["en", "zh"]))
 def tasks(modality, fmt, lang):
     """List the shipped prompt sets and their labels."""
-    from ..core.prompts import list_tasks
+    from ..tasks.schema import list_tasks
 
     try:
         found = [t for t in list_tasks() if modality in (None, t.modality)]
@@ -49,8 +49,8 @@ _KIND = {
 
 def _availability_rows(modality: str | None) -> list[dict]:
     """One row per registered model, installed pack and configured reference: whether it is here and where from."""
-    from ..core.encoder import availability, default_model, list_models
-    from ..core.packs import installed
+    from ..encoders.factory import availability, default_model, list_models
+    from ..encoders.packs import installed
 
     rows, seen = [], set()
 
@@ -133,7 +133,7 @@ def pack_command(names, output, modality, licences):
     NAME=DIR packs a directory under a name (e.g. clap-htsat-fused=/models/clap). Run it where the
     models load: it uses the Hugging Face cache and downloads what is missing.
     """
-    from ..core.packs import pack
+    from ..encoders.packs import pack
 
     try:
         entries = pack(list(names), output, modality=modality, licence_files=list(licences))
@@ -155,7 +155,7 @@ def install_command(pack_path, name, modality):
     Models go to $MEDZERO_MODELS_DIR (default: <medzero cache>/models/<name>). Every file is checked
     against the pack's sha256 first; a pack with a changed file installs nothing.
     """
-    from ..core.packs import install
+    from ..encoders.packs import install
 
     try:
         done = install(pack_path, name=name, modality=modality)
@@ -171,7 +171,7 @@ def install_command(pack_path, name, modality):
 def verify_command(names, no_load):
     """Check installed packs: every file's sha256, and that the preprocessing the loader really
     uses (image size, mean, std, interpolation; audio features; tokenizer) is the pack's."""
-    from ..core.packs import installed, models_dir, verify
+    from ..encoders.packs import installed, models_dir, verify
 
     try:
         if not names and not installed():

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .errors import MedzeroError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .encoder import Encoder
+    from ..encoders.factory import Encoder
     from .ingest import Prepared, Source
     from .results import Result
-    from .scoring import TaskHead
+    from ..tasks.scoring import TaskHead
 
 __all__ = [
     "Modality",

@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from ..core.backend import is_onnx
-from ..core.encoder import create as create_encoder
+from ..encoders.backends import is_onnx
+from ..encoders.factory import create as create_encoder
 from ..core.errors import BadInputError, MedzeroError, ModelUnavailableError, one_line
 from ..core.ingest import Pipeline, Prepared, Source
 from ..core.modality import get_modality, modality_names

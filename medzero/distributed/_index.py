@@ -28,8 +28,8 @@ import numpy as np
 from ..core.errors import CaseIndexError, MedzeroError
 from ..core.ingest import Pipeline, Prepared
 from ..core.modality import get_modality, modality_names
-from ..core.prompts import Task, load_task
-from ..core.scoring import TaskHead, build_head
+from ..tasks.schema import Task, load_task
+from ..tasks.scoring import TaskHead, build_head
 from ..core.vectors import l2_normalise
 from ..retrieval.ingest import AddReport
 from ..retrieval.spaces import space_key

@@ -57,7 +57,7 @@ import numpy as np
 import yaml
 
 from ..core.errors import BadInputError, TaskError
-from ..core.prompts import Task
+from ..tasks.schema import Task
 from . import metrics as M
 
 __all__ = [

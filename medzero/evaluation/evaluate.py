@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..core.errors import BadInputError, MedzeroError, TaskError
-from ..core.prompts import NOT_APPLICABLE, Task
+from ..tasks.schema import NOT_APPLICABLE, Task
 from . import metrics as M
 from .calibrate import UNCALIBRATED, Calibration, apply_calibration, check_model
 from .manifest import Manifest, read_manifest

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..core.errors import BadInputError
-from ..core.prompts import Task
+from ..tasks.schema import Task
 
 __all__ = ["Manifest", "ManifestRow", "read_manifest", "parse_value", "file_sha256"]
 

@@ -28,23 +28,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..core import hub
-from ..core.encoder import (
-    Location,
-    ModelCfg,
-    Target,
-    advice,
-    local_dir,
-    missing_error,
-    model_error,
-    register_family,
-    register_family_hook,
-    register_model,
-    short_reason,
-    weights_fingerprint,
-)
+from ..encoders import hub
+from ..encoders.factory import Location, ModelCfg, Target, advice, local_dir, missing_error, model_error, register_family, register_family_hook, register_model, short_reason, weights_fingerprint
 from ..core.errors import ModelUnavailableError
-from ..core.packs import LICENCE_PATTERNS, TOKENIZER_FILES, copy_files
+from ..encoders.packs import LICENCE_PATTERNS, TOKENIZER_FILES, copy_files
 from ..core.vectors import l2_normalise
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,7 +75,7 @@ _WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class OpenClipEncoder:
-    """An open_clip model behind medzero's :class:`~medzero.core.encoder.Encoder` protocol.
+    """An open_clip model behind medzero's :class:`~medzero.encoders.factory.Encoder` protocol.
 
     ``embed`` runs the model's own preprocessing (``self.preprocess``, as returned by open_clip)
     on each image's 8-bit RGB picture, then ``encode_image`` in batches of ``batch_size`` under

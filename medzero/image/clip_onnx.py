@@ -1,7 +1,7 @@
 """open_clip's two towers on ONNX Runtime: ``backend="onnx"`` (and ``"onnx-int8"``).
 
 The first load of a model builds the torch model once and exports ``encode_image`` and
-``encode_text`` (:mod:`medzero.core.backend`: checked against torch, cached per fingerprint), with
+``encode_text`` (:mod:`medzero.encoders.backends`: checked against torch, cached per fingerprint), with
 the model's preprocessing settings (open_clip's ``PreprocessCfg``), a probe image as that
 preprocessing turns it into pixels, the logit scale and the embedding size. Later loads rebuild the
 same preprocessing with open_clip's ``image_transform_v2`` (checked on the probe: if the pixels
@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core import backend as backends
-from ..core import hub
-from ..core.encoder import ModelCfg, local_dir, weights_fingerprint
+from ..encoders import backends as backends
+from ..encoders import hub
+from ..encoders.factory import ModelCfg, local_dir, weights_fingerprint
 from ..core.errors import ModelUnavailableError
 from ..core.vectors import l2_normalise
 from .clip import OpenClipEncoder, _plain, load_open_clip

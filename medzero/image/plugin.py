@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..core.ingest import Prepared, Source
 from ..core.modality import Modality, register_modality
-from ..core.prompts import NOT_APPLICABLE, register_applies_to
+from ..tasks.schema import NOT_APPLICABLE, register_applies_to
 from ..core.results import Reason
 from .pixels import ImageLimits
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import click
 
-from ..core import backend as backends
+from ..encoders import backends as backends
 from ..core.errors import MedzeroError
 
 __all__ = ["listen_command", "dicomweb_options", "apply_dicomweb_options", "main"]

@@ -50,8 +50,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..core import backend as _backends
-from ..core import encoder as _encoders
+from ..encoders import backends as _backends
+from ..encoders import factory as _encoders
 from ..core.errors import BadInputError, CaseIndexError, MedzeroError
 from ..core.ingest import Pipeline, iter_expand
 from ..core.modality import modality_names

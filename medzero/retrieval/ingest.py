@@ -20,8 +20,8 @@ import numpy as np
 from ..core.errors import BadInputError, CaseIndexError, MedzeroError
 from ..core.ingest import Pipeline, Prepared, Source
 from ..core.modality import get_modality
-from ..core.prompts import Task, load_task
-from ..core.scoring import TaskHead, build_head
+from ..tasks.schema import Task, load_task
+from ..tasks.scoring import TaskHead, build_head
 from ..core.vectors import l2_normalise
 from .spaces import SpaceSet, space_key
 from .store import SpaceRow

@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from ..core import backend as backends
+from ..encoders import backends as backends
 from ..core.errors import MedzeroError
 
 __all__ = ["serve_command", "is_loopback"]

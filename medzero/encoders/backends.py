@@ -55,8 +55,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .errors import MedzeroError, ModelUnavailableError
-from .files import fsync_dir, fsync_file, replacing
+from ..core.errors import MedzeroError, ModelUnavailableError
+from ..core.files import fsync_dir, fsync_file, replacing
 
 __all__ = [
     "BACKENDS",

@@ -6,13 +6,13 @@ each *named model* (``clap-htsat-fused``, ``biomedclip``) is a row of data namin
 and pinned revision. :func:`create` resolves what a user typed:
 
 - a registered name: ``clap-htsat-fused`` (an installed model pack of that name first, see
-  :mod:`medzero.core.packs`, else its hub id);
+  :mod:`medzero.encoders.packs`, else its hub id);
 - a local directory: ``/models/clap`` or ``local-dir:/models/clap`` (a path that does not exist is
   an error saying so, never taken for a hub id);
 - an installed pack by name, or by the hub id it was packed from;
 - a hub id: ``laion/clap-htsat-fused`` or ``hf-hub:org/name``.
 
-Models from the hub fail fast offline: one probe of the hub (:mod:`medzero.core.hub`, at most a
+Models from the hub fail fast offline: one probe of the hub (:mod:`medzero.encoders.hub`, at most a
 second and a half) decides whether the hub can be used; if not, the model loads from the local cache
 with the hub libraries in offline mode, or a missing one raises at once a one-line
 :class:`ModelUnavailableError` that says what to do (install a pack, pass a directory, or fill the
@@ -34,9 +34,9 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
-from . import backend as backends
+from . import backends
 from . import hub
-from .errors import MedzeroError, ModelUnavailableError
+from ..core.errors import MedzeroError, ModelUnavailableError
 
 __all__ = [
     "Encoder",
@@ -126,7 +126,7 @@ class Target:
     source: str
     revision: str | None = None
     cfg: ModelCfg | None = None
-    pack: Any = None  # a medzero.core.packs.InstalledPack
+    pack: Any = None  # a medzero.encoders.packs.InstalledPack
     directory: Path | None = None
 
     @property
@@ -188,7 +188,7 @@ def register_family_hook(family: str, hook: str) -> Callable[[Callable[..., Any]
       model pack; returns extra manifest fields (e.g. ``{"licence": ...}``);
     - ``recognise(directory) -> bool``: whether a folder holds a model of this family;
     - ``onnx(source, revision, device, cfg, backend) -> Encoder``: the loader for the backends
-      that run an ONNX export (``onnx``, ``openvino``, ``onnx-int8``; :mod:`medzero.core.backend`).
+      that run an ONNX export (``onnx``, ``openvino``, ``onnx-int8``; :mod:`medzero.encoders.backends`).
     """
     if hook not in _HOOK_NAMES:
         raise ValueError(f"unknown family hook {hook!r}; expected one of {', '.join(_HOOK_NAMES)}")
@@ -244,7 +244,7 @@ def register_model(cfg: ModelCfg) -> ModelCfg:
 def _ensure_registered() -> None:
     # Importing the modality plug-ins registers their families and named models; a plug-in that
     # cannot be imported (a trimmed install) leaves the others working.
-    from .modality import modalities
+    from ..core.modality import modalities
 
     modalities()
 
@@ -331,7 +331,7 @@ def create(ref: str | None = None, *, modality: str, device: str | None = "auto"
     """Load (once per process) the encoder that ``ref`` names; ``None`` means the default model.
 
     ``backend``: ``auto``, ``torch``, ``onnx``, ``openvino`` or ``onnx-int8``
-    (:mod:`medzero.core.backend`); ``None`` means ``--backend`` / ``MEDZERO_BACKEND``, else ``auto``.
+    (:mod:`medzero.encoders.backends`); ``None`` means ``--backend`` / ``MEDZERO_BACKEND``, else ``auto``.
 
     A hub model that is not on this machine while the hub cannot be used fails here, before torch
     or the model libraries are imported: one probe of the hub (at most about 1.5 s), one line.

@@ -49,11 +49,11 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import MedzeroError, TaskError
-from .modality import get_modality
+from ..core.errors import MedzeroError, TaskError
+from ..core.modality import get_modality
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .results import Reason
+    from ..core.results import Reason
 
 __all__ = [
     "Localized",

@@ -19,11 +19,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .cache import TextEmbeddingCache, text_cache
-from .encoder import Encoder
-from .prompts import NOT_APPLICABLE, Task, applies_to_checks
-from .results import Reason, format_values
-from .vectors import l2_normalise
+from ..encoders.cache import TextEmbeddingCache, text_cache
+from ..encoders.factory import Encoder
+from .schema import NOT_APPLICABLE, Task, applies_to_checks
+from ..core.results import Reason, format_values
+from ..core.vectors import l2_normalise
 
 __all__ = ["TaskHead", "build_head", "class_embeddings", "evaluate", "Applicability", "applicability"]
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
-from .errors import ModelUnavailableError
+from ..core.errors import ModelUnavailableError
 
 __all__ = [
     "PACK_MANIFEST",
@@ -115,7 +115,7 @@ class InstalledPack:
         size and modification time), and no other weights; else a one-line error naming the file."""
         problem = _file_problems(self.path, self.manifest, memo=True)
         if problem:
-            from .encoder import model_error
+            from .factory import model_error
 
             raise model_error(
                 f"installed model pack {self.name} at {self.path} is damaged: {problem}",
@@ -273,7 +273,7 @@ def _default_name(ref: str) -> str:
 
 
 def _detect_modality(ref: str) -> str | None:
-    from .encoder import families, family_hook, family_modality, local_dir
+    from .factory import families, family_hook, family_modality, local_dir
 
     directory = local_dir(ref)
     if directory is None:
@@ -294,7 +294,7 @@ class _Staged:
 
 def _stage(spec: str, work: Path, *, modality: str | None, licence_files: Sequence[Path], device: str) -> _Staged:
     from . import hub
-    from .encoder import _MODELS, _ensure_registered, create, family_hook, resolve
+    from .factory import _MODELS, _ensure_registered, create, family_hook, resolve
 
     _ensure_registered()
     name, ref = _split_spec(spec)
@@ -621,7 +621,7 @@ def _install_folder(path: Path, root: Path, *, name: str | None) -> list[Install
 
 
 def _forget(done: Sequence[InstalledPack]) -> None:
-    from .encoder import forget
+    from .factory import forget
 
     forget([ref for p in done for ref in (p.name, p.source, p.source.removeprefix("hf-hub:")) if ref])
 
@@ -656,7 +656,7 @@ def verify(names: Sequence[str] = (), *, directory: str | os.PathLike | None = N
     (``load``) load the model on the CPU with the hub in offline mode and compare the preprocessing
     the loader really uses with the one recorded when the pack was made."""
     from . import hub
-    from .encoder import _FAMILIES, _ensure_registered
+    from .factory import _FAMILIES, _ensure_registered
 
     packs = installed(directory)
     if names:
