@@ -19,51 +19,189 @@ from test_retrieval import unit
 
 PACKAGE = Path(medzero.__file__).parent
 
+# -- the layers: one table of allowed edges -------------------------------------------------------
+#
+# Each part of the package, and the parts it may import beside itself. Lowest first: core holds the
+# contracts every layer shares; encoders load models; tasks hold prompt sets, scoring and overlays;
+# audio and image are modality plug-ins, found through core's registry and never imported by name
+# below them; classifier and retrieval are the two fronts of the library; the rest serve them.
+# "medzero" is the package root: the public API and the composition root that declares plug-ins,
+# schemes and engines by import path. Imports inside ``if TYPE_CHECKING:`` are not edges (they never
+# run); imports inside functions are.
+_BELOW_PLUGINS = {"core", "encoders", "tasks"}
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "encoders": {"core"},
+    "tasks": {"core", "encoders"},
+    "audio": _BELOW_PLUGINS,
+    "image": _BELOW_PLUGINS,
+    "classifier": _BELOW_PLUGINS,
+    "retrieval": _BELOW_PLUGINS,
+    "distributed": _BELOW_PLUGINS | {"classifier", "retrieval"},
+    "evaluation": _BELOW_PLUGINS | {"classifier"},
+    "pacs": _BELOW_PLUGINS | {"image", "classifier", "retrieval", "medzero"},
+    "service": _BELOW_PLUGINS | {"classifier", "retrieval", "evaluation", "medzero"},
+    "cli": _BELOW_PLUGINS | {"classifier", "retrieval", "evaluation", "distributed", "pacs", "service", "app", "medzero"},
+    "app": {"medzero"},  # the Streamlit pages: the public API only
+    "medzero": {"core"},  # eagerly: the registries it declares into; everything else by import path, lazily
+}
 
-def _imports(path: Path) -> set[str]:
-    """Absolute names of the medzero modules a file imports (relative imports resolved)."""
-    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module.removesuffix(".__init__")
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+
+def _part(module: str) -> str:
+    """The row of :data:`ALLOWED` a module belongs to: ``medzero.core.ingest`` -> ``core``."""
+    parts = module.split(".")
+    return "medzero" if len(parts) == 1 else parts[1]
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def _imports_of(module: str) -> list[tuple[str, tuple[str, ...], int]]:
+    """``(imported module, names taken from it, line)`` for each runtime import in ``module``.
+
+    ``from pkg import name`` counts as importing ``pkg.name`` where that is a module, else ``pkg``."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_lines(tree)
+    found = []
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                name = ".".join(base + ([node.module] if node.module else []))
+                source = ".".join(base + ([node.module] if node.module else []))
             else:
-                name = node.module or ""
-            found.add(name)
-            found.update(f"{name}.{a.name}" for a in node.names)
+                source = node.module or ""
+            if not source.startswith("medzero"):
+                continue
+            plain = []
+            for alias in node.names:
+                if f"{source}.{alias.name}" in MODULES:
+                    found.append((f"{source}.{alias.name}", (), node.lineno))
+                else:
+                    plain.append(alias.name)
+            if plain:
+                found.append((source, tuple(plain), node.lineno))
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-    return {n for n in found if n.startswith("medzero")}
+            found.extend((a.name, (), node.lineno) for a in node.names if a.name.startswith("medzero"))
+    return found
 
 
-@pytest.mark.parametrize(
-    "layer,forbidden",
-    [
-        ("core", ("medzero.audio", "medzero.image", "medzero.retrieval", "medzero.classifier", "medzero.cli", "medzero.app")),
-        ("retrieval", ("medzero.classifier", "medzero.cli", "medzero.app", "medzero.audio", "medzero.image")),
-        ("audio", ("medzero.image", "medzero.retrieval", "medzero.classifier")),
-        ("image", ("medzero.audio", "medzero.retrieval", "medzero.classifier")),
-    ],
-)
-def test_layers_never_import_upward(layer, forbidden):
-    bad = {
-        str(path.relative_to(PACKAGE)): sorted(n for n in _imports(path) if n.startswith(forbidden))
-        for path in (PACKAGE / layer).rglob("*.py")
-    }
-    assert {k: v for k, v in bad.items() if v} == {}
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_the_table_itself_has_no_cycle():
+    order: list[str] = []
+    while len(order) < len(ALLOWED):
+        ready = sorted(p for p, deps in ALLOWED.items() if p not in order and deps - {"medzero"} <= set(order))
+        assert ready, f"the table has a cycle among {sorted(set(ALLOWED) - set(order))}"
+        order.extend(ready)
+
+
+def test_every_part_is_in_the_table():
+    assert {_part(m) for m in MODULES} == set(ALLOWED)
+
+
+def test_imports_follow_the_table():
+    bad = []
+    for module in MODULES:
+        mine = _part(module)
+        for target, _, line in _imports_of(module):
+            theirs = _part(target)
+            if theirs != mine and theirs not in ALLOWED[mine]:
+                bad.append(f"{MODULES[module].relative_to(PACKAGE.parent)}:{line} {mine} -> {target}")
+    assert bad == [], "\n".join(bad)
+
+
+def _defined_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    return names
+
+
+def test_no_private_name_crosses_a_package():
+    """Neither ``from other.part import _name`` (a private module counts) nor ``obj._name`` where
+    ``_name`` is defined only in another part: a part's privates are its own to change."""
+    defined: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        defined.setdefault(_part(module), set()).update(_defined_names(path))
+    elsewhere = {part: set().union(*(n for p, n in defined.items() if p != part)) - names for part, names in defined.items()}
+    bad = []
+    for module, path in MODULES.items():
+        mine = _part(module)
+        where = path.relative_to(PACKAGE.parent)
+        for target, names, line in _imports_of(module):
+            if _part(target) != mine:
+                private = [n for n in names if _is_private(n)] + [p for p in target.split(".") if _is_private(p)]
+                bad.extend(f"{where}:{line} imports {target}: {n}" for n in private)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and _is_private(node.attr) and node.attr in elsewhere[mine]:
+                bad.append(f"{where}:{node.lineno} reads .{node.attr} of another part's object")
+    assert bad == [], "\n".join(bad)
+
+
+def test_no_import_cycle_at_runtime():
+    """Between modules, counting imports inside functions: a cycle works only by the order modules
+    happen to load in, and hides an edge that goes the wrong way. (A module importing the package
+    it sits in is not counted: that package's ``__init__`` is already loading.)"""
+    graph = {m: {t for t, _, _ in _imports_of(m) if t in MODULES and t != m and not m.startswith(t + ".")} for m in MODULES}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = [stack.pop()]
+            while component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert cycles == [], "\n".join(" <-> ".join(c) for c in cycles)
 
 
 def test_image_loaders_do_not_import_each_other():
-    assert not any(n.startswith("medzero.image.io") for n in _imports(PACKAGE / "image" / "dicom.py"))
-
-
-def test_app_imports_only_public_names():
-    for path in (PACKAGE / "app").glob("*.py"):
-        private = sorted(n for n in _imports(path) if n.startswith(("medzero.core", "medzero.audio", "medzero.image", "medzero.retrieval")))
-        assert private == [], path.name
+    assert not any(t.startswith("medzero.image.io") for t, _, _ in _imports_of("medzero.image.dicom"))
 
 
 def test_modalities_register_themselves():
