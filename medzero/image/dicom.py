@@ -57,7 +57,6 @@ from .pixels import (
     reduction_factor,
     resolve_window,
     scrub,
-    window_to_unit,
 )
 
 __all__ = ["read_dicom", "METADATA_TAGS", "check_encapsulated_frames"]
