@@ -171,8 +171,8 @@ def test_a_killed_exports_folder_is_removed_by_the_next_export(tiny_clap_dir, ca
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     root = cache / "onnx"
     root.mkdir(parents=True)
-    killed = root / f".clap-0123456789abcdef.tmp-{backends._HOST}-{int(gone.stdout)}-k1ll3d.tmp"
-    live = root / f".clap-0123456789abcdef.tmp-{backends._HOST}-{os.getppid()}-w0rk1n.tmp"
+    killed = root / f".clap-0123456789abcdef.tmp-{backends.HOST}-{int(gone.stdout)}-k1ll3d.tmp"
+    live = root / f".clap-0123456789abcdef.tmp-{backends.HOST}-{os.getppid()}-w0rk1n.tmp"
     for folder in (killed, live):
         folder.mkdir()
         (folder / "audio.onnx").write_bytes(b"half a model")

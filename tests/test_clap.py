@@ -13,6 +13,7 @@ import torch
 import medzero
 from medzero.audio.io import load_audio
 from medzero.encoders import factory as encoders
+from medzero.encoders.registry import list_models
 from medzero.core.errors import BadInputError, ModelUnavailableError, TaskError
 
 
@@ -148,7 +149,7 @@ def test_model_not_available_offline_names_the_model(monkeypatch):
         encoders.create("local-dir:/nonexistent/clap", modality="audio", device="cpu")
 
 
-@pytest.mark.parametrize("cfg", [m for m in encoders.list_models("audio")], ids=lambda m: m.name)
+@pytest.mark.parametrize("cfg", [m for m in list_models("audio")], ids=lambda m: m.name)
 def test_every_registered_audio_model_fails_cleanly_offline(cfg, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("MEDZERO_AUDIO_MODEL", raising=False)

@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from fixtures_image import *  # noqa: F401,F403
+from medzero.core.contracts import Encoder
 from medzero.encoders import factory as registry
+from medzero.encoders.registry import list_models
 from medzero.core.errors import ModelUnavailableError
 from medzero.tasks.schema import task_from_labels
 from medzero.tasks.scoring import build_head
@@ -29,7 +31,7 @@ def checkpoint(request):
 def test_create_local_dir(checkpoint, isolated_cache):
     name, path = checkpoint
     enc = registry.create(f"local-dir:{path}", modality="image", device="cpu")
-    assert isinstance(enc, OpenClipEncoder) and isinstance(enc, registry.Encoder)
+    assert isinstance(enc, OpenClipEncoder) and isinstance(enc, Encoder)
     assert enc.modality == "image" and enc.dim == 32 and enc.device == "cpu"
     assert enc.fingerprint.startswith(f"local-dir:{path.name}:")
     assert enc.logit_scale == pytest.approx(float(enc.model.logit_scale.detach().exp()), rel=1e-6)
@@ -94,7 +96,7 @@ def test_text_cache_is_keyed_by_fingerprint(tiny_clip_dir, tiny_hf_clip_dir, iso
 
 def test_registered_models_unavailable_offline_name_the_model(monkeypatch, isolated_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    models = registry.list_models("image")
+    models = list_models("image")
     assert {m.name for m in models} >= {"biomedclip", "vit-b-16-openai"}
     assert [m.name for m in models if m.default] == ["biomedclip"]
     for cfg in models:

@@ -24,15 +24,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..encoders import backends as backends
 from ..encoders import hub
-from ..encoders.factory import Location, ModelCfg, Target, advice, local_dir, missing_error, model_error, register_family, register_family_hook, register_model, short_reason, weights_fingerprint
+from ..encoders.factory import Location, Target, advice, local_dir, missing_error, short_reason, weights_fingerprint
+from ..encoders.registry import Family, ModelCfg, model_error, register_family, register_model
 from ..core.errors import BadInputError
 from ..core.ingest import map_ahead
 from ..encoders.packs import LICENCE_PATTERNS, TOKENIZER_FILES, copy_files
 from .clap_features import MelFeatures
 
-__all__ = ["ClapEncoder", "ClapInput", "load_clap", "CLAP_FUSED"]
+__all__ = ["ClapEncoder", "ClapInput", "load_clap", "CLAP", "CLAP_FUSED"]
 
 _logger = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 PROBE_TEXT = "a person speaking in a quiet room"
 
 
-@register_family("clap", "audio")
 def load_clap(source: str, *, revision: str | None = None, device: str = "cpu", cfg: ModelCfg | None = None) -> "ClapEncoder":
     """Load a CLAP model and its processor from a local directory or a hub id (offline: the hub cache)."""
     import torch
@@ -240,26 +239,9 @@ class ClapInput:
         self.features = features
 
 
-@register_family_hook("clap", "onnx")
-def load_clap_onnx(source: str, *, revision: str | None = None, device: str = "cpu", cfg: ModelCfg | None = None, backend: str = "onnx"):
-    """CLAP on ONNX Runtime (``--backend onnx``; see :mod:`medzero.audio.clap_onnx`)."""
-    from .clap_onnx import load
-
-    return load(source, revision=revision, cfg=cfg, backend=backend)
-
-
-# What --backend auto uses for CLAP on the CPU. Measured (bench/bench_audio.py, full-size CLAP,
-# 2 cores): onnx beat torch everywhere (a one-file classify 0.96 s against 5.4 s, as it imports
-# neither torch nor transformers; 16 clips in a fresh process 3.0 s against 7.6 s; 7.2 against
-# 7.1 clips/s in a warm process), with scores equal to 3e-8. openvino is faster still on batches
-# but slower to start (1.4 s for one file) and an extra package.
-backends.prefer_on_cpu("clap", "onnx")
-
-
 # -- without loading: where the files are, packing, recognising a folder --------------------------
 
 
-@register_family_hook("clap", "locate")
 def locate_clap(source: str, revision: str | None, cfg: ModelCfg | None) -> Location | None:
     """Whether a hub CLAP's config, weights and processor files are in the Hugging Face cache."""
     config = hub.cached_file(source, "config.json", revision)
@@ -272,7 +254,6 @@ def locate_clap(source: str, revision: str | None, cfg: ModelCfg | None) -> Loca
     return Location("hub-cache", str(config.parent))
 
 
-@register_family_hook("clap", "recognise")
 def recognise_clap(directory: Path) -> bool:
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -281,7 +262,6 @@ def recognise_clap(directory: Path) -> bool:
     return isinstance(config, dict) and config.get("model_type") == "clap"
 
 
-@register_family_hook("clap", "stage")
 def stage_clap(encoder: "ClapEncoder", target: Target, dest: Path) -> dict[str, Path]:
     """The folder of a CLAP pack: the source's configs, safetensors weights, processor and
     tokenizer files and model card (from the directory, the installed pack or the hub snapshot
@@ -308,3 +288,22 @@ def stage_clap(encoder: "ClapEncoder", target: Target, dest: Path) -> dict[str, 
         encoder.processor.save_pretrained(written)
         files.update({p.name: p for p in written.iterdir() if p.is_file() and p.name not in files})
     return files
+
+
+CLAP = register_family(
+    Family(
+        name="clap",
+        modality="audio",
+        load=load_clap,
+        onnx="medzero.audio.clap_onnx:load",  # ONNX Runtime and OpenVINO (see that module)
+        locate=locate_clap,
+        recognise=recognise_clap,
+        stage=stage_clap,
+        # What --backend auto uses for CLAP on the CPU. Measured (bench/bench_audio.py, full-size
+        # CLAP, 2 cores): onnx beat torch everywhere (a one-file classify 0.96 s against 5.4 s, as it
+        # imports neither torch nor transformers; 16 clips in a fresh process 3.0 s against 7.6 s;
+        # 7.2 against 7.1 clips/s in a warm process), with scores equal to 3e-8. openvino is faster
+        # still on batches but slower to start (1.4 s for one file) and an extra package.
+        prefer_on_cpu="onnx",
+    )
+)

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..encoders import backends as backends
 from ..encoders import hub
-from ..encoders.factory import ModelCfg, local_dir, weights_fingerprint
+from ..encoders.factory import local_dir, weights_fingerprint
+from ..encoders.registry import ModelCfg
 from .clap import PROBE_TEXT, ClapEncoder, load_clap
 from .clap_features import MelFeatures, shrink_rows
 

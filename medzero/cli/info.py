@@ -49,8 +49,9 @@ _KIND = {
 
 def _availability_rows(modality: str | None) -> list[dict]:
     """One row per registered model, installed pack and configured reference: whether it is here and where from."""
-    from ..encoders.factory import availability, default_model, list_models
-    from ..encoders.packs import installed
+    from ..encoders.factory import availability, default_model
+    from ..encoders.installed import installed
+    from ..encoders.registry import list_models
 
     rows, seen = [], set()
 
@@ -171,7 +172,8 @@ def install_command(pack_path, name, modality):
 def verify_command(names, no_load):
     """Check installed packs: every file's sha256, and that the preprocessing the loader really
     uses (image size, mean, std, interpolation; audio features; tokenizer) is the pack's."""
-    from ..encoders.packs import installed, models_dir, verify
+    from ..encoders.installed import installed, models_dir
+    from ..encoders.packs import verify
 
     try:
         if not names and not installed():

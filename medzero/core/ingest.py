@@ -39,7 +39,7 @@ from .modality import get_modality, modalities
 from .sniff import MEDIA_SUFFIXES, sniff_source
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..encoders.factory import Encoder
+    from .contracts import Encoder
 
 __all__ = [
     "Source",

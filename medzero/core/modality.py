@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .errors import MedzeroError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..encoders.factory import Encoder
+    from .contracts import Encoder
     from .ingest import Prepared, Source
     from .results import Result
     from ..tasks.scoring import TaskHead

@@ -1,9 +1,10 @@
 """Inference backends: the model's own torch modules, or graphs exported from them to ONNX.
 
 - ``auto`` (the default): on a GPU, ``torch``; on the CPU, the backend the model's family declared
-  as measured best there (:func:`prefer_on_cpu`; CLAP: ``onnx``, open_clip: ``torch``), when its
-  runtime is installed. If that backend cannot load the model (an export refused, a runtime
-  error), ``auto`` logs one warning and loads ``torch``: it never fails where ``torch`` works.
+  as measured best there (``prefer_on_cpu`` of its :class:`~medzero.encoders.registry.Family`
+  row; CLAP: ``onnx``, open_clip: ``torch``), when its runtime is installed. If that backend
+  cannot load the model (an export refused, a runtime error), ``auto`` logs one warning and loads
+  ``torch``: it never fails where ``torch`` works.
 - ``torch``: the towers run as the model library built them.
 - ``onnx``: each tower (audio or image, and text) is exported once per model fingerprint with
   torch's TorchScript ONNX exporter, checked against torch on a probe batch (largest difference at
@@ -19,8 +20,8 @@
   cached text embedding with the float model. ``bench/bench_audio.py`` and ``bench/bench_image.py``
   print how far its scores move.
 
-A family supports these backends by registering an ``onnx`` hook
-(``register_family_hook(family, "onnx")``) that loads it with ``backend=``. The cache directory is
+A family supports these backends by naming, in its ``Family`` row, an ``onnx`` loader
+(``"module:function"``) that loads it with ``backend=``. The cache directory is
 ``$MEDZERO_CACHE_DIR/onnx`` (default ``~/.cache/medzero/onnx``); an export is written into a
 temporary folder beside it and renamed into place when complete, so a killed export leaves no half
 model, and two processes exporting the same model at once both end up using one complete copy. The
@@ -57,6 +58,7 @@ import numpy as np
 
 from ..core.errors import MedzeroError, ModelUnavailableError
 from ..core.files import fsync_dir, fsync_file, replacing
+from . import registry
 
 __all__ = [
     "BACKENDS",
@@ -64,7 +66,6 @@ __all__ = [
     "TOLERANCE",
     "resolve",
     "choose",
-    "prefer_on_cpu",
     "checked",
     "use",
     "use_in_processes",
@@ -103,8 +104,6 @@ _RUNTIMES = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "openvino": "ope
 _EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "onnx": "onnx"}
 DEFAULT_BACKEND = "auto"
 ENV = "MEDZERO_BACKEND"
-#: family -> the backend ``auto`` uses for it on the CPU (declared by the family's module, from bench/).
-_PREFERRED_ON_CPU: dict[str, str] = {}
 #: The help of every command's ``--backend`` option.
 OPTION_HELP = (
     "auto [default]: the measured best for each model (CPU: onnx for CLAP, torch for open_clip; GPU: torch); "
@@ -133,20 +132,13 @@ def resolve(backend: str | None = None) -> str:
     return name
 
 
-def prefer_on_cpu(family: str, backend: str) -> None:
-    """Declare the backend ``auto`` uses for ``family``'s models on the CPU: the one its
-    benchmarks measured fastest there (``bench/``)."""
-    if backend not in BACKENDS or backend == "auto":
-        raise ValueError(f"not a backend to prefer: {backend!r}")
-    _PREFERRED_ON_CPU[family] = backend
-
-
 def choose(backend: str, family: str, device: str) -> str:
     """The backend ``backend`` stands for with a ``family`` model on ``device`` (a resolved device:
     ``cpu``, ``cuda``, ...): itself, unless it is ``auto``."""
     if backend != "auto":
         return backend
-    preferred = _PREFERRED_ON_CPU.get(family, "torch")
+    row = registry.family(family)
+    preferred = (row.prefer_on_cpu if row is not None else None) or "torch"
     if device != "cpu" or preferred == "torch" or importlib.util.find_spec(runtime(preferred)) is None:
         return "torch"
     return preferred
@@ -275,7 +267,8 @@ def _fsync_tree(directory: Path) -> None:
     fsync_dir(directory)
 
 
-_HOST = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:40] or "host"
+#: This machine's name as it appears in temporary export folders (whose owner may be gone).
+HOST = re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:40] or "host"
 #: ``.<export>.tmp-<host>-<pid>-<random>.tmp``: which process on which machine is writing it.
 _TEMPORARY = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[^/]*\.tmp$")
 #: Temporary export folders this process is writing (removed by discard_unfinished_exports).
@@ -300,7 +293,7 @@ def _remove_stale_temporaries(root: Path, older_than_s: float = 3600.0) -> None:
     for path in root.glob(".*.tmp"):
         try:
             owner = _TEMPORARY.search(path.name)
-            dead = owner is not None and owner["host"] == _HOST and _process_gone(int(owner["pid"]))
+            dead = owner is not None and owner["host"] == HOST and _process_gone(int(owner["pid"]))
             if path.is_dir() and (dead or now - path.stat().st_mtime > older_than_s):
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
@@ -393,7 +386,7 @@ def exported(
     try:
         root.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(root)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{_HOST}-{os.getpid()}-", suffix=".tmp", dir=root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{HOST}-{os.getpid()}-", suffix=".tmp", dir=root))
     except OSError as exc:
         raise BackendError(f"cannot write the onnx export cache in {root}: {exc.strerror or exc}; set MEDZERO_CACHE_DIR") from None
     with _UNFINISHED_LOCK:

@@ -1,9 +1,8 @@
-"""The Encoder protocol and a registry of named models.
+"""Resolving and loading encoders (:class:`~medzero.core.contracts.Encoder`).
 
 An encoder turns items of one modality (audio clips, images) and texts into L2-normalised float32
-embeddings in one shared space. Each model *family* (``clap``, ``open_clip``) registers a loader;
-each *named model* (``clap-htsat-fused``, ``biomedclip``) is a row of data naming its family, hub id
-and pinned revision. :func:`create` resolves what a user typed:
+embeddings in one shared space. The families that load them and the named models are rows of
+:mod:`medzero.encoders.registry`; :func:`create` resolves what a user typed:
 
 - a registered name: ``clap-htsat-fused`` (an installed model pack of that name first, see
   :mod:`medzero.encoders.packs`, else its hub id);
@@ -23,6 +22,7 @@ Loaded encoders are kept per (reference, device), so a process loads each model 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -30,24 +30,19 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
-
-import numpy as np
+from typing import Callable, Iterator, Sequence
 
 from . import backends
 from . import hub
+from ..core.contracts import Encoder
 from ..core.errors import MedzeroError, ModelUnavailableError
+from .installed import InstalledPack, find_installed
+from .registry import ModelCfg, family, families, list_models, model_error, named_model
 
 __all__ = [
-    "Encoder",
-    "ModelCfg",
     "Location",
     "Availability",
     "Target",
-    "register_family",
-    "register_family_hook",
-    "register_model",
-    "list_models",
     "configured_model",
     "create",
     "resolve",
@@ -56,7 +51,6 @@ __all__ = [
     "resolve_device",
     "weights_fingerprint",
     "local_dir",
-    "model_error",
     "advice",
     "missing_error",
     "short_reason",
@@ -65,37 +59,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Encoder(Protocol):
-    modality: str  # "audio" or "image"
-    model_id: str  # what was loaded: a hub id or a directory
-    fingerprint: str  # model id + revision, or model id + weights hash
-    dim: int
-    logit_scale: float
-    device: str
-
-    def embed(self, items: Sequence[Any]) -> np.ndarray:
-        """(n, dim) float32, L2-normalised, for already-loaded items of this modality."""
-
-    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, dim) float32, L2-normalised."""
-
-    # Optional: ``preprocess_config() -> dict``, the preprocessing the loaded model really applies
-    # (JSON-able). Model packs record it and ``medzero models verify`` compares it.
-
-
-@dataclass(frozen=True)
-class ModelCfg:
-    name: str
-    modality: str
-    family: str
-    hub_id: str
-    revision: str | None = None
-    description: str = ""
-    default: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,7 +89,7 @@ class Target:
     source: str
     revision: str | None = None
     cfg: ModelCfg | None = None
-    pack: Any = None  # a medzero.encoders.packs.InstalledPack
+    pack: InstalledPack | None = None
     directory: Path | None = None
 
     @property
@@ -158,70 +121,10 @@ class Availability:
         return self.location.where
 
 
-#: family -> (modality, loader(source, revision, device, cfg) -> Encoder)
-_FAMILIES: dict[str, tuple[str, Callable[..., Encoder]]] = {}
-#: family -> hook name -> function; see register_family_hook
-_HOOKS: dict[str, dict[str, Callable[..., Any]]] = {}
-_HOOK_NAMES = ("locate", "stage", "recognise", "onnx")
-_MODELS: dict[str, ModelCfg] = {}
 _LOADED: dict[tuple[str, str, str, str], Encoder] = {}  # (modality, ref, device, backend)
 _LOAD_LOCK = threading.Lock()
 _LOADING = threading.Event()  # set while a model loads (or exports), in whichever thread
 _ENV = {"audio": "MEDZERO_AUDIO_MODEL", "image": "MEDZERO_IMAGE_MODEL"}
-
-
-def register_family(family: str, modality: str) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
-    def decorator(loader: Callable[..., Encoder]) -> Callable[..., Encoder]:
-        _FAMILIES[family] = (modality, loader)
-        return loader
-
-    return decorator
-
-
-def register_family_hook(family: str, hook: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register one of a family's optional functions:
-
-    - ``locate(source, revision, cfg) -> Location | None``: where a hub source's files are, without
-      loading (``None``: cannot tell; the loader decides);
-    - ``stage(encoder, target, dest) -> dict``: write a self-contained folder that the family loads
-      as ``local-dir:`` (safetensors weights, configs, tokenizer, preprocessing, licence) for a
-      model pack; returns extra manifest fields (e.g. ``{"licence": ...}``);
-    - ``recognise(directory) -> bool``: whether a folder holds a model of this family;
-    - ``onnx(source, revision, device, cfg, backend) -> Encoder``: the loader for the backends
-      that run an ONNX export (``onnx``, ``openvino``, ``onnx-int8``; :mod:`medzero.encoders.backends`).
-    """
-    if hook not in _HOOK_NAMES:
-        raise ValueError(f"unknown family hook {hook!r}; expected one of {', '.join(_HOOK_NAMES)}")
-
-    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _HOOKS.setdefault(family, {})[hook] = fn
-        return fn
-
-    return decorator
-
-
-def family_hook(family: str, hook: str) -> Callable[..., Any] | None:
-    _ensure_registered()
-    return _HOOKS.get(family, {}).get(hook)
-
-
-def family_modality(family: str) -> str:
-    _ensure_registered()
-    return _FAMILIES[family][0]
-
-
-def families(modality: str | None = None) -> list[str]:
-    _ensure_registered()
-    return [f for f, (m, _) in _FAMILIES.items() if modality in (None, m)]
-
-
-def model_error(reason: str, advice: str = "") -> ModelUnavailableError:
-    """A one-line :class:`ModelUnavailableError`: ``reason`` (what is wrong), then ``advice``
-    (what to do, for the command line). ``reason`` is kept as ``error.reason`` for front ends that
-    give their own advice (the app never shows command-line flags)."""
-    error = ModelUnavailableError(f"{reason}; {advice}" if advice else reason)
-    error.reason = " ".join(str(reason).split())  # type: ignore[attr-defined]
-    return error
 
 
 def short_reason(error: BaseException | str, limit: int = 200) -> str:
@@ -234,26 +137,6 @@ def short_reason(error: BaseException | str, limit: int = 200) -> str:
     if sentence >= limit // 3:
         return head[: sentence + 1]
     return head.rsplit(" ", 1)[0].rstrip(",;:") + " …"
-
-
-def register_model(cfg: ModelCfg) -> ModelCfg:
-    _MODELS[cfg.name] = cfg
-    return cfg
-
-
-def _ensure_registered() -> None:
-    # Importing the modality plug-ins registers their families and named models; a plug-in that
-    # cannot be imported (a trimmed install) leaves the others working.
-    from ..core.modality import modalities
-
-    modalities()
-
-
-def list_models(modality: str | None = None) -> list[ModelCfg]:
-    """Registered named models, defaults first."""
-    _ensure_registered()
-    models = [m for m in _MODELS.values() if modality in (None, m.modality)]
-    return sorted(models, key=lambda m: (m.modality, not m.default, m.name))
 
 
 def configured_model(modality: str) -> str | None:
@@ -287,15 +170,14 @@ def resolve_device(device: str | None = "auto") -> str:
 
 def _family_for(modality: str, directory: Path | None = None) -> str:
     """The family that loads ``modality``: the one that recognises ``directory`` if given, else the first."""
-    candidates = [family for family, (fam_modality, _) in _FAMILIES.items() if fam_modality == modality]
+    candidates = families(modality)
     if not candidates:
         raise ModelUnavailableError(f"no model family is registered for {modality}")
     if directory is not None:
-        for family in candidates:
-            recognise = _HOOKS.get(family, {}).get("recognise")
-            if recognise is not None and recognise(directory):
-                return family
-    return candidates[0]
+        for row in candidates:
+            if row.recognise is not None and row.recognise(directory):
+                return row.name
+    return candidates[0].name
 
 
 def _revision(cfg: ModelCfg) -> str | None:
@@ -305,11 +187,8 @@ def _revision(cfg: ModelCfg) -> str | None:
 def resolve(ref: str | None = None, *, modality: str) -> Target:
     """What ``ref`` names, without loading it: a registered name (its installed pack first), an
     existing directory, an installed pack's name or hub id, else a hub reference."""
-    from .packs import find_installed
-
-    _ensure_registered()
     ref = ref or default_model(modality)
-    cfg = _MODELS.get(ref)
+    cfg = named_model(ref)
     if cfg is not None:
         if cfg.modality != modality:
             raise model_error(f"model {ref!r} is an {cfg.modality} model, not an {modality} model")
@@ -336,7 +215,6 @@ def create(ref: str | None = None, *, modality: str, device: str | None = "auto"
     A hub model that is not on this machine while the hub cannot be used fails here, before torch
     or the model libraries are imported: one probe of the hub (at most about 1.5 s), one line.
     """
-    _ensure_registered()
     ref = ref or default_model(modality)
     wanted = (device or "auto").lower()
     asked = backends.resolve(backend)
@@ -392,7 +270,7 @@ def _loading(really: bool) -> Iterator[None]:
 
 def _load(target: Target, backend: str, device: str, offline_because: str | None) -> Encoder:
     """Load ``target`` with ``backend`` on ``device`` (offline when the hub cannot be used)."""
-    _, loader = _FAMILIES[target.family] if backend == "torch" else (None, _backend_loader(target.family, backend))
+    loader = _loader(target.family, backend)
     _logger.info("loading %s model %s on %s (%s)", target.modality, target.source, device, backend)
     if offline_because is None:
         encoder = loader(target.source, revision=target.revision, device=device, cfg=target.cfg)
@@ -406,19 +284,31 @@ def _load(target: Target, backend: str, device: str, offline_because: str | None
     return encoder
 
 
-def _backend_loader(family: str, backend: str) -> Callable[..., Encoder]:
-    """The family's loader for a backend other than torch (its ``onnx`` hook), given ``backend=``."""
-    import functools
+def _loader(name: str, backend: str) -> Callable[..., Encoder]:
+    """Family ``name``'s loader for ``backend``, called as ``loader(source, revision=, device=, cfg=)``:
+    its torch loader, or for the exported backends its ``onnx`` loader, imported now (they run on
+    the CPU, so the device is not passed on)."""
+    row = family(name)
+    if row is None:
+        raise model_error(f"no loader for the {name} model family in this medzero")
+    if backend == "torch":
+        return row.load
+    if row.onnx is None:  # every exported backend loads through it
+        raise model_error(f"{name} models have no {backend} backend", "use --backend torch")
+    module, _, attribute = row.onnx.partition(":")
+    load = getattr(importlib.import_module(module), attribute)
 
-    hook = _HOOKS.get(family, {}).get("onnx")  # every exported backend loads through it
-    if hook is None:
-        raise model_error(f"{family} models have no {backend} backend", "use --backend torch")
-    return functools.partial(hook, backend=backend)
+    def load_exported(source: str, *, revision: str | None, device: str, cfg: ModelCfg | None) -> Encoder:
+        return load(source, revision=revision, cfg=cfg, backend=backend)
+
+    return load_exported
 
 
 def _locate(target: Target) -> Location | None:
-    locate = _HOOKS.get(target.family, {}).get("locate")
-    return locate(target.source, target.revision, target.cfg) if locate is not None else None
+    row = family(target.family)
+    if row is None or row.locate is None:
+        return None
+    return row.locate(target.source, target.revision, target.cfg)
 
 
 def _pack_command(target: Target) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -37,15 +36,14 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
 from ..core.errors import ModelUnavailableError
+from . import hub
+from .factory import create, forget, local_dir, resolve
+from .installed import MODEL_MANIFEST, InstalledPack, file_problems, installed, models_dir, read_manifest, remember_hashes, sha256_file
+from .registry import families, family, named_model
 
 __all__ = [
     "PACK_MANIFEST",
-    "MODEL_MANIFEST",
-    "InstalledPack",
     "Check",
-    "models_dir",
-    "installed",
-    "find_installed",
     "pack",
     "install",
     "verify",
@@ -57,7 +55,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 PACK_MANIFEST = "medzero-pack.json"
-MODEL_MANIFEST = "medzero-model.json"
 FORMAT = "medzero-model-pack"
 VERSION = 1
 #: A pack name: what ``create()`` is given. No ``/``, ``:`` or ``@`` (hub ids, schemes, tags).
@@ -68,179 +65,6 @@ TOKENIZER_FILES = (
     "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
 )
 _MAX_MANIFEST_BYTES = 16 << 20
-
-
-# -- where packs live -------------------------------------------------------------------------------
-
-
-def models_dir() -> Path:
-    """``MEDZERO_MODELS_DIR``, else ``<medzero cache>/models``."""
-    from .cache import cache_dir
-
-    if os.environ.get("MEDZERO_MODELS_DIR"):
-        return Path(os.environ["MEDZERO_MODELS_DIR"]).expanduser()
-    return cache_dir() / "models"
-
-
-@dataclass(frozen=True)
-class InstalledPack:
-    """A model installed from a pack: its folder and its manifest entry."""
-
-    name: str
-    path: Path
-    manifest: dict[str, Any] = field(repr=False, hash=False, compare=False)
-
-    @property
-    def modality(self) -> str:
-        return str(self.manifest["modality"])
-
-    @property
-    def family(self) -> str:
-        return str(self.manifest["family"])
-
-    @property
-    def fingerprint(self) -> str:
-        return str(self.manifest["fingerprint"])
-
-    @property
-    def revision(self) -> str | None:
-        return self.manifest.get("revision")
-
-    @property
-    def source(self) -> str:
-        return str(self.manifest.get("source", ""))
-
-    def check_files(self) -> None:
-        """Every file of the manifest present with its size and sha256 (hashes remembered per file
-        size and modification time), and no other weights; else a one-line error naming the file."""
-        problem = _file_problems(self.path, self.manifest, memo=True)
-        if problem:
-            from .factory import model_error
-
-            raise model_error(
-                f"installed model pack {self.name} at {self.path} is damaged: {problem}",
-                "install the pack again (medzero models install PACK.tar)",
-            )
-
-
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((folder / MODEL_MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("name") == folder.name else None
-
-
-def installed(directory: str | os.PathLike | None = None) -> list[InstalledPack]:
-    """The packs installed in ``directory`` (default :func:`models_dir`), by name."""
-    root = Path(directory) if directory is not None else models_dir()
-    if not root.is_dir():
-        return []
-    found = []
-    for folder in sorted(root.iterdir()):
-        if folder.is_dir() and not folder.name.startswith("."):
-            manifest = _read_manifest(folder)
-            if manifest is not None:
-                found.append(InstalledPack(folder.name, folder, manifest))
-    return found
-
-
-def _hub_key(ref: str) -> str:
-    return ref.removeprefix("hf-hub:").strip().lower()
-
-
-def find_installed(ref: str, *, modality: str | None = None, revision: str | None = None) -> InstalledPack | None:
-    """The installed pack named ``ref``, or packed from the hub id ``ref``; ``revision``, when
-    given, must equal the pack's (a pinned commit that the pack does not hold is not used)."""
-    if not ref or ref.startswith("local-dir:"):
-        return None
-    candidates = installed()
-    by_name = [p for p in candidates if p.name == ref]
-    by_source = [p for p in candidates if p.manifest.get("source_kind") == "hub" and _hub_key(p.source) == _hub_key(ref)]
-    for p in by_name + by_source:
-        if modality not in (None, p.modality):
-            continue
-        if revision is not None and p.revision != revision:
-            _logger.info("installed pack %s holds revision %s, not %s; not used", p.name, p.revision, revision)
-            continue
-        return p
-    return None
-
-
-# -- hashing ------------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _memo_path() -> Path:
-    from .cache import cache_dir
-
-    return cache_dir() / "pack_hashes.json"
-
-
-def _load_memo() -> dict[str, str]:
-    try:
-        memo = json.loads(_memo_path().read_text())
-        return memo if isinstance(memo, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_memo(memo: dict[str, str]) -> None:
-    path = _memo_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
-def _stamp(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def _file_problems(folder: Path, manifest: dict[str, Any], *, memo: bool) -> str:
-    """The first problem with ``folder``'s files against ``manifest`` (empty when there is none)."""
-    files: dict[str, dict[str, Any]] = manifest.get("files") or {}
-    if not files:
-        return "its manifest lists no files"
-    remembered = _load_memo() if memo else {}
-    changed = False
-    try:
-        for rel, entry in sorted(files.items()):
-            path = folder / rel
-            if not path.is_file():
-                return f"{rel} is missing"
-            if path.stat().st_size != entry["size"]:
-                return f"{rel} has {path.stat().st_size} bytes, the manifest says {entry['size']}"
-            key = _stamp(path)
-            digest = remembered.get(key) if memo else None
-            if digest is None:
-                digest = _sha256(path)
-                if memo:
-                    remembered[key] = digest
-                    changed = True
-            if digest != entry["sha256"]:
-                return f"{rel} does not match its sha256 in the manifest (the file was changed or damaged)"
-        extra = sorted(
-            str(p.relative_to(folder)) for p in folder.rglob("*")
-            if p.is_file() and p.name != MODEL_MANIFEST and str(p.relative_to(folder)) not in files
-        )
-        if extra:
-            return f"{extra[0]} is not in the manifest"
-        return ""
-    finally:
-        if changed:
-            _save_memo(remembered)
 
 
 # -- packing ------------------------------------------------------------------------------------------
@@ -273,15 +97,12 @@ def _default_name(ref: str) -> str:
 
 
 def _detect_modality(ref: str) -> str | None:
-    from .factory import families, family_hook, family_modality, local_dir
-
     directory = local_dir(ref)
     if directory is None:
         return None
-    for family in families():
-        recognise = family_hook(family, "recognise")
-        if recognise is not None and recognise(directory):
-            return family_modality(family)
+    for row in families():
+        if row.recognise is not None and row.recognise(directory):
+            return row.modality
     return None
 
 
@@ -293,13 +114,9 @@ class _Staged:
 
 
 def _stage(spec: str, work: Path, *, modality: str | None, licence_files: Sequence[Path], device: str) -> _Staged:
-    from . import hub
-    from .factory import _MODELS, _ensure_registered, create, family_hook, resolve
-
-    _ensure_registered()
     name, ref = _split_spec(spec)
-    cfg = _MODELS.get(name or ref)
-    known = cfg or _MODELS.get(ref)
+    cfg = named_model(name or ref)
+    known = cfg or named_model(ref)
     if known is not None:
         modality = known.modality
     modality = modality or _detect_modality(ref)
@@ -309,7 +126,8 @@ def _stage(spec: str, work: Path, *, modality: str | None, licence_files: Sequen
     if not NAME_RE.match(name):
         raise ModelUnavailableError(f"{name!r} cannot name a pack; use letters, digits, '.', '_' and '-' (NAME=REF)")
     target = resolve(ref, modality=modality)
-    stage = family_hook(target.family, "stage")
+    row = family(target.family)
+    stage = row.stage if row is not None else None
     if stage is None:
         raise ModelUnavailableError(f"the {target.family} model family cannot be packed")
     encoder = create(ref, modality=modality, device=device, backend="torch")  # packs hold the model's own files
@@ -350,7 +168,7 @@ def _stage(spec: str, work: Path, *, modality: str | None, licence_files: Sequen
         "fingerprint": str(encoder.fingerprint),
         "preprocess": _jsonable(encoder.preprocess_config()) if hasattr(encoder, "preprocess_config") else {},
         "licence": {"id": licence_id, "files": licence},
-        "files": {rel: {"size": path.stat().st_size, "sha256": _sha256(path)} for rel, path in sorted(files.items())},
+        "files": {rel: {"size": path.stat().st_size, "sha256": sha256_file(path)} for rel, path in sorted(files.items())},
     }
     return _Staged(name, entry, files)
 
@@ -574,17 +392,16 @@ def _install_tar(tar: tarfile.TarFile, label: str, root: Path) -> list[Installed
             tar.extractall(staging, members=wanted, filter="data")
         except (tarfile.TarError, OSError) as exc:
             raise ModelUnavailableError(f"{label} cannot be extracted ({exc}); nothing was installed") from None
-        memo = _load_memo()
         for member in wanted:
             m, rel = expected[member.name]
             path = staging / member.name
             entry = m["files"][rel]
-            if path.stat().st_size != entry["size"] or _sha256(path) != entry["sha256"]:
+            if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
                 raise ModelUnavailableError(
                     f"{label}: {member.name} does not match its sha256 in the manifest (the file was changed or damaged); nothing was installed"
                 )
         stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        done = []
+        done, digests = [], {}
         for m in models:
             folder = staging / m["name"]
             record = {**m, "installed": stamp, "pack": label}
@@ -594,9 +411,9 @@ def _install_tar(tar: tarfile.TarFile, label: str, root: Path) -> list[Installed
                 os.replace(final, staging / f".old-{m['name']}")
             os.replace(folder, final)
             for rel, entry in m["files"].items():
-                memo[_stamp(final / rel)] = entry["sha256"]
+                digests[final / rel] = entry["sha256"]
             done.append(InstalledPack(m["name"], final, record))
-        _save_memo(memo)
+        remember_hashes(digests)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _forget(done)
@@ -604,8 +421,8 @@ def _install_tar(tar: tarfile.TarFile, label: str, root: Path) -> list[Installed
 
 
 def _install_folder(path: Path, root: Path, *, name: str | None) -> list[InstalledPack]:
-    manifest = _read_manifest(path) or {}
-    problem = _file_problems(path, manifest, memo=False)
+    manifest = read_manifest(path) or {}
+    problem = file_problems(path, manifest, memo=False)
     if problem:
         raise ModelUnavailableError(f"{path}: {problem}; nothing was installed")
     name = name or path.name
@@ -621,8 +438,6 @@ def _install_folder(path: Path, root: Path, *, name: str | None) -> list[Install
 
 
 def _forget(done: Sequence[InstalledPack]) -> None:
-    from .factory import forget
-
     forget([ref for p in done for ref in (p.name, p.source, p.source.removeprefix("hf-hub:")) if ref])
 
 
@@ -655,9 +470,6 @@ def verify(names: Sequence[str] = (), *, directory: str | os.PathLike | None = N
     """Check installed packs (all, or ``names``): every file against the manifest's sha256, then
     (``load``) load the model on the CPU with the hub in offline mode and compare the preprocessing
     the loader really uses with the one recorded when the pack was made."""
-    from . import hub
-    from .factory import _FAMILIES, _ensure_registered
-
     packs = installed(directory)
     if names:
         known = {p.name: p for p in packs}
@@ -666,22 +478,22 @@ def verify(names: Sequence[str] = (), *, directory: str | os.PathLike | None = N
             have = ", ".join(known) or "none"
             raise ModelUnavailableError(f"no installed model pack named {unknown[0]} in {directory or models_dir()} (installed: {have})")
         packs = [known[n] for n in names]
-    _ensure_registered()
     checks = []
     for p in packs:
-        problem = _file_problems(p.path, p.manifest, memo=False)
+        problem = file_problems(p.path, p.manifest, memo=False)
         if problem:
             checks.append(Check(p.name, p.path, False, problem))
             continue
         if not load:
             checks.append(Check(p.name, p.path, True))
             continue
-        if p.family not in _FAMILIES:
+        row = family(p.family)
+        if row is None:
             checks.append(Check(p.name, p.path, False, f"no loader for the {p.family} model family in this medzero"))
             continue
         try:
             with hub.offline():
-                encoder = _FAMILIES[p.family][1](f"local-dir:{p.path}", revision=None, device="cpu", cfg=None)
+                encoder = row.load(f"local-dir:{p.path}", revision=None, device="cpu", cfg=None)
         except ModelUnavailableError as exc:
             checks.append(Check(p.name, p.path, False, f"it does not load offline: {getattr(exc, 'reason', exc)}"))
             continue

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..encoders import hub
-from ..encoders.factory import Location, ModelCfg, Target, advice, local_dir, missing_error, model_error, register_family, register_family_hook, register_model, short_reason, weights_fingerprint
+from ..encoders.factory import Location, Target, advice, local_dir, missing_error, short_reason, weights_fingerprint
+from ..encoders.registry import Family, ModelCfg, model_error, register_family, register_model
 from ..core.errors import ModelUnavailableError
 from ..encoders.packs import LICENCE_PATTERNS, TOKENIZER_FILES, copy_files
 from ..core.vectors import l2_normalise
@@ -37,7 +38,7 @@ from ..core.vectors import l2_normalise
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["OpenClipEncoder", "ClipInput", "load_open_clip", "LOCAL_COPY_HINT"]
+__all__ = ["OpenClipEncoder", "ClipInput", "load_open_clip", "json_value", "OPEN_CLIP", "LOCAL_COPY_HINT"]
 
 _logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ _WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class OpenClipEncoder:
-    """An open_clip model behind medzero's :class:`~medzero.encoders.factory.Encoder` protocol.
+    """An open_clip model behind medzero's :class:`~medzero.core.contracts.Encoder` protocol.
 
     ``embed`` runs the model's own preprocessing (``self.preprocess``, as returned by open_clip)
     on each image's 8-bit RGB picture, then ``encode_image`` in batches of ``batch_size`` under
@@ -126,7 +127,7 @@ class OpenClipEncoder:
             entry: dict[str, Any] = {"op": name}
             for attr in ("size", "max_size", "interpolation", "mean", "std", "mode", "fill"):
                 if hasattr(step, attr) and not callable(getattr(step, attr)):
-                    entry[attr] = _plain(getattr(step, attr))
+                    entry[attr] = json_value(getattr(step, attr))
             steps.append(entry)
             if name == "Normalize":
                 summary.update(mean=entry.get("mean"), std=entry.get("std"))
@@ -225,18 +226,17 @@ def _normalise(features: "torch.Tensor") -> np.ndarray:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     """A transform attribute as JSON: enums by value, tuples as lists, tensors as lists."""
     if hasattr(value, "value") and not isinstance(value, (int, float, str)):
         return value.value
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [json_value(v) for v in value]
     return value
 
 
-@register_family("open_clip", "image")
 def load_open_clip(source: str, *, revision: str | None = None, device: str = "cpu", cfg: ModelCfg | None = None) -> OpenClipEncoder:
     """Load an open_clip model from a ``local-dir:``/directory, ``hf-hub:`` or ``ARCH@TAG`` reference."""
     display = f"{cfg.name!r} ({source})" if cfg is not None else repr(source)
@@ -367,23 +367,9 @@ class ClipInput:
         self.pixels = pixels
 
 
-@register_family_hook("open_clip", "onnx")
-def load_open_clip_onnx(source: str, *, revision: str | None = None, device: str = "cpu", cfg: ModelCfg | None = None, backend: str = "onnx"):
-    """open_clip on ONNX Runtime (``--backend onnx``; see :mod:`medzero.image.clip_onnx`)."""
-    from .clip_onnx import load
-
-    return load(source, revision=revision, cfg=cfg, backend=backend)
-
-
-# --backend auto keeps torch for open_clip: measured (bench/bench_image.py, full-size ViT-B-16,
-# 2 cores) onnx ran 4.95 images/s against torch's 4.99, its image tower slower alone (138 against
-# 122 ms), and it still imports torch for open_clip's preprocessing and tokenizer.
-
-
 # -- without loading: where the files are, packing, recognising a folder --------------------------
 
 
-@register_family_hook("open_clip", "locate")
 def locate_open_clip(source: str, revision: str | None, cfg: ModelCfg | None) -> Location | None:
     """Whether an ``hf-hub:`` (or bare hub id) open_clip model, its weights and its Hugging Face
     text tower are in the local cache; ``ARCH@TAG`` asks open_clip where the tag's weights live.
@@ -434,12 +420,10 @@ def _locate_weights(hub_path: str, display: str) -> Location:
     return Location("hub", repo_id, "its weights are not in the Hugging Face cache")
 
 
-@register_family_hook("open_clip", "recognise")
 def recognise_open_clip(directory: Path) -> bool:
     return (directory / "open_clip_config.json").is_file()
 
 
-@register_family_hook("open_clip", "stage")
 def stage_open_clip(encoder: OpenClipEncoder, target: Target, dest: Path) -> dict[str, Path]:
     """The folder of an open_clip pack, loadable as ``local-dir:``: ``open_clip_config.json`` (the
     source's, or one written from open_clip's built-in config and the preprocessing in use),
@@ -466,7 +450,7 @@ def stage_open_clip(encoder: OpenClipEncoder, target: Target, dest: Path) -> dic
         import open_clip
 
         arch = encoder.model_id.partition("@")[0]
-        config = {"model_cfg": open_clip.get_model_config(arch), "preprocess_cfg": _plain(dict(encoder.model.visual.preprocess_cfg))}
+        config = {"model_cfg": open_clip.get_model_config(arch), "preprocess_cfg": json_value(dict(encoder.model.visual.preprocess_cfg))}
         (dest / "open_clip_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         files["open_clip_config.json"] = dest / "open_clip_config.json"
     if source is not None and (source / "open_clip_model.safetensors").is_file():
@@ -491,3 +475,21 @@ def stage_open_clip(encoder: OpenClipEncoder, target: Target, dest: Path) -> dic
             encoder.tokenizer.tokenizer.save_pretrained(str(text))
             files.update({p.name: p for p in text.iterdir() if p.is_file() and p.name != "config.json"})
     return files
+
+
+OPEN_CLIP = register_family(
+    Family(
+        name="open_clip",
+        modality="image",
+        load=load_open_clip,
+        onnx="medzero.image.clip_onnx:load",  # ONNX Runtime and OpenVINO (see that module)
+        locate=locate_open_clip,
+        recognise=recognise_open_clip,
+        stage=stage_open_clip,
+        # --backend auto keeps torch for open_clip: measured (bench/bench_image.py, full-size
+        # ViT-B-16, 2 cores) onnx ran 4.95 images/s against torch's 4.99, its image tower slower
+        # alone (138 against 122 ms), and it still imports torch for open_clip's preprocessing and
+        # tokenizer.
+        prefer_on_cpu=None,
+    )
+)

@@ -18,10 +18,11 @@ import numpy as np
 
 from ..encoders import backends as backends
 from ..encoders import hub
-from ..encoders.factory import ModelCfg, local_dir, weights_fingerprint
+from ..encoders.factory import local_dir, weights_fingerprint
+from ..encoders.registry import ModelCfg
 from ..core.errors import ModelUnavailableError
 from ..core.vectors import l2_normalise
-from .clip import OpenClipEncoder, _plain, load_open_clip
+from .clip import OpenClipEncoder, json_value, load_open_clip
 
 __all__ = ["OnnxClipEncoder", "load", "export"]
 
@@ -208,7 +209,7 @@ def export(encoder: OpenClipEncoder, directory: Path, *, runtime: str = "onnxrun
         "files": ["image.onnx", "text.onnx", "probe_pixels.npy"],
         "dim": encoder.dim,
         "logit_scale": encoder.logit_scale,
-        "preprocess_cfg": _plain(dict(model.visual.preprocess_cfg)),
+        "preprocess_cfg": json_value(dict(model.visual.preprocess_cfg)),
         "max_abs_diff": {"image": image_diff, "text": text_diff},
         "versions": _versions(),
         "opset": backends.opset(),

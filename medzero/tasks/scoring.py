@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..encoders.cache import TextEmbeddingCache, text_cache
-from ..encoders.factory import Encoder
+from ..core.contracts import Encoder
 from .schema import NOT_APPLICABLE, Task, applies_to_checks
 from ..core.results import Reason, format_values
 from ..core.vectors import l2_normalise
