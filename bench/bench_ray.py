@@ -114,10 +114,10 @@ def writer_rate(root: Path, n: int, batch_size: int, dim: int = 512) -> float:
     ]
     report = RayAddReport()
     start = time.perf_counter()
-    with CaseIndex(root / "writer") as index, index._writing():
+    with CaseIndex(root / "writer") as index, index.writer() as writer:
         for i in range(0, n, batch_size):
-            _commit(index, rows[i : i + batch_size], {"image": None}, report)
-        index._spaces.save(force=True, tail_ok=True)
+            _commit(writer, rows[i : i + batch_size], {"image": None}, report)
+        writer.save()
     seconds = time.perf_counter() - start
     assert len(report.added) == n
     return n / seconds

@@ -158,6 +158,11 @@ class Classifier:
                 check_model(self.calibration, self._heads[modality].fingerprint)  # warns when fitted on another model
         return self._heads[modality]
 
+    def head_modalities(self) -> list[str]:
+        """The modalities whose head is built already, so whose encoder this process holds loaded:
+        an engine reads their facts from them instead of loading the models again."""
+        return list(self._heads)
+
     # -- classification ---------------------------------------------------------------------
     def classify(self, source: Any) -> Result:
         """One source; a problem with it raises its :class:`MedzeroError`."""

@@ -381,7 +381,7 @@ def classify_dataset(
     labels, metrics = result_columns(classifier)
     probe = copy.copy(classifier)
     probe.device = "cpu"  # facts do not depend on the device; the probe worker may have no GPU
-    held = {m: classifier.encoder(m) for m in modalities if m in classifier._heads}  # loaded here already: no probe
+    held = {m: classifier.encoder(m) for m in modalities if m in classifier.head_modalities()}  # loaded here already: no probe
     facts = describe(probe.encoder, modalities, held)
     size, gpus, cpus = _actors(options, classifier.device, getattr(classifier, "backend", None))
     _logger.info("ray engine: %d actor(s) with %g GPU and %g CPU each, batches of %d", size, gpus, cpus, batch_size)

@@ -6,8 +6,9 @@
                   send the sha256s the index holds to the tasks
     Ray tasks     Source.of (sniff) → read once → sha256 → skip known → Pipeline.prepare
     actor pool    Pipeline.embed → l2_normalise (+ the task's scores)
-    driver        each streamed batch committed by SpaceSet.insert, as CaseIndex.add commits: vector
-                  files fsynced, one SQLite transaction, then FAISS (the crash-safe path)
+    driver        each streamed batch committed through CaseIndex.writer() (IndexWriter.insert), as
+                  CaseIndex.add commits: vector files fsynced, one SQLite transaction, then FAISS
+                  (the crash-safe path)
 
 Every row that comes back is one file: ``ok`` (a vector), ``duplicate``, ``error`` (the local
 engine's message) or ``fatal`` (the index holds another model's vectors for the file's modality:
@@ -31,8 +32,7 @@ from ..core.modality import get_modality, modality_names
 from ..tasks.schema import Task, load_task
 from ..tasks.scoring import TaskHead, build_head
 from ..core.vectors import l2_normalise
-from ..retrieval.ingest import AddReport
-from ..retrieval.spaces import space_key
+from ..retrieval import AddReport
 from ._engine import (
     _DECODE_ARGS, EncoderFacts, RayOptions, _actors, _create_on, _dataset, _Described, _pack, _remote_args,
     _skipped, _source, connect, describe, list_files, require_ray,
@@ -41,7 +41,7 @@ from ._engine import (
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from ..retrieval import CaseIndex
+    from ..retrieval import CaseIndex, IndexWriter
 
 __all__ = ["RayAddReport", "add_with_ray"]
 
@@ -183,25 +183,13 @@ class _IndexActor:
         }
 
 
-def _known_digests(index: "CaseIndex", fingerprint: str) -> np.ndarray:
-    """The sorted sha256 digests of the cases in ``fingerprint``'s space (empty if it has none)."""
-    rows = index._db().db.execute("SELECT sha256 FROM cases WHERE space = ?", (space_key(fingerprint),))
-    digests = []
-    for (sha,) in rows:
-        try:
-            digests.append(bytes.fromhex(sha))
-        except ValueError:  # a caller's own key given to add_vectors: no file hashes to it
-            continue
-    return np.sort(np.array(digests, dtype="S32")) if digests else np.zeros(0, dtype="S32")
-
-
-def _checked(index: "CaseIndex", facts: EncoderFacts, model_ref: str | None) -> EncoderFacts:
+def _checked(writer: "IndexWriter", facts: EncoderFacts, model_ref: str | None) -> EncoderFacts:
     """The facts, carrying the index's CaseIndexError when its space holds another model's vectors
     (the check every add makes: model and dimension against the modality's space)."""
     if facts.error is not None:
         return facts
     try:
-        index._spaces.row_for(facts.modality, facts.fingerprint, facts.dim, model_ref)
+        writer.space_row(facts.modality, facts.fingerprint, facts.dim, model_ref)
     except CaseIndexError as exc:
         return replace(facts, error=exc)
     return facts
@@ -221,7 +209,7 @@ def add_with_ray(
     The one-writer rule holds: the driver takes the index's write lock for the whole run, and
     commits the vectors the cluster computed as they stream back, each batch of ``batch_size``
     files in one transaction through the path :meth:`CaseIndex.add` commits by (vector files
-    fsynced, then SQLite, then FAISS). A driver killed mid-way leaves every committed batch and an
+    fsynced, then SQLite, then FAISS; :meth:`CaseIndex.writer`). A driver killed mid-way leaves every committed batch and an
     index that opens consistent; running the same add again skips the files already indexed
     before they are decoded or embedded (the cluster gets the sha256s the index holds), so only
     the missing ones are computed. Returns the local engine's report, plus ``embedded``: how many
@@ -238,12 +226,12 @@ def add_with_ray(
         return report
     task_obj = load_task(task) if task is not None else None
     connect(options.address)
-    with index._writing():  # one writer for the whole run, and the sha256s we skip stay true
-        refs = {m: index._model_ref(m) for m in modality_names()}
+    with index.writer() as writer:  # one writer for the whole run, and the sha256s we skip stay true
+        refs = {m: writer.model_ref(m) for m in modality_names()}
         backend = getattr(index, "backend", None)
-        facts = describe(functools.partial(_create_on, refs, "cpu", backend), list(refs), index._encoders)
-        facts = {m: _checked(index, f, refs[m]) for m, f in facts.items()}
-        known = {m: ray.put(_known_digests(index, f.fingerprint)) for m, f in facts.items() if f.error is None}
+        facts = describe(functools.partial(_create_on, refs, "cpu", backend), list(refs), writer.loaded_encoders())
+        facts = {m: _checked(writer, f, refs[m]) for m, f in facts.items()}
+        known = {m: ray.put(writer.digests(f.fingerprint)) for m, f in facts.items() if f.error is None}
         size, gpus, cpus = _actors(options, index.device, backend)
         _logger.info("ray engine: %d actor(s) with %g GPU and %g CPU each, batches of %d", size, gpus, cpus, batch_size)
         cases = (
@@ -256,23 +244,22 @@ def add_with_ray(
         )
         seen = 0
         for table in cases.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-            _commit(index, table.to_pylist(), refs, report)
+            _commit(writer, table.to_pylist(), refs, report)
             seen += table.num_rows
             if progress is not None:
                 progress(table.num_rows)
-        index._spaces.save(force=True, tail_ok=True)
+        writer.save()
         if progress is not None and seen < len(files):
             progress(len(files) - seen)
     return report
 
 
-def _commit(index: "CaseIndex", rows: list[dict[str, Any]], refs: Mapping[str, str | None], report: RayAddReport) -> None:
+def _commit(writer: "IndexWriter", rows: list[dict[str, Any]], refs: Mapping[str, str | None], report: RayAddReport) -> None:
     """One streamed batch into the index, through the path ``CaseIndex.add`` commits by
-    (:meth:`SpaceSet.insert <medzero.retrieval.spaces.SpaceSet.insert>`): vector files written and
+    (:meth:`IndexWriter.insert <medzero.retrieval.IndexWriter.insert>`): vector files written and
     fsynced, then one SQLite transaction for the whole batch, then FAISS, saved at the index's
     checkpoints. Files the index already holds (or that came twice) are duplicates, checked here
     too, since the cluster's tasks only knew the cases of the run's start."""
-    spaces = index._spaces
     groups: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     for row in rows:
         if row["status"] == "fatal":
@@ -284,11 +271,11 @@ def _commit(index: "CaseIndex", rows: list[dict[str, Any]], refs: Mapping[str, s
         else:
             report.embedded += 1
             vector = np.frombuffer(row["vector"], dtype=np.float32)
-            space_row = spaces.row_for(row["modality"], row["fingerprint"], len(vector), refs.get(row["modality"]))
+            space_row = writer.space_row(row["modality"], row["fingerprint"], len(vector), refs.get(row["modality"]))
             groups.setdefault(space_row.space, (space_row, []))[1].append({**row, "vector": vector})
     inserts = []
     for key, (space_row, group) in groups.items():
-        known = spaces.known_sha(key, [r["sha256"] for r in group])
+        known = writer.known_sha256(key, [r["sha256"] for r in group])
         for r in group:
             if r["sha256"] in known:
                 report.duplicates.append(r["path"])
@@ -301,4 +288,4 @@ def _commit(index: "CaseIndex", rows: list[dict[str, Any]], refs: Mapping[str, s
             )
             inserts.append((space_row, case))
     if inserts:
-        report.added.extend(spaces.insert(inserts))
+        report.added.extend(writer.insert(inserts))

@@ -11,5 +11,6 @@ from .index import CaseIndex
 from .ingest import AddReport
 from .spaces import space_key
 from .store import parse_where
+from .writer import IndexWriter
 
-__all__ = ["CaseIndex", "AddReport", "parse_where", "space_key"]
+__all__ = ["CaseIndex", "AddReport", "IndexWriter", "parse_where", "space_key"]

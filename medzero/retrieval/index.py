@@ -36,8 +36,10 @@ whenever it is opened and brought back in step from the stored vectors when it i
   ``modality=`` to search one space only.
 - **Writers.** Any writing operation (``add``, ``add_vectors``, ``remove``) takes ``write.lock``
   with a non-blocking ``flock`` for its duration; a second writer gets a one-line
-  :class:`CaseIndexError` naming the holder's pid. Readers take no lock (SQLite in WAL mode) and
-  follow other processes' commits (``PRAGMA data_version``) before each search.
+  :class:`CaseIndexError` naming the holder's pid. :meth:`CaseIndex.writer` holds it for an
+  engine that computes vectors elsewhere and commits them here (:mod:`.writer`). Readers take no
+  lock (SQLite in WAL mode) and follow other processes' commits (``PRAGMA data_version``) before
+  each search.
 """
 from __future__ import annotations
 
@@ -61,8 +63,9 @@ from .ingest import AddReport, CaseIngest, check_source
 from .locking import WriteLock
 from .spaces import Space, SpaceSet, space_key
 from .store import Store, parse_where
+from .writer import IndexWriter
 
-__all__ = ["CaseIndex", "AddReport", "space_key"]
+__all__ = ["CaseIndex", "AddReport", "IndexWriter", "space_key"]
 
 _logger = logging.getLogger(__name__)
 
@@ -176,6 +179,19 @@ class CaseIndex:
                 self._spaces.remove_stale_temporaries()
                 self._refresh()
             yield
+
+    @contextmanager
+    def writer(self) -> Iterator[IndexWriter]:
+        """Hold the one write lock for a ``with`` block, and commit through the :class:`IndexWriter` it
+        yields: the API of an engine that reads, decodes and embeds elsewhere (the ray engine) and
+        commits here. A second writer, in this process or another, gets the one-line
+        :class:`CaseIndexError` naming the holder; a read-only index refuses."""
+        with self._writing():
+            writer = IndexWriter(self._spaces, self._model_ref, self._encoders)
+            try:
+                yield writer
+            finally:
+                writer.close()
 
     def _refresh(self) -> None:
         self._db()

@@ -401,6 +401,11 @@ class Store:
         rows = self.db.execute("SELECT id FROM cases WHERE space = ? ORDER BY id", (space,)).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
+    def shas(self, space: str) -> Iterator[str]:
+        """The sha256 of every case of ``space`` (in no particular order)."""
+        for (sha,) in self.db.execute("SELECT sha256 FROM cases WHERE space = ?", (space,)):
+            yield sha
+
     def confirm_sha(self, space: str, ids: Iterable[int], shas: Iterable[str]) -> set[str]:
         """Those of ``shas`` that the cases ``ids`` of ``space`` have (candidates found by key)."""
         wanted, found = set(shas), set()
