@@ -15,7 +15,8 @@ YAML prompt sets. The public API::
 This module is also the composition root: it declares the built-in modality plug-ins
 (``medzero.audio``, ``medzero.image``) to the registry in :mod:`medzero.core.modality`, which
 imports each one the first time its modality is needed, and the ``dicomweb://`` source scheme
-(``medzero.pacs``, the ``pacs`` extra) to the ingest pipeline. Names are loaded lazily, so
+(``medzero.pacs``, the ``pacs`` extra) to the ingest pipeline, and the ``ray`` engine
+(``medzero.distributed.RayEngine``) to :mod:`medzero.core.engines`. Names are loaded lazily, so
 ``import medzero`` stays cheap.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import importlib
 import logging
 
+from .core.engines import declare_engine
 from .core.ingest import declare_scheme
 from .core.modality import declare_plugin
 
@@ -32,6 +34,7 @@ declare_plugin("audio", "medzero.audio")
 declare_plugin("image", "medzero.image")
 declare_scheme("dicomweb", "medzero.pacs.dicomweb:expand_dicomweb", extra="pacs")
 declare_scheme("dicomwebs", "medzero.pacs.dicomweb:expand_dicomweb", extra="pacs")
+declare_engine("ray", "medzero.distributed:RayEngine")
 
 #: public name -> (module, attribute)
 _EXPORTS = {

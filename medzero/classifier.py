@@ -27,6 +27,7 @@ import numpy as np
 
 from .encoders import backends as _backends
 from .encoders import factory as _encoders
+from .core.engines import Engine, resolve_engine
 from .core.errors import BadInputError, MedzeroError, ModelUnavailableError, TaskError, one_line
 from .core.ingest import Pipeline, Prepared, Source, expand, iter_expand
 from .core.modality import get_modality
@@ -180,19 +181,23 @@ class Classifier:
                 progress(len(batch))
         return results
 
-    def classify_dataset(self, dataset: Any, *, batch_size: int | None = None, ray_options: Any = None) -> Any:
+    def classify_dataset(
+        self, dataset: Any, *, batch_size: int | None = None, engine: "str | Engine" = "ray", ray_options: Any = None
+    ) -> Any:
         """Results for every file of a Ray Dataset, as a lazy Dataset of result rows (needs ``medzero[ray]``).
 
         ``dataset`` has a ``path`` column, and a ``bytes`` column when it carries the files'
         content (``ray.data.read_binary_files(..., include_paths=True)``); each row that comes back
         has ``path, modality, task, model, verdict, error``, ``score.<label>``, ``metric.<name>``
-        and ``result`` (the whole Result as JSON), an error row for a file that failed. Decoding
-        runs in Ray tasks and embedding in an actor pool (``ray_options``: a
-        :class:`medzero.distributed.RayOptions`); scores equal :meth:`classify_batch`'s.
+        and ``result`` (the whole Result as JSON), an error row for a file that failed. ``engine``
+        runs it: ``medzero.distributed.RayEngine(options)``, or ``"ray"`` by name with
+        ``ray_options`` (a :class:`medzero.distributed.RayOptions`). Decoding runs in Ray tasks and
+        embedding in an actor pool; scores equal :meth:`classify_batch`'s.
         """
-        from .distributed import classify_dataset
-
-        return classify_dataset(self, dataset, batch_size=batch_size, options=ray_options)
+        runner = resolve_engine(engine, ray_options)
+        if runner is None:
+            raise BadInputError("classify_dataset runs on an engine for datasets (ray), not the local one; use classify_batch")
+        return runner.classify_dataset(self, dataset, batch_size=batch_size)
 
     def classify_prepared(self, batch: Sequence[Prepared], vectors: Sequence[np.ndarray | None] | None = None) -> list[Result]:
         """Results for decoded items (embedded here in one pass per modality unless ``vectors`` are given)."""

@@ -15,22 +15,23 @@ __all__ = ["engine_options", "ray_session"]
 
 
 def engine_options(command: Callable) -> Callable:
-    """``--engine``, ``--address``, ``--actors``, ``--gpus-per-actor``, passed as ``ray_options``: a
-    :class:`~medzero.distributed.RayOptions` for ``--engine ray``, ``None`` for the local engine.
-    Without the ray extra, ``--engine ray`` is a one-line error naming it, before any model loads."""
+    """``--engine``, ``--address``, ``--actors``, ``--gpus-per-actor``, passed as ``engine``: a
+    :class:`~medzero.distributed.RayEngine` (its ``options`` from the flags) for ``--engine ray``,
+    ``None`` for the local engine. Without the ray extra, ``--engine ray`` is a one-line error
+    naming it, before any model loads."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         engine, address, actors, gpus = (kwargs.pop(k) for k in ("engine", "address", "actors", "gpus_per_actor"))
-        kwargs["ray_options"] = None
+        kwargs["engine"] = None
         if engine == "ray":
-            from ..distributed import RayOptions, require_ray
+            from ..distributed import RayEngine, RayOptions, require_ray
 
             try:
                 require_ray()
             except MedzeroError as exc:
                 raise fail(str(exc))
-            kwargs["ray_options"] = RayOptions(address=address, actors=actors, gpus_per_actor=gpus)
+            kwargs["engine"] = RayEngine(RayOptions(address=address, actors=actors, gpus_per_actor=gpus))
         elif address is not None or actors is not None or gpus is not None:
             raise fail("--address, --actors and --gpus-per-actor go with --engine ray", 2)
         return command(*args, **kwargs)

@@ -44,7 +44,7 @@ NOT_JUDGED = {"en": "not judged (raw scores: --format json or csv)", "zh": "æœªå
 @engine_options
 def classify(
     paths, task, prompts_file, labels, template, multilabel, models, device, batch_size, window_s, hop_s, fmt, lang, output,
-    calibration, query, credentials, ray_options,
+    calibration, query, credentials, engine,
 ):
     """Classify recordings and images (files or folders, sniffed by content)."""
     from ..classifier import Classifier, expand_sources
@@ -54,8 +54,8 @@ def classify(
         raise fail("give one of --task, --prompts and --labels", 2)
     if (template or multilabel) and labels is None:
         raise fail("--template and --multilabel go with --labels", 2)
-    fmt = fmt or ("parquet" if ray_options is not None else "table")
-    if ray_options is not None and fmt != "parquet":
+    fmt = fmt or ("parquet" if engine is not None else "table")
+    if engine is not None and fmt != "parquet":
         raise fail("--engine ray writes Parquet: --output FILE.parquet", 2)
     if fmt == "parquet" and not output:
         raise fail("Parquet goes to a file: add --output FILE.parquet", 2)
@@ -67,8 +67,8 @@ def classify(
             task or prompts_file, labels=labels, template=template, multilabel=multilabel, models=models,
             device=device, batch_size=batch_size, window_s=window_s, hop_s=hop_s, calibration=calibration,
         )
-        if ray_options is not None:
-            errors = _classify_on_ray(classifier, paths, ray_options, output)
+        if engine is not None:
+            errors = _classify_on_ray(classifier, paths, engine, output)
         else:
             # PACS sources are listed and fetched as they are classified, so their count is not known up front.
             lazy = any(is_url(p) for p in paths)
@@ -92,13 +92,13 @@ def classify(
         raise click.exceptions.Exit(1)
 
 
-def _classify_on_ray(classifier, paths, ray_options, output) -> list[str]:
+def _classify_on_ray(classifier, paths, engine, output) -> list[str]:
     """Classify on the cluster, write the Parquet file; the failed files' errors."""
     from ..distributed import classify_files, list_files, write_parquet
 
     files = list_files(list(paths))
-    with ray_session(ray_options), progress("classifying", len(files)) as advance:
-        table = classify_files(classifier, files, options=ray_options, progress=advance)
+    with ray_session(engine.options), progress("classifying", len(files)) as advance:
+        table = classify_files(classifier, files, options=engine.options, progress=advance)
     if table.num_rows == 0:
         raise fail("no audio or image files found in " + ", ".join(paths))
     write_parquet(table, output)

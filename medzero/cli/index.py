@@ -33,7 +33,7 @@ def _open(path, models=None, device="auto", readonly=False):
 @model_options
 @dicomweb_options
 @engine_options
-def index_add(index_path, paths, task, batch_size, fmt, models, device, query, credentials, ray_options):
+def index_add(index_path, paths, task, batch_size, fmt, models, device, query, credentials, engine):
     """Add recordings and images (files or folders) to INDEX, creating it if needed.
 
     With --engine ray the files are read, decoded and embedded on a Ray cluster; this process
@@ -45,12 +45,12 @@ def index_add(index_path, paths, task, batch_size, fmt, models, device, query, c
     paths = apply_dicomweb_options(paths, query, credentials)
     try:
         with _open(index_path, models, device) as idx:
-            if ray_options is not None:
-                from ..distributed import add_with_ray, list_files
+            if engine is not None:
+                from ..distributed import list_files
 
                 files = list_files(list(paths), absolute=True)
-                with ray_session(ray_options), progress("indexing", len(files)) as advance:
-                    report = add_with_ray(idx, files, task, batch_size=batch_size, options=ray_options, progress=advance)
+                with ray_session(engine.options), progress("indexing", len(files)) as advance:
+                    report = idx.add(files, task, batch_size=batch_size, progress=advance, engine=engine)
             elif any(is_url(p) for p in paths):  # PACS sources: listed and fetched as they are added
                 with progress("indexing", None) as advance:
                     report = idx.add(list(paths), task=task, batch_size=batch_size, progress=advance)

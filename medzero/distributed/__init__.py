@@ -6,12 +6,17 @@ are listed on the driver; sniffed, read and decoded in Ray tasks (``Source.of``,
 when the cluster has GPUs, CPUs otherwise), which also score (``Classifier.classify_prepared``);
 and the results stream back to the driver. Scores equal the local engine's.
 
-    from medzero.distributed import RayOptions, classify_files, write_parquet, add_with_ray
+    from medzero.distributed import RayEngine, RayOptions, classify_files, write_parquet
     table = classify_files(classifier, ["/archive/2024/"], options=RayOptions(address="auto"))
     write_parquet(table, "results.parquet")            # one row per file, scores as columns
-    ds = classify_dataset(classifier, ray.data.read_binary_files("s3://bucket/cxr/", include_paths=True))
+    ray_engine = RayEngine(RayOptions(address="auto"))
+    ds = classifier.classify_dataset(ray.data.read_binary_files("s3://bucket/cxr/", include_paths=True), engine=ray_engine)
     with CaseIndex("cases/") as index:
-        add_with_ray(index, ["/archive/2024/"])          # the driver stays the one writer
+        index.add(["/archive/2024/"], engine=ray_engine)   # the driver stays the one writer
+
+The classifier and the case index are given a :class:`RayEngine` (or the name ``"ray"``, which
+``medzero/__init__.py`` declares to :mod:`medzero.core.engines`) and never import this package;
+the driver commits through the index's public writer (``CaseIndex.writer()``).
 
 Ray is an optional extra (``pip install 'medzero[ray]'``); without it these raise a one-line
 :class:`~medzero.MedzeroError` naming it. Nothing here imports Ray until it is used.
@@ -34,6 +39,7 @@ _EXPORTS = {
     "result_columns": "._engine",
     "classify_dataset": "._engine",
     "classify_files": "._engine",
+    "RayEngine": "._ray",
     "RayAddReport": "._index",
     "add_with_ray": "._index",
     "result_schema": "._tables",

@@ -54,6 +54,7 @@ import numpy as np
 
 from ..encoders import backends as _backends
 from ..encoders import factory as _encoders
+from ..core.engines import Engine, resolve_engine
 from ..core.errors import BadInputError, CaseIndexError, MedzeroError
 from ..core.ingest import Pipeline, iter_expand
 from ..core.modality import modality_names
@@ -225,7 +226,7 @@ class CaseIndex:
         *,
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
-        engine: str = "local",
+        engine: "str | Engine" = "local",
         ray_options: Any = None,
     ) -> AddReport:
         """Embed and index files (folders expanded by content); each batch commits on its own.
@@ -233,16 +234,14 @@ class CaseIndex:
         Files whose content is already indexed in the same space are skipped and listed in
         ``duplicates``; a file that cannot be read gets an ``errors`` entry and the rest go on.
         With ``task``, each case also stores that task's zero-shot scores (cases of the other
-        modality store none). ``engine="ray"`` reads, decodes and embeds on a Ray cluster
-        (``ray_options``: a :class:`medzero.distributed.RayOptions`; needs ``medzero[ray]``) while
-        this process commits, as here; see :func:`medzero.distributed.add_with_ray`.
+        modality store none). ``engine``: ``"local"`` (here), or an engine that reads, decodes
+        and embeds elsewhere and commits through :meth:`writer`, such as
+        ``medzero.distributed.RayEngine(options)`` (needs ``medzero[ray]``); ``"ray"`` is the same
+        engine by name, with ``ray_options`` (a :class:`medzero.distributed.RayOptions`).
         """
-        if engine == "ray":
-            from ..distributed import add_with_ray
-
-            return add_with_ray(self, sources, task, batch_size=batch_size, options=ray_options, progress=progress)
-        if engine != "local":
-            raise BadInputError(f"engine must be local or ray, not {engine!r}")
+        runner = resolve_engine(engine, ray_options)
+        if runner is not None:
+            return runner.add(self, sources, task, batch_size=batch_size, progress=progress)
         sources = iter_expand(sources, absolute=True)
         with self._writing():
             report = self._ingest.add(sources, task, batch_size=max(1, int(batch_size)), progress=progress)
