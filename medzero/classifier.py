@@ -303,6 +303,21 @@ class Classifier:
         result.signal_only = True
         return result
 
+    # -- a forward pass shared with other classifiers (see classify_prepared_many) ----------------
+    def prepare(self, source: Any) -> Prepared:
+        """One source decoded as this classifier decodes it (its task's modality check, its input
+        limits, the encoder's input preparation), ready for :meth:`classify_prepared` or
+        :func:`classify_prepared_many`; a problem lands in ``Prepared.error``, never raised.
+
+        For callers that decode and embed at different places (the REST service decodes uploads in
+        threads, then batches them across requests); :meth:`classify_batch` does both itself."""
+        return self.pipeline.prepare(source)
+
+    def embed(self, batch: Sequence[Prepared]) -> list[np.ndarray | None]:
+        """Each decoded item's embedding, ``None`` for a failed one: one forward pass per modality
+        through this classifier's encoders. An encoder failure becomes the error of the items it had."""
+        return self.pipeline.embed(batch)
+
 
 def _verdict_name(task: Task, verdict: str | None) -> dict[str, str] | None:
     if verdict is None:
@@ -322,3 +337,27 @@ def classify(source: Any, *, task: "str | os.PathLike | Task | None" = None, **o
     the forward passes.
     """
     return Classifier(task, **options).classify(source)
+
+
+def classify_prepared_many(items: Sequence[tuple[Classifier, Prepared]]) -> list[Result]:
+    """Results for decoded items of several classifiers, in order: one forward pass per modality for
+    all of them, then each item scored by its own classifier (the items of one classifier together).
+
+    An embedding does not depend on the task that scores it, so classifiers with different tasks,
+    labels or overlays share a pass, provided they use the same models (same model references,
+    device and backend): the first item's classifier embeds them all. Each item comes from its own
+    classifier's :meth:`Classifier.prepare`. The REST service batches concurrent requests this way.
+    """
+    if not items:
+        return []
+    vectors = items[0][0].embed([p for _, p in items])
+    results: list[Any] = [None] * len(items)
+    groups: dict[int, list[int]] = {}
+    for i, (classifier, _) in enumerate(items):
+        groups.setdefault(id(classifier), []).append(i)
+    for indices in groups.values():
+        classifier = items[indices[0]][0]
+        scored = classifier.classify_prepared([items[i][1] for i in indices], [vectors[i] for i in indices])
+        for i, result in zip(indices, scored):
+            results[i] = result
+    return results
