@@ -61,7 +61,7 @@ _EXPORTS = {
     "model_packs_dir": ("medzero.encoders.installed", "models_dir"),
     "evaluate": ("medzero.evaluation", "evaluate"),
     "calibrate": ("medzero.evaluation", "calibrate"),
-    "apply_calibration": ("medzero.evaluation", "apply_calibration"),
+    "apply_calibration": ("medzero.tasks.overlay", "apply_calibration"),
     "Task": ("medzero.tasks.schema", "Task"),
     "Label": ("medzero.tasks.schema", "Label"),
     "load_task": ("medzero.tasks.schema", "load_task"),

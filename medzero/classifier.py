@@ -98,7 +98,7 @@ class Classifier:
         self._task = load_task(task) if task is not None else None
         self.calibration = None
         if calibration is not None:
-            from .evaluation.calibrate import apply_calibration
+            from .tasks.overlay import apply_calibration
 
             if self._task is None:
                 raise TaskError("a calibration overlay goes with a task; name one")
@@ -154,7 +154,7 @@ class Classifier:
         if modality not in self._heads:
             self._heads[modality] = build_head(self.task_for(modality), self.encoder(modality))
             if self.calibration is not None:
-                from .evaluation.calibrate import check_model
+                from .tasks.overlay import check_model
 
                 check_model(self.calibration, self._heads[modality].fingerprint)  # warns when fitted on another model
         return self._heads[modality]
@@ -259,7 +259,7 @@ class Classifier:
     def _calibration_info(self) -> dict[str, Any]:
         if self.calibration is not None:
             return {"status": "calibrated", **self.calibration.result_info()}
-        from .evaluation.calibrate import UNCALIBRATED
+        from .tasks.overlay import UNCALIBRATED
 
         return {"status": "uncalibrated", "summary": UNCALIBRATED}
 

@@ -724,7 +724,7 @@ def test_api_keys_are_kept_as_hashes_and_checked_exactly():
 def test_response_models_have_exactly_the_library_fields(tmp_path):
     """Every key of the library's to_dict() is a field, and what the service serialises (as it does: unset
     keys left out) is the library's JSON unchanged, for each shape a Result takes."""
-    from medzero.evaluation.calibrate import load_overlay
+    from medzero.tasks.overlay import load_overlay
 
     label = medzero.Reason(kind="label", id="x", name={"en": "X", "zh": "X"}, value=0.9, limit=0.5, direction="above",
                            verdict="review", advice={"en": "Look", "zh": "看"})

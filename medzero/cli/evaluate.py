@@ -33,7 +33,7 @@ def _run(fn: Callable, total: int, models: dict, **kwargs: Any):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             value = fn(progress=advance, audio_model=models.get("audio"), image_model=models.get("image"), **kwargs)
-    from ..evaluation.calibrate import CalibrationWarning
+    from ..tasks.overlay import CalibrationWarning
 
     for w in caught:
         if issubclass(w.category, CalibrationWarning):  # an overlay for another model or task version

@@ -9,24 +9,18 @@
 - :mod:`.metrics`: the statistics, in numpy, defined as scikit-learn defines them;
 - :mod:`.manifest`: labelled CSV / JSONL manifests, checked against the task;
 - :mod:`.evaluate`: classify a manifest and compute the report (or from scores alone);
-- :mod:`.calibrate`: fitted thresholds with cross-validated estimates, and overlays;
-- :mod:`.report`: self-contained HTML / Markdown with inline SVG plots;
-- :mod:`.cli`: the ``medzero eval`` and ``medzero calibrate`` commands.
+- :mod:`.calibrate`: fitted thresholds with cross-validated estimates, written as an overlay;
+- :mod:`.report`: self-contained HTML / Markdown with inline SVG plots.
+
+Reading and applying an overlay (``load_overlay``, ``apply_calibration``, ``check_model``,
+``task_sha256``) is :mod:`medzero.tasks.overlay`, re-exported here; the commands are
+:mod:`medzero.cli.evaluate`.
 """
 from __future__ import annotations
 
-from .calibrate import (
-    UNCALIBRATED,
-    Calibration,
-    CalibrationWarning,
-    apply_calibration,
-    calibrate,
-    calibrate_scores,
-    check_model,
-    fit_threshold,
-    load_overlay,
-)
-from .evaluate import EvalReport, evaluate, evaluate_scores, task_sha256
+from ..tasks.overlay import UNCALIBRATED, Calibration, CalibrationWarning, apply_calibration, check_model, load_overlay, task_sha256
+from .calibrate import calibrate, calibrate_scores, fit_threshold
+from .evaluate import EvalReport, evaluate, evaluate_scores
 from .manifest import Manifest, read_manifest
 
 __all__ = [

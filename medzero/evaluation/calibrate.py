@@ -39,30 +39,30 @@ Overlay YAML (``site.yaml``)::
         apparent: {sensitivity: 0.92, specificity: 0.81, ppv: 0.61}
         cv: {folds: 5, seed: 0, sensitivity: 0.83, specificity: 0.75, ppv: 0.53, n: 48}
 
-:func:`load_overlay` reads one into a :class:`Calibration`; :func:`apply_calibration` returns the
-task with the overlay's thresholds, and that :class:`Calibration` for results to carry.
+:func:`calibrate` fits and :func:`write_overlay` writes one here, where it is made; reading and
+applying one (:func:`~medzero.tasks.overlay.load_overlay`, :func:`~medzero.tasks.overlay.apply_calibration`)
+is in :mod:`medzero.tasks.overlay`, beside the task it changes, for everything that scores to use.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import yaml
 
+from .. import __version__
 from ..core.errors import BadInputError, TaskError
-from ..tasks.schema import Task
+from ..tasks.overlay import task_sha256
+from ..tasks.schema import Task, load_task
 from . import metrics as M
+from .evaluate import score_manifest
+from .manifest import Manifest, read_manifest
 
 __all__ = [
-    "Calibration",
-    "LabelCalibration",
     "LabelFit",
     "fit_threshold",
     "cross_validate",
@@ -72,22 +72,11 @@ __all__ = [
     "SiteCalibration",
     "overlay_dict",
     "write_overlay",
-    "load_overlay",
-    "apply_calibration",
-    "check_model",
-    "UNCALIBRATED",
     "METHODS",
-    "CalibrationWarning",
 ]
 
 METHODS = ("youden", "sensitivity")
 
-
-class CalibrationWarning(UserWarning):
-    """An overlay applied to another model or another version of its task than it was fitted on."""
-
-#: What a result without a calibration overlay says about its thresholds.
-UNCALIBRATED = "uncalibrated: thresholds are the task file's defaults, not fitted on local data"
 
 
 # -- fitting -------------------------------------------------------------------------------------
@@ -280,12 +269,9 @@ def calibrate(
     """Classify a labelled manifest with ``task``'s own thresholds and fit new ones per label.
 
     Rows that fail to classify are listed in ``errors`` and left out."""
-    import medzero
+    from ..classifier import Classifier
 
-    from .evaluate import score_manifest, task_sha256
-    from .manifest import Manifest, read_manifest
-
-    task = medzero.load_task(task)
+    task = load_task(task)
     if method not in METHODS:
         raise TaskError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     if folds < 2:
@@ -294,7 +280,7 @@ def calibrate(
     if not table.label_ids:
         raise BadInputError(f"{table.source}: calibration needs label columns (a verdict column alone fits no threshold)")
     if classifier is None:
-        classifier = medzero.Classifier(task=task, audio_model=audio_model, image_model=image_model, device=device, batch_size=batch_size)
+        classifier = Classifier(task=task, audio_model=audio_model, image_model=image_model, device=device, batch_size=batch_size)
     scored = score_manifest(table, task, classifier, progress=progress)
     if not scored.results:
         first = scored.errors[0]
@@ -305,7 +291,7 @@ def calibrate(
     overlay = overlay_dict(
         task, fits, method=method, target=target, model=", ".join(scored.models) or None,
         manifest_path=str(table.source), manifest_sha256=table.sha256, data_sha256=table.data_hash,
-        rows=len(scored.results), task_sha256=task_sha256(task)[0], medzero_version=medzero.__version__,
+        rows=len(scored.results), task_sha256=task_sha256(task)[0], medzero_version=__version__,
     )
     return SiteCalibration(fits, overlay, scored.errors, len(scored.results))
 
@@ -365,131 +351,6 @@ def write_overlay(data: Mapping[str, Any], path: "str | os.PathLike") -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.replace(tmp, path)
-
-
-@dataclass(frozen=True)
-class LabelCalibration:
-    threshold: float
-    previous_threshold: float | None
-    source: str
-    cv: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A parsed overlay: where the thresholds came from. ``to_dict()`` is plain JSON."""
-
-    path: str
-    sha256: str
-    task: str
-    task_sha256: str | None
-    model: str | None
-    method: str
-    created: str | None
-    labels: dict[str, LabelCalibration]
-
-    def summary(self) -> str:
-        return f"calibrated: {os.path.basename(self.path)} ({self.method}, {len(self.labels)} labels, sha256 {self.sha256[:12]})"
-
-    def result_info(self) -> dict[str, Any]:
-        """What a Result carries (its thresholds are in ``Result.thresholds``): plain JSON."""
-        return {
-            "summary": self.summary(), "path": self.path, "sha256": self.sha256, "method": self.method,
-            "model": self.model, "created": self.created,
-            "sources": {k: v.source for k, v in self.labels.items()},
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path, "sha256": self.sha256, "task": self.task, "task_sha256": self.task_sha256,
-            "model": self.model, "method": self.method, "created": self.created, "summary": self.summary(),
-            "labels": {k: {"threshold": v.threshold, "previous_threshold": v.previous_threshold, "source": v.source, "cv": v.cv}
-                       for k, v in self.labels.items()},
-        }
-
-
-def load_overlay(path: "str | os.PathLike") -> Calibration:
-    """Read a calibration overlay; a problem is one :class:`TaskError` line naming the file."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TaskError(f"calibration overlay not found: {path}") from None
-    except OSError as exc:
-        raise TaskError(f"cannot read calibration overlay {path}: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(data.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TaskError(f"{path}: not a valid YAML calibration overlay ({type(exc).__name__})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("overlay_for"), str) or not isinstance(raw.get("labels"), dict):
-        raise TaskError(f"{path}: not a calibration overlay (needs overlay_for and labels; write one with medzero calibrate)")
-    labels = {}
-    for lid, entry in raw["labels"].items():
-        threshold = entry.get("threshold") if isinstance(entry, dict) else None
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
-            raise TaskError(f"{path}: label {lid!r}: threshold must be a number between 0 and 1")
-        previous = entry.get("previous_threshold")
-        labels[str(lid)] = LabelCalibration(
-            float(threshold),
-            float(previous) if isinstance(previous, (int, float)) and not isinstance(previous, bool) else None,
-            str(entry.get("source") or "calibrated (no source recorded)"),
-            entry.get("cv") if isinstance(entry.get("cv"), dict) else None,
-        )
-    return Calibration(
-        path=str(path),
-        sha256=hashlib.sha256(data).hexdigest(),
-        task=raw["overlay_for"],
-        task_sha256=raw.get("task_sha256"),
-        model=raw.get("model"),
-        method=str(raw.get("method") or "unknown"),
-        created=str(raw["created"]) if raw.get("created") is not None else None,
-        labels=labels,
-    )
-
-
-def apply_calibration(
-    task: Task, overlay: "Calibration | str | os.PathLike", *, model: str | None = None
-) -> tuple[Task, Calibration]:
-    """``task`` with the overlay's thresholds (a new Task; ``task`` is unchanged) and the overlay.
-
-    Refuses (:class:`TaskError`) an overlay made for another task or naming labels the task does
-    not have. Warns when the task's content changed since calibration, and when ``model`` (the
-    fingerprint that will score) is not the one the overlay was fitted with."""
-    calibration = overlay if isinstance(overlay, Calibration) else load_overlay(overlay)
-    where = os.path.basename(calibration.path)
-    if calibration.task != task.name:
-        raise TaskError(f"{where} is a calibration for task {calibration.task}, not {task.name}")
-    ids = task.label_ids()
-    unknown = [lid for lid in calibration.labels if lid not in ids]
-    if unknown:
-        raise TaskError(f"{where} names label(s) {', '.join(unknown)} that task {task.name} does not have ({', '.join(ids)})")
-    if calibration.task_sha256:
-        from .evaluate import task_sha256
-
-        current = task_sha256(task)[0]
-        if current != calibration.task_sha256:
-            warnings.warn(
-                f"{where} was fitted for a different version of task {task.name} (task sha256 {calibration.task_sha256[:12]}, now {current[:12]}); recalibrate",
-                CalibrationWarning, stacklevel=2,
-            )
-    if model is not None:
-        check_model(calibration, model)
-    labels = [
-        lb.model_copy(update={"threshold": calibration.labels[lb.id].threshold}) if lb.id in calibration.labels else lb
-        for lb in task.labels
-    ]
-    return task.model_copy(update={"labels": labels}, deep=True), calibration
-
-
-def check_model(calibration: Calibration, fingerprint: str) -> bool:
-    """Warn (and return False) when scores come from another model than the overlay was fitted on."""
-    if calibration.model and fingerprint and calibration.model != fingerprint:
-        warnings.warn(
-            f"{os.path.basename(calibration.path)} was fitted on model {calibration.model}, but scores come from {fingerprint}; its thresholds may not fit",
-            CalibrationWarning, stacklevel=2,
-        )
-        return False
-    return True
 
 
 def _round(value: Any) -> Any:

@@ -22,24 +22,23 @@ is counted and listed, never fatal) and computes, from the scores and the manife
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .. import __version__
 from ..core.errors import BadInputError, MedzeroError, TaskError
-from ..tasks.schema import NOT_APPLICABLE, Task
+from ..tasks.overlay import UNCALIBRATED, Calibration, apply_calibration, check_model, task_sha256
+from ..tasks.schema import NOT_APPLICABLE, Task, load_task, task_from_labels
 from . import metrics as M
-from .calibrate import UNCALIBRATED, Calibration, apply_calibration, check_model
 from .manifest import Manifest, read_manifest
 
-__all__ = ["EvalReport", "ScoredManifest", "evaluate", "evaluate_scores", "score_manifest", "task_sha256"]
+__all__ = ["EvalReport", "ScoredManifest", "evaluate", "evaluate_scores", "score_manifest"]
 
 
 @dataclass
@@ -288,7 +287,7 @@ def evaluate(
     ``classifier`` (a :class:`medzero.Classifier` for the same task) is used as it is; otherwise
     one is made from the model options.
     """
-    import medzero
+    from ..classifier import Classifier
 
     base, adhoc = _resolve_task(task, labels, multilabel)
     base_hash = task_sha256(base) if not adhoc else None
@@ -299,11 +298,11 @@ def evaluate(
     table = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, base)
     if classifier is None:
         if adhoc:
-            classifier = medzero.Classifier(labels=labels, multilabel=multilabel, audio_model=audio_model,
-                                            image_model=image_model, device=device, batch_size=batch_size)
+            classifier = Classifier(labels=labels, multilabel=multilabel, audio_model=audio_model,
+                                    image_model=image_model, device=device, batch_size=batch_size)
         else:
-            classifier = medzero.Classifier(task=scoring_task, audio_model=audio_model, image_model=image_model,
-                                            device=device, batch_size=batch_size)
+            classifier = Classifier(task=scoring_task, audio_model=audio_model, image_model=image_model,
+                                    device=device, batch_size=batch_size)
     scored = score_manifest(table, scoring_task, classifier, progress=progress)
     if not scored.results:
         first = scored.errors[0]
@@ -311,7 +310,7 @@ def evaluate(
             f"no row of {table.source} could be classified; line {first['line']}: {first['error']}"
         )
     if adhoc:  # the ad-hoc task of the files' modality, as the classifier built it
-        base = scoring_task = medzero.task_from_labels(labels, modality=scored.results[0].modality, multilabel=multilabel)
+        base = scoring_task = task_from_labels(labels, modality=scored.results[0].modality, multilabel=multilabel)
         base_hash = task_sha256(base)
     if cal is not None:
         for fingerprint in scored.models:
@@ -335,41 +334,20 @@ def evaluate(
 
 
 def _resolve_task(task, labels, multilabel) -> tuple[Task, bool]:
-    import medzero
-
     if task is not None and labels is not None:
         raise TaskError("give either a task or labels, not both")
     if labels is not None:
         # the label ids are the typed texts whatever the modality; the real task is rebuilt once
         # the files' modality is known
-        return medzero.task_from_labels(labels, modality="audio", multilabel=multilabel), True
+        return task_from_labels(labels, modality="audio", multilabel=multilabel), True
     if task is None:
         raise TaskError("name the task to evaluate (--task NAME or a YAML file)")
-    return medzero.load_task(task), False
-
-
-def task_sha256(task: Task) -> tuple[str, str]:
-    """``(hex, basis)``: the sha256 of the task's YAML file when the task is exactly that file's
-    content, else of its canonical JSON (sorted keys, without ``source``)."""
-    import medzero
-
-    source = task.source
-    if source and not source.startswith(("builtin:", "ad-hoc")) and os.path.isfile(source):
-        try:
-            same = medzero.load_task(source).model_dump() == task.model_dump()
-        except MedzeroError:
-            same = False
-        if same:
-            return hashlib.sha256(Path(source).read_bytes()).hexdigest(), "file"
-    blob = json.dumps(task.model_dump(mode="json", exclude={"source"}), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest(), "canonical-json"
+    return load_task(task), False
 
 
 def _reproducibility(table: Manifest, task: Task, task_hash, scored: ScoredManifest, cal, seed, n_boot) -> dict[str, Any]:
-    import medzero
-
     return {
-        "medzero_version": medzero.__version__,
+        "medzero_version": __version__,
         "models": scored.models,
         "task": {"name": task.name, "source": task.source, "sha256": task_hash[0], "sha256_of": task_hash[1]},
         "calibration": {"path": cal.path, "sha256": cal.sha256} if cal else None,

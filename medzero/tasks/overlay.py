@@ -1,0 +1,185 @@
+"""Site calibration overlays: per-label thresholds fitted on a site's own files, applied to a Task.
+
+An overlay is data about a task, as the task file is: a small YAML file beside it whose thresholds
+replace the task's own (the task file itself is never changed). It lives with tasks, not with the
+fitting in :mod:`medzero.evaluation.calibrate` that writes one, because everything that scores with
+a task (the classifier, the service, the apps) reads and applies overlays, and none of them fits one.
+
+:func:`load_overlay` reads one into a :class:`Calibration`; :func:`apply_calibration` returns the
+task with the overlay's thresholds, and that :class:`Calibration` for results to carry;
+:func:`check_model` warns when scores come from another model than the overlay was fitted on;
+:func:`task_sha256` is the hash an overlay records to notice a task changed since. The fields read
+are ``overlay_for``, ``task_sha256``, ``model``, ``method``, ``created`` and, per label,
+``threshold``, ``previous_threshold``, ``source`` and ``cv`` (the whole format is in
+:mod:`medzero.evaluation.calibrate`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..core.errors import MedzeroError, TaskError
+from .schema import Task, load_task
+
+__all__ = [
+    "Calibration",
+    "CalibrationWarning",
+    "LabelCalibration",
+    "UNCALIBRATED",
+    "apply_calibration",
+    "check_model",
+    "load_overlay",
+    "task_sha256",
+]
+
+
+class CalibrationWarning(UserWarning):
+    """An overlay applied to another model or another version of its task than it was fitted on."""
+
+#: What a result without a calibration overlay says about its thresholds.
+UNCALIBRATED = "uncalibrated: thresholds are the task file's defaults, not fitted on local data"
+
+
+@dataclass(frozen=True)
+class LabelCalibration:
+    threshold: float
+    previous_threshold: float | None
+    source: str
+    cv: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A parsed overlay: where the thresholds came from. ``to_dict()`` is plain JSON."""
+
+    path: str
+    sha256: str
+    task: str
+    task_sha256: str | None
+    model: str | None
+    method: str
+    created: str | None
+    labels: dict[str, LabelCalibration]
+
+    def summary(self) -> str:
+        return f"calibrated: {os.path.basename(self.path)} ({self.method}, {len(self.labels)} labels, sha256 {self.sha256[:12]})"
+
+    def result_info(self) -> dict[str, Any]:
+        """What a Result carries (its thresholds are in ``Result.thresholds``): plain JSON."""
+        return {
+            "summary": self.summary(), "path": self.path, "sha256": self.sha256, "method": self.method,
+            "model": self.model, "created": self.created,
+            "sources": {k: v.source for k, v in self.labels.items()},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "sha256": self.sha256, "task": self.task, "task_sha256": self.task_sha256,
+            "model": self.model, "method": self.method, "created": self.created, "summary": self.summary(),
+            "labels": {k: {"threshold": v.threshold, "previous_threshold": v.previous_threshold, "source": v.source, "cv": v.cv}
+                       for k, v in self.labels.items()},
+        }
+
+
+def load_overlay(path: "str | os.PathLike") -> Calibration:
+    """Read a calibration overlay; a problem is one :class:`TaskError` line naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TaskError(f"calibration overlay not found: {path}") from None
+    except OSError as exc:
+        raise TaskError(f"cannot read calibration overlay {path}: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise TaskError(f"{path}: not a valid YAML calibration overlay ({type(exc).__name__})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("overlay_for"), str) or not isinstance(raw.get("labels"), dict):
+        raise TaskError(f"{path}: not a calibration overlay (needs overlay_for and labels; write one with medzero calibrate)")
+    labels = {}
+    for lid, entry in raw["labels"].items():
+        threshold = entry.get("threshold") if isinstance(entry, dict) else None
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
+            raise TaskError(f"{path}: label {lid!r}: threshold must be a number between 0 and 1")
+        previous = entry.get("previous_threshold")
+        labels[str(lid)] = LabelCalibration(
+            float(threshold),
+            float(previous) if isinstance(previous, (int, float)) and not isinstance(previous, bool) else None,
+            str(entry.get("source") or "calibrated (no source recorded)"),
+            entry.get("cv") if isinstance(entry.get("cv"), dict) else None,
+        )
+    return Calibration(
+        path=str(path),
+        sha256=hashlib.sha256(data).hexdigest(),
+        task=raw["overlay_for"],
+        task_sha256=raw.get("task_sha256"),
+        model=raw.get("model"),
+        method=str(raw.get("method") or "unknown"),
+        created=str(raw["created"]) if raw.get("created") is not None else None,
+        labels=labels,
+    )
+
+
+def apply_calibration(
+    task: Task, overlay: "Calibration | str | os.PathLike", *, model: str | None = None
+) -> tuple[Task, Calibration]:
+    """``task`` with the overlay's thresholds (a new Task; ``task`` is unchanged) and the overlay.
+
+    Refuses (:class:`TaskError`) an overlay made for another task or naming labels the task does
+    not have. Warns when the task's content changed since calibration, and when ``model`` (the
+    fingerprint that will score) is not the one the overlay was fitted with."""
+    calibration = overlay if isinstance(overlay, Calibration) else load_overlay(overlay)
+    where = os.path.basename(calibration.path)
+    if calibration.task != task.name:
+        raise TaskError(f"{where} is a calibration for task {calibration.task}, not {task.name}")
+    ids = task.label_ids()
+    unknown = [lid for lid in calibration.labels if lid not in ids]
+    if unknown:
+        raise TaskError(f"{where} names label(s) {', '.join(unknown)} that task {task.name} does not have ({', '.join(ids)})")
+    if calibration.task_sha256:
+        current = task_sha256(task)[0]
+        if current != calibration.task_sha256:
+            warnings.warn(
+                f"{where} was fitted for a different version of task {task.name} (task sha256 {calibration.task_sha256[:12]}, now {current[:12]}); recalibrate",
+                CalibrationWarning, stacklevel=2,
+            )
+    if model is not None:
+        check_model(calibration, model)
+    labels = [
+        lb.model_copy(update={"threshold": calibration.labels[lb.id].threshold}) if lb.id in calibration.labels else lb
+        for lb in task.labels
+    ]
+    return task.model_copy(update={"labels": labels}, deep=True), calibration
+
+
+def check_model(calibration: Calibration, fingerprint: str) -> bool:
+    """Warn (and return False) when scores come from another model than the overlay was fitted on."""
+    if calibration.model and fingerprint and calibration.model != fingerprint:
+        warnings.warn(
+            f"{os.path.basename(calibration.path)} was fitted on model {calibration.model}, but scores come from {fingerprint}; its thresholds may not fit",
+            CalibrationWarning, stacklevel=2,
+        )
+        return False
+    return True
+
+
+def task_sha256(task: Task) -> tuple[str, str]:
+    """``(hex, basis)``: the sha256 of the task's YAML file when the task is exactly that file's
+    content, else of its canonical JSON (sorted keys, without ``source``)."""
+    source = task.source
+    if source and not source.startswith(("builtin:", "ad-hoc")) and os.path.isfile(source):
+        try:
+            same = load_task(source).model_dump() == task.model_dump()
+        except MedzeroError:
+            same = False
+        if same:
+            return hashlib.sha256(Path(source).read_bytes()).hexdigest(), "file"
+    blob = json.dumps(task.model_dump(mode="json", exclude={"source"}), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest(), "canonical-json"
