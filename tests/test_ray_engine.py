@@ -27,7 +27,7 @@ import medzero
 from medzero.cli import main
 from medzero.core.errors import BadInputError, CaseIndexError
 from medzero.retrieval import CaseIndex
-from test_architecture import PACKAGE, _imports
+from test_architecture import MODULES, PACKAGE, _imports_of
 from test_retrieval import brute
 from test_retrieval_faults import committed
 
@@ -381,6 +381,12 @@ def test_without_ray_the_engine_is_a_one_line_error(tmp_path, audio_clips):
     )
     out = subprocess.run([sys.executable, "-c", api, str(tmp_path / "api"), str(audio_clips["speech"])], capture_output=True, text=True)
     assert out.stdout.splitlines() == ["the ray engine needs the ray extra: pip install 'medzero[ray]'"] * 2, out.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    """The medzero modules a file imports at run time, as test_architecture reads them."""
+    module = next(m for m, p in MODULES.items() if p == path)
+    return {target for target, _, _ in _imports_of(module)}
 
 
 def test_distributed_sits_beside_the_classifier_and_the_index():
