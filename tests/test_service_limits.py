@@ -480,7 +480,7 @@ def test_one_upload_may_decode_to_a_quarter_of_the_budget(budget_server):
 def test_the_decoders_get_the_servers_limits(monkeypatch):
     """Each modality's limits (environment included) tightened to the server: one upload decodes to at most
     a quarter of the in-flight budget, and no encoded file is larger than the largest request."""
-    from medzero.service.app import ServiceConfig, input_limits
+    from medzero.service.config import ServiceConfig, input_limits
 
     monkeypatch.setenv("MEDZERO_MAX_AUDIO_SAMPLES", "1000")  # tighter than the server's: kept
     limits = input_limits(ServiceConfig(insecure_no_auth=True, max_inflight_bytes=32 << 20, max_upload_bytes=4 << 20,

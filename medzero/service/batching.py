@@ -15,6 +15,10 @@ a submission that does not fit raises :class:`QueueFull` at once (the service an
 Scores do not depend on what a source is batched with: medzero's CLAP features are computed per
 clip (no random crops, every clip marked ``is_longer``), and the task head scores each embedding
 on its own.
+
+The service's ``run`` is :func:`embed_and_score`: the library's shared forward pass
+(:func:`medzero.classifier.classify_prepared_many`) with a fault that is not a medzero error
+isolated to the one source that causes it.
 """
 from __future__ import annotations
 
@@ -24,9 +28,16 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-__all__ = ["Batcher", "QueueFull", "BatchStats"]
+from medzero.classifier import Classifier, classify_prepared_many
+from medzero.core.ingest import Prepared
+from medzero.core.results import Result
+
+from .errors import InternalError, fault
+
+__all__ = ["Batcher", "QueueFull", "BatchStats", "embed_and_score"]
 
 _logger = logging.getLogger(__name__)
+_service_logger = logging.getLogger("medzero.service")  # the service's log lines keep one logger name
 
 
 class QueueFull(Exception):
@@ -204,3 +215,29 @@ class Batcher:
                         job.future.set_exception(result)
                     else:
                         job.future.set_result(result)
+
+
+def embed_and_score(items: list[tuple[Classifier, Prepared]]) -> list[Result]:
+    """One forward pass per modality for decoded uploads ``(classifier, prepared)`` of any configuration,
+    then each scored by its own classifier. Runs on the compute thread.
+
+    Every classifier of a server uses the server's models, so any one's encoders embed them all
+    (:func:`~medzero.classifier.classify_prepared_many`). A failure that is not a :class:`MedzeroError`
+    (a bug) is isolated: the items are embedded and scored one by one, and only the one that fails
+    again gets an internal error.
+    """
+    try:
+        return classify_prepared_many(items)
+    except Exception as exc:  # noqa: BLE001 - not a MedzeroError: isolate it to its source
+        if len(items) == 1:
+            _service_logger.error("classification failed: %s", fault(exc))
+            prepared = items[0][1]
+            return [Result.failed(prepared.name, InternalError("internal error"), modality=prepared.modality)]
+    results = []
+    for item in items:
+        try:
+            results.extend(classify_prepared_many([item]))
+        except Exception as exc:  # noqa: BLE001
+            _service_logger.error("classification failed: %s", fault(exc))
+            results.append(Result.failed(item[1].name, InternalError("internal error"), modality=item[1].modality))
+    return results

@@ -118,8 +118,10 @@ def serve_command(host, port, workers, api_key_file, insecure_no_auth, audio_mod
 
     import medzero
 
-    from .app import CONFIG_ENV, ServiceConfig, create_app, load_calibrations
+    from .app import create_app
+    from .config import CONFIG_ENV, ServiceConfig
     from .protocol import GuardedHttpProtocol
+    from .state import load_calibrations
 
     modalities = tuple(m.strip() for m in preload.split(",") if m.strip() and m.strip() != "none")
     try:
