@@ -78,7 +78,6 @@ __all__ = [
 METHODS = ("youden", "sensitivity")
 
 
-
 # -- fitting -------------------------------------------------------------------------------------
 
 
@@ -296,7 +295,7 @@ def calibrate(
     return SiteCalibration(fits, overlay, scored.errors, len(scored.results))
 
 
-# -- the overlay ---------------------------------------------------------------------------------
+# -- writing the overlay (read and applied by medzero.tasks.overlay) ----------------------------
 
 
 def overlay_dict(
