@@ -106,9 +106,9 @@ class ClapOnnxEncoder(backends.Exported, ClapEncoder):
         self.logit_scale = float(meta["logit_scale"])
         self.weights_source = model_id
         self._meta = meta
-        self._source = source
+        self.torch_source = source
         self._tokens: Any = None
-        self._audio, self._text = self._open_towers("audio")
+        self._audio, self._text = self.open_towers("audio")
 
     def __repr__(self) -> str:
         return f"ClapOnnxEncoder({self.fingerprint!r}, backend={self.backend!r})"

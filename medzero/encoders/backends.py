@@ -544,19 +544,19 @@ class Exported:
     load at once in the background; the text tower on first use), a fingerprint that ends in
     ``+int8`` for the quantised model, a different numerical model that never shares an index
     space or a text-cache entry with the float one, and the torch model loaded only when something
-    needs it (model packs): ``torch_loader(source, revision=, device=, cfg=)`` given ``_source``."""
+    needs it (model packs): ``torch_loader(source, revision=, device=, cfg=)`` given ``torch_source``."""
 
     backend: str
     export_dir: Path
     torch_loader: Callable[..., Any]
-    _source: tuple[str, str | None, Any] | None = None
+    torch_source: tuple[str, str | None, Any] | None = None  # (source, revision, cfg) it was loaded from
     _torch: Any = None
 
     def torch_encoder(self) -> Any:
         if self._torch is None:
-            if self._source is None:
+            if self.torch_source is None:
                 raise ModelUnavailableError(f"{self.fingerprint} was loaded from its ONNX export alone; load it with --backend torch")
-            source, revision, cfg = self._source
+            source, revision, cfg = self.torch_source
             self._torch = self.torch_loader(source, revision=revision, device="cpu", cfg=cfg)
         return self._torch
 
@@ -564,7 +564,9 @@ class Exported:
     def model(self) -> Any:
         return self.torch_encoder().model
 
-    def _open_towers(self, tower: str) -> tuple[Session, Session]:
+    def open_towers(self, tower: str) -> tuple[Session, Session]:
+        """The sessions of the ``tower`` graph (``audio`` or ``image``, int8 for ``onnx-int8``) and of
+        the text graph; the subclasses call it once their export folder is known."""
         graph = quantise(self.export_dir, tower) if quantised(self.backend) else self.export_dir / f"{tower}.onnx"
         return Session(graph, runtime(self.backend)).preload(), Session(self.export_dir / "text.onnx", runtime(self.backend))
 

@@ -125,8 +125,8 @@ class OnnxClipEncoder(backends.Exported, OpenClipEncoder):
         self.logit_scale = float(meta["logit_scale"])
         self.dim = int(meta["dim"])
         self._meta = meta
-        self._source = source
-        self._image, self._text = self._open_towers("image")
+        self.torch_source = source
+        self._image, self._text = self.open_towers("image")
 
     def __repr__(self) -> str:
         return f"OnnxClipEncoder({self.model_id!r}, dim={self.dim}, backend={self.backend!r})"
