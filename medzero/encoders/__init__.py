@@ -1,7 +1,10 @@
-"""Model loading: one :class:`Family` row per model family, named models, the factory that resolves
-and loads them (:mod:`.factory`), inference backends (:mod:`.backends`), the hub probe
-(:mod:`.hub`), model packs (:mod:`.packs`) and the caches (:mod:`.cache`).
+"""Model loading, lowest module first: :mod:`.registry` (one :class:`~.registry.Family` row per
+model family, one :class:`~.registry.ModelCfg` row per named model; a leaf), :mod:`.hub` (the hub
+probe and cache), :mod:`.cache` (medzero's cache folder and text embeddings), :mod:`.installed`
+(installed model packs), :mod:`.backends` (torch and the exported backends), :mod:`.factory`
+(resolve and load what a user names) and :mod:`.packs` (make, install and verify packs, through the
+factory).
 
 Nothing here knows a modality's decoders or a task; the modality plug-ins (``medzero.audio``,
-``medzero.image``) register their families here. Importing this package imports nothing heavy.
+``medzero.image``) declare their families here. Importing this package imports nothing heavy.
 """
