@@ -27,8 +27,7 @@ import logging
 from .core.engines import declare_engine
 from .core.ingest import declare_scheme
 from .core.modality import declare_plugin
-
-__version__ = "0.1.0"
+from .core.version import __version__
 
 declare_plugin("audio", "medzero.audio")
 declare_plugin("image", "medzero.image")

@@ -54,7 +54,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import yaml
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.errors import BadInputError, TaskError
 from ..tasks.overlay import task_sha256
 from ..tasks.schema import Task, load_task

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.errors import BadInputError, MedzeroError, TaskError
 from ..tasks.overlay import UNCALIBRATED, Calibration, apply_calibration, check_model, task_sha256
 from ..tasks.schema import NOT_APPLICABLE, Task, load_task, task_from_labels
