@@ -133,9 +133,10 @@ def _count_rows(manifest: str) -> int:
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the cross-validation folds.")
 def calibrate_command(manifest, task, output, method, target, folds, models, device, batch_size, seed):
-    """Fit per-label thresholds on labelled files and write a site overlay (use it with --calibration).
+    """Fit per-label thresholds (label columns) and metric limits (a verdict column) on labelled files and write a site overlay (use it with --calibration).
 
-    Beside each threshold fitted on all rows, sensitivity and specificity are estimated by
+    Metric limits need no model: without CLAP weights they are fitted from the measurements of a
+    signal-only run. Beside each threshold or limit fitted on all rows, sensitivity and specificity are estimated by
     stratified k-fold cross-validation: no row is scored by a threshold it helped fit."""
     from ..evaluation.calibrate import calibrate
 
@@ -165,8 +166,24 @@ def calibrate_command(manifest, task, output, method, target, folds, models, dev
             f.skipped or (f"{cv['folds']} folds" if cv else "too few rows for CV"),
         ])
     click.echo(f"task {result.overlay['overlay_for']}: {result.overlay['method']} on {result.rows} rows")
-    click.echo(render_table(["label", "n+/n−", "was", "threshold", "sens (same rows)", "spec (same rows)", "sens (CV)", "spec (CV)", "note"], rows), nl=False)
+    if rows:
+        click.echo(render_table(["label", "n+/n−", "was", "threshold", "sens (same rows)", "spec (same rows)", "sens (CV)", "spec (CV)", "note"], rows), nl=False)
+    if result.metric_fits:
+        skipped = f"; {result.not_applicable} not-applicable rows left out" if result.not_applicable else ""
+        click.echo(f"metric limits from the verdict column (n+: rows judged the rule's verdict or worse that no other rule or label flags){skipped}")
+        click.echo(render_table(["metric", "verdict", "n+/n−", "was", "limit", "sens (same rows)", "spec (same rows)", "sens (CV)", "spec (CV)", "note"],
+                                [_metric_row(f) for f in result.metric_fits]), nl=False)
     click.echo(f"wrote {output}; use it with --calibration {output}")
+
+
+def _metric_row(f) -> list[str]:
+    a = f.apparent.to_dict() if f.apparent and f.limit is not None else {}
+    cv = f.cv.to_dict() if f.cv else {}
+    return [
+        f"{f.metric} {f.side}", f.verdict, f"{f.n_pos}/{f.n_neg}", f"{f.previous:g}", "–" if f.limit is None else f"{f.limit:.6g}",
+        _f(a.get("sensitivity")), _f(a.get("specificity")), _f(cv.get("sensitivity")), _f(cv.get("specificity")),
+        f.skipped or (f"{cv['folds']} folds" if cv else "too few rows for CV"),
+    ]
 
 
 def _f(value: Any) -> str:

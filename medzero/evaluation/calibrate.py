@@ -1,4 +1,4 @@
-"""Site calibration: per-label thresholds fitted on a labelled handful, and the overlay that records them.
+"""Site calibration: per-label thresholds and metric limits fitted on a labelled handful, and the overlay that records them.
 
 A shipped task's thresholds (0.5) are guesses. ``medzero calibrate`` fits one threshold per label
 from a site's own labelled files and writes a small YAML *overlay* beside the task; the task file
@@ -12,6 +12,22 @@ Methods (a score **at or above** the threshold means the label is present, as me
   the target (e.g. 0.90 for urgent findings), i.e. the most specific one that meets it. For
   ``good`` labels (e.g. ``speech_present``) the problem is the label's absence, so there the
   target applies to specificity.
+
+**Metric limits.** With a ``verdict`` column (accept / review / re-record as people judged), each
+side of each metric rule (``snr_db: {min: 10}``, ``clipping_ratio: {max: 0.01}``) is fitted by
+the same methods, its measurement as the score (negated for a ``min``: lower is worse). A row is a
+*problem* for a rule when people judged it at the rule's verdict or worse (``re-record`` for a
+re-record rule; ``review`` or ``re-record`` for a review rule). One rule alone does not explain
+every re-record (clipping does not explain noise), so each rule is fitted on the problem rows
+that **no other rule or label already flags** at that level, against every row judged better: a
+rule's job is to catch what the others miss without flagging the good ones. The rules are fitted
+in turn, each against the others' latest limits, until no limit moves (at most
+:data:`METRIC_PASSES` passes). A limit that does no better than chance on its rows (Youden's
+J ≤ 0: the metric does not separate the verdicts there) is not written, and the rule keeps its
+limit; so is one that would lower the Youden J (with ``sensitivity``: the sensitivity) of all the
+rules and labels together on the judged rows. Rows medzero called ``not_applicable`` are left
+out: the rules never judge them. Metric limits need no model: a signal-only run (no CLAP weights)
+fits them from the measurements.
 
 A cut between two neighbouring scores is placed halfway between them (below the lowest score:
 just under it), so the rows it was fitted on fall on the same sides as at the cut itself.
@@ -38,6 +54,15 @@ Overlay YAML (``site.yaml``)::
         source: calibrated on 48 rows (n+ 12, n- 36) from site.csv sha256 1a2b3c4d5e6f, youden
         apparent: {sensitivity: 0.92, specificity: 0.81, ppv: 0.61}
         cv: {folds: 5, seed: 0, sensitivity: 0.83, specificity: 0.75, ppv: 0.53, n: 48}
+    metrics:                     # voice_quality with a verdict column
+      snr_db:
+        min:
+          limit: 13.7
+          previous_limit: 10.0
+          verdict: re-record
+          source: calibrated on 40 rows (re-record not flagged otherwise 9, better 31) from site.csv sha256 1a2b3c4d5e6f, youden
+          apparent: {sensitivity: 0.89, specificity: 0.97, ppv: 0.89}
+          cv: {folds: 5, seed: 0, sensitivity: 0.78, specificity: 0.94, ppv: 0.78, n: 40}
 
 :func:`calibrate` fits and :func:`write_overlay` writes one here, where it is made; reading and
 applying one (:func:`~medzero.tasks.overlay.load_overlay`, :func:`~medzero.tasks.overlay.apply_calibration`)
@@ -59,11 +84,14 @@ from ..core.errors import BadInputError, TaskError
 from ..tasks.overlay import task_sha256
 from ..tasks.schema import Task, load_task
 from . import metrics as M
-from .evaluate import score_manifest
+from .evaluate import ScoredManifest
 from .manifest import Manifest, read_manifest
 
 __all__ = [
     "LabelFit",
+    "MetricFit",
+    "calibrate_metrics",
+    "METRIC_PASSES",
     "fit_threshold",
     "cross_validate",
     "stratified_folds",
@@ -76,6 +104,8 @@ __all__ = [
 ]
 
 METHODS = ("youden", "sensitivity")
+#: Metric rules are fitted in turn against each other's latest limits at most this many times.
+METRIC_PASSES = 5
 
 
 # -- fitting -------------------------------------------------------------------------------------
@@ -236,6 +266,141 @@ def calibrate_scores(
                              M.threshold_stats(y, s, threshold), cross_validate(y, s, fit, folds=folds, seed=seed)))
     return fits
 
+# -- metric limits from people's verdicts --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricFit:
+    """One side of one metric rule, fitted on the rows people gave a verdict."""
+
+    metric: str
+    side: str  # "min" (a value below the limit is the problem) or "max"
+    verdict: str  # what the rule triggers; rows judged this or worse are its problem rows
+    n_pos: int  # problem rows no other rule or label flags
+    n_neg: int  # rows judged better than ``verdict``
+    previous: float
+    limit: float | None  # None: not fitted (see ``skipped``)
+    apparent: M.ThresholdStats | None
+    cv: CrossValidation | None
+    skipped: str | None = None
+
+    def flags(self, value: float, limit: float | None = None) -> bool:
+        limit = self.limit if limit is None else limit
+        return value < limit if self.side == "min" else value > limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric, "side": self.side, "verdict": self.verdict, "n_pos": self.n_pos, "n_neg": self.n_neg,
+            "previous_limit": self.previous, "limit": self.limit, "skipped": self.skipped,
+            "apparent": self.apparent.to_dict() if self.apparent else None,
+            "cv": self.cv.to_dict() if self.cv else None,
+        }
+
+
+def _flagged(side: str, values: np.ndarray, limit: float) -> np.ndarray:
+    """Rows a rule side flags (a missing measurement, ``nan``, is never flagged)."""
+    with np.errstate(invalid="ignore"):
+        return values < limit if side == "min" else values > limit
+
+
+def calibrate_metrics(
+    task: Task,
+    verdicts: Sequence[str | None],
+    metrics: Sequence[Mapping[str, float]],
+    *,
+    label_verdicts: Sequence[str | None] | None = None,
+    method: str = "youden",
+    target: float = 0.9,
+    folds: int = 5,
+    seed: int = 0,
+) -> list[MetricFit]:
+    """Fit every side of every metric rule of ``task`` from people's verdicts (see the module docstring).
+
+    Args:
+        verdicts: per row, the verdict a person gave (``None``: not judged; the row is left out).
+        metrics: per row, the measurements (a missing one leaves the row out of that rule).
+        label_verdicts: per row, the worst verdict the row's label reasons give (``None``: none),
+            so a rule is not fitted to catch what a label already flags.
+    """
+    if method not in METHODS:
+        raise TaskError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
+    order = [v.id for v in task.verdicts]
+    if not order or not task.metrics:
+        return []
+    human = np.array([-1 if v is None else order.index(v) for v in verdicts], dtype=np.int64)
+    by_labels = np.array([-1 if v is None else order.index(v) for v in (label_verdicts or [None] * len(human))], dtype=np.int64)
+    sides = [(name, side) for name, rule in task.metrics.items() for side in ("min", "max") if getattr(rule, side) is not None]
+    values = {name: np.array([float(m.get(name, np.nan)) for m in metrics], dtype=np.float64) for name, _ in sides}
+    rank = {(name, side): order.index(task.metrics[name].verdict or order[-1]) for name, side in sides}
+    limits = {(name, side): float(getattr(task.metrics[name], side)) for name, side in sides}
+    fits: dict[tuple[str, str], MetricFit] = {}
+    for _ in range(METRIC_PASSES):
+        moved = False
+        for key in sides:
+            fit = _fit_side(key, rank, limits, values, human, by_labels, order, task, method=method, target=target, folds=folds, seed=seed)
+            fits[key] = fit
+            if fit.limit is not None and fit.limit != limits[key]:
+                limits[key], moved = fit.limit, True
+        if not moved:
+            break
+    return [fits[key] for key in sides]
+
+
+def _fit_side(key, rank, limits, values, human, by_labels, order, task, *, method, target, folds, seed) -> MetricFit:
+    name, side = key
+    level = rank[key]
+    previous = float(getattr(task.metrics[name], side))
+    x = values[name]
+    others = by_labels >= level
+    for other in limits:
+        if other != key and rank[other] >= level:
+            others |= _flagged(other[1], values[other[0]], limits[other])
+    judged = (human >= 0) & ~np.isnan(x)
+    problem = human >= level
+    rows = judged & (~problem | ~others)  # every better row; the problem rows nothing else flags
+    y = problem[rows].astype(np.int64)
+    s = -x[rows] if side == "min" else x[rows]  # higher score: worse
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    verdict = order[level]
+    if n_pos == 0 or n_neg == 0:
+        why = (f"no row judged better than {verdict}" if n_neg == 0 else
+               f"no {verdict} row left once the other rules and labels have flagged theirs")
+        return MetricFit(name, side, verdict, n_pos, n_neg, previous, None, None, None, skipped=why)
+
+    def fit(yy, ss):
+        return fit_threshold(yy, ss, method, target=target, polarity="bad")
+
+    cut = fit(y, s)
+    apparent = M.threshold_stats(y, s, cut)
+    if apparent.sensitivity + apparent.specificity - 1 <= 0:
+        return MetricFit(name, side, verdict, n_pos, n_neg, previous, None, apparent, None,
+                         skipped="no limit does better than chance on these rows; kept the task's")
+    limit = -cut if side == "min" else cut
+    before = _combined(level, limits, values, human, by_labels, rank)
+    after = _combined(level, {**limits, key: limit}, values, human, by_labels, rank)
+    worse = after[0] < before[0] if method == "sensitivity" else sum(after) < sum(before)
+    if worse:
+        what = "sensitivity" if method == "sensitivity" else "Youden J"
+        return MetricFit(name, side, verdict, n_pos, n_neg, previous, None, apparent, None,
+                         skipped=f"kept the current limit: {limit:.6g} would lower the {what} of all rules together")
+    return MetricFit(name, side, verdict, n_pos, n_neg, previous, limit, apparent,
+                     cross_validate(y, s, fit, folds=folds, seed=seed))
+
+
+def _combined(level, limits, values, human, by_labels, rank) -> tuple[float, float]:
+    """(sensitivity, specificity) of all rules and labels together at ``level`` on the judged rows."""
+    flagged = by_labels >= level
+    for (name, side), limit in limits.items():
+        if rank[(name, side)] >= level:
+            flagged |= _flagged(side, values[name], limit)
+    judged = human >= 0
+    problem = human >= level
+    pos, neg = judged & problem, judged & ~problem
+    sens = float((flagged & pos).sum() / pos.sum()) if pos.any() else 0.0
+    spec = float((~flagged & neg).sum() / neg.sum()) if neg.any() else 0.0
+    return sens, spec
+
+
 
 @dataclass
 class SiteCalibration:
@@ -245,6 +410,9 @@ class SiteCalibration:
     overlay: dict[str, Any]
     errors: list[dict[str, Any]]
     rows: int
+    metric_fits: list[MetricFit] = field(default_factory=list)
+    #: Rows left out of the metric fits because medzero called them not applicable.
+    not_applicable: int = 0
 
     def write(self, path: "str | os.PathLike") -> None:
         write_overlay(self.overlay, path)
@@ -265,9 +433,11 @@ def calibrate(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> SiteCalibration:
-    """Classify a labelled manifest with ``task``'s own thresholds and fit new ones per label.
+    """Classify a labelled manifest with ``task``'s own thresholds and limits, and fit new ones:
+    a threshold per label column, and with a ``verdict`` column a limit per metric rule side.
 
-    Rows that fail to classify are listed in ``errors`` and left out."""
+    Rows that fail to classify are listed in ``errors`` and left out. Without the model (a
+    signal-only run) the metric limits are still fitted; the labels are skipped, saying why."""
     from ..classifier import Classifier
 
     task = load_task(task)
@@ -276,23 +446,89 @@ def calibrate(
     if folds < 2:
         raise TaskError("cross-validation needs at least 2 folds")
     table = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, task)
-    if not table.label_ids:
-        raise BadInputError(f"{table.source}: calibration needs label columns (a verdict column alone fits no threshold)")
+    fits_metrics = table.has_verdict and bool(task.metrics)
+    if not table.label_ids and not fits_metrics:
+        raise BadInputError(
+            f"{table.source}: calibration needs label columns, or a verdict column for a task with metric rules "
+            f"(task {task.name} has {'none' if not task.metrics else 'rules but the manifest has no verdict column'})"
+        )
     if classifier is None:
         classifier = Classifier(task=task, audio_model=audio_model, image_model=image_model, device=device, batch_size=batch_size)
-    scored = score_manifest(table, task, classifier, progress=progress)
-    if not scored.results:
-        first = scored.errors[0]
+    measured = _measure(table, task, classifier, progress)
+    if not measured.results:
+        first = measured.errors[0]
         raise BadInputError(f"no row of {table.source} could be classified; line {first['line']}: {first['error']}")
-    fits = calibrate_scores(task, scored.truth(), scored.scores(), method=method, target=target, folds=folds, seed=seed)
-    if all(f.threshold is None for f in fits):
-        raise BadInputError(f"{table.source}: no label has both positive and negative rows; nothing to calibrate")
+    fits = _label_fits(table, task, measured, method=method, target=target, folds=folds, seed=seed)
+    judged = [i for i, r in enumerate(measured.results) if r.applicable]
+    metric_fits = []
+    if fits_metrics:
+        metric_fits = calibrate_metrics(
+            task,
+            [table.rows[measured.rows[i]].verdict for i in judged],
+            [measured.results[i].metrics for i in judged],
+            label_verdicts=[_label_verdict(task, measured.results[i]) for i in judged],
+            method=method, target=target, folds=folds, seed=seed,
+        )
+    if all(f.threshold is None for f in fits) and all(f.limit is None for f in metric_fits):
+        raise BadInputError(f"{table.source}: {_nothing_fitted(fits, metric_fits)}; nothing to calibrate")
     overlay = overlay_dict(
-        task, fits, method=method, target=target, model=", ".join(scored.models) or None,
+        task, fits, method=method, target=target, model=", ".join(measured.models) or None,
         manifest_path=str(table.source), manifest_sha256=table.sha256, data_sha256=table.data_hash,
-        rows=len(scored.results), task_sha256=task_sha256(task)[0], medzero_version=__version__,
+        rows=len(measured.results), task_sha256=task_sha256(task)[0], medzero_version=__version__,
+        metric_fits=metric_fits,
     )
-    return SiteCalibration(fits, overlay, scored.errors, len(scored.results))
+    return SiteCalibration(fits, overlay, measured.errors, len(measured.results), metric_fits,
+                           len(measured.results) - len(judged))
+
+
+def _measure(table: Manifest, task: Task, classifier: Any, progress) -> ScoredManifest:
+    """Every row classified; a result without scores (signal-only: no model) is kept for its
+    measurements, a failed one or one scored for another task is listed in ``errors``."""
+    results = classifier.classify_batch([str(row.file) for row in table.rows], progress=progress)
+    ids = task.label_ids()
+    rows, ok, errors = [], [], []
+    for i, (row, result) in enumerate(zip(table.rows, results)):
+        error = result.error
+        if error is None and result.scores and list(result.scores) != ids:
+            error = f"scored for task {result.task} with labels {', '.join(result.scores)}, not {task.name}"
+        if error is not None:
+            errors.append({"line": row.line, "path": row.path, "error": error})
+            continue
+        rows.append(i)
+        ok.append(result)
+    return ScoredManifest(table, task, rows, ok, errors, sorted({r.model for r in ok if r.model}))
+
+
+def _label_fits(table: Manifest, task: Task, measured: ScoredManifest, **options: Any) -> list[LabelFit]:
+    """Thresholds for the label columns, from the rows the model scored (none in a signal-only run)."""
+    if not table.label_ids:
+        return []
+    keep = [i for i, r in enumerate(measured.results) if r.scores]
+    if not keep:
+        previous = {lb.id: lb.threshold for lb in task.labels}
+        why = "signal-only run: the model is not available, so there are no scores to fit"
+        return [LabelFit(lid, 0, 0, previous[lid], None, None, None, skipped=why) for lid in table.label_ids]
+    truth = {lid: [table.truth(lid)[measured.rows[i]] for i in keep] for lid in table.label_ids}
+    scores = {lid: [measured.results[i].scores[lid] for i in keep] for lid in task.label_ids()}
+    return calibrate_scores(task, truth, scores, **options)
+
+
+def _label_verdict(task: Task, result: Any) -> str | None:
+    """The worst verdict the result's label reasons give, or None."""
+    found = [r.verdict for r in result.reasons if r.kind == "label" and r.verdict]
+    return max(found, key=task.verdict_rank) if found else None
+
+
+def _nothing_fitted(fits: Sequence[LabelFit], metric_fits: Sequence[MetricFit]) -> str:
+    """Why no threshold and no limit came out, in one line."""
+    parts = []
+    if fits:
+        reasons = {f.skipped for f in fits}
+        parts.append(reasons.pop() if len(reasons) == 1 and "signal-only" in str(next(iter(reasons))) else
+                     "no label has both positive and negative rows")
+    if metric_fits:
+        parts.append("no metric limit could be fitted (" + "; ".join(f"{f.metric} {f.side}: {f.skipped}" for f in metric_fits) + ")")
+    return "; ".join(parts)
 
 
 # -- writing the overlay (read and applied by medzero.tasks.overlay) ----------------------------
@@ -311,8 +547,10 @@ def overlay_dict(
     rows: int,
     task_sha256: str,
     medzero_version: str,
+    metric_fits: Sequence[MetricFit] = (),
 ) -> dict[str, Any]:
     name = method_name(method, target)
+    where = f"{os.path.basename(manifest_path)} sha256 {manifest_sha256[:12]}, {name}"
     labels = {}
     for f in fits:
         if f.threshold is None:
@@ -329,7 +567,22 @@ def overlay_dict(
             "cv": None if cv is None else {k: _round(v) if isinstance(v, float) else v
                                            for k, v in cv.items() if k in ("folds", "seed", "n", "sensitivity", "specificity", "ppv")},
         }
-    return {
+    metrics: dict[str, dict[str, Any]] = {}
+    for f in metric_fits:
+        if f.limit is None:
+            continue
+        metrics.setdefault(f.metric, {})[f.side] = {
+            "limit": f.limit,
+            "previous_limit": f.previous,
+            "verdict": f.verdict,
+            "source": (
+                f"calibrated on {f.n_pos + f.n_neg} rows ({f.verdict} not flagged otherwise {f.n_pos}, "
+                f"better {f.n_neg}) from {where}"
+            ),
+            "apparent": _stats(f.apparent.to_dict()),
+            "cv": _cv(f.cv),
+        }
+    out = {
         "overlay_for": task.name,
         "task_sha256": task_sha256,
         "model": model,
@@ -339,6 +592,20 @@ def overlay_dict(
         "manifest": {"path": manifest_path, "sha256": manifest_sha256, "data_sha256": data_sha256, "rows": rows},
         "labels": labels,
     }
+    if metrics:
+        out["metrics"] = metrics
+    return out
+
+
+def _stats(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _round(v) for k, v in d.items() if k in ("sensitivity", "specificity", "ppv")}
+
+
+def _cv(cv: CrossValidation | None) -> dict[str, Any] | None:
+    if cv is None:
+        return None
+    return {k: _round(v) if isinstance(v, float) else v
+            for k, v in cv.to_dict().items() if k in ("folds", "seed", "n", "sensitivity", "specificity", "ppv")}
 
 
 def write_overlay(data: Mapping[str, Any], path: "str | os.PathLike") -> None:

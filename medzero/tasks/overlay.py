@@ -1,4 +1,4 @@
-"""Site calibration overlays: per-label thresholds fitted on a site's own files, applied to a Task.
+"""Site calibration overlays: per-label thresholds and metric limits fitted on a site's own files, applied to a Task.
 
 An overlay is data about a task, as the task file is: a small YAML file beside it whose thresholds
 replace the task's own (the task file itself is never changed). It lives with tasks, not with the
@@ -6,20 +6,23 @@ fitting in :mod:`medzero.evaluation.calibrate` that writes one, because everythi
 a task (the classifier, the service, the apps) reads and applies overlays, and none of them fits one.
 
 :func:`load_overlay` reads one into a :class:`Calibration`; :func:`apply_calibration` returns the
-task with the overlay's thresholds, and that :class:`Calibration` for results to carry;
+task with the overlay's thresholds and metric limits, and that :class:`Calibration` for results to carry;
 :func:`check_model` warns when scores come from another model than the overlay was fitted on;
 :func:`task_sha256` is the hash an overlay records to notice a task changed since. The fields read
 are ``overlay_for``, ``task_sha256``, ``model``, ``method``, ``created`` and, per label,
-``threshold``, ``previous_threshold``, ``source`` and ``cv`` (the whole format is in
-:mod:`medzero.evaluation.calibrate`).
+``threshold``, ``previous_threshold``, ``source`` and ``cv``, and, per metric rule and side
+(``metrics: {snr_db: {min: {limit, previous_limit, source, cv}}}``), the limit that replaces the
+rule's ``min`` or ``max`` (the whole format is in :mod:`medzero.evaluation.calibrate`). Overlays
+written before metric limits were fitted have no ``metrics`` block and load as they did.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ __all__ = [
     "Calibration",
     "CalibrationWarning",
     "LabelCalibration",
+    "LimitCalibration",
     "UNCALIBRATED",
     "apply_calibration",
     "check_model",
@@ -56,6 +60,20 @@ class LabelCalibration:
 
 
 @dataclass(frozen=True)
+class LimitCalibration:
+    """One side (``min`` or ``max``) of a metric rule, as fitted."""
+
+    limit: float
+    previous_limit: float | None
+    source: str
+    cv: dict[str, Any] | None = None
+
+
+#: The sides of a metric rule an overlay may set.
+SIDES = ("min", "max")
+
+
+@dataclass(frozen=True)
 class Calibration:
     """A parsed overlay: where the thresholds came from. ``to_dict()`` is plain JSON."""
 
@@ -67,9 +85,17 @@ class Calibration:
     method: str
     created: str | None
     labels: dict[str, LabelCalibration]
+    #: metric -> side (``min``/``max``) -> the fitted limit; empty for an overlay of thresholds only.
+    metrics: dict[str, dict[str, LimitCalibration]] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return f"calibrated: {os.path.basename(self.path)} ({self.method}, {len(self.labels)} labels, sha256 {self.sha256[:12]})"
+        limits = sum(len(sides) for sides in self.metrics.values())
+        fitted = f"{len(self.labels)} labels" + (f", {limits} metric limits" if limits else "")
+        return f"calibrated: {os.path.basename(self.path)} ({self.method}, {fitted}, sha256 {self.sha256[:12]})"
+
+    def metric_sources(self) -> dict[str, str]:
+        """``{"snr_db.min": how it was fitted}`` for every fitted limit."""
+        return {f"{m}.{side}": c.source for m, sides in self.metrics.items() for side, c in sides.items()}
 
     def result_info(self) -> dict[str, Any]:
         """What a Result carries (its thresholds are in ``Result.thresholds``): plain JSON."""
@@ -77,6 +103,7 @@ class Calibration:
             "summary": self.summary(), "path": self.path, "sha256": self.sha256, "method": self.method,
             "model": self.model, "created": self.created,
             "sources": {k: v.source for k, v in self.labels.items()},
+            "metric_sources": self.metric_sources(),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +112,8 @@ class Calibration:
             "model": self.model, "method": self.method, "created": self.created, "summary": self.summary(),
             "labels": {k: {"threshold": v.threshold, "previous_threshold": v.previous_threshold, "source": v.source, "cv": v.cv}
                        for k, v in self.labels.items()},
+            "metrics": {m: {side: {"limit": c.limit, "previous_limit": c.previous_limit, "source": c.source, "cv": c.cv}
+                            for side, c in sides.items()} for m, sides in self.metrics.items()},
         }
 
 
@@ -101,10 +130,13 @@ def load_overlay(path: "str | os.PathLike") -> Calibration:
         raw = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise TaskError(f"{path}: not a valid YAML calibration overlay ({type(exc).__name__})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("overlay_for"), str) or not isinstance(raw.get("labels"), dict):
-        raise TaskError(f"{path}: not a calibration overlay (needs overlay_for and labels; write one with medzero calibrate)")
+    if (
+        not isinstance(raw, dict) or not isinstance(raw.get("overlay_for"), str)
+        or not (isinstance(raw.get("labels"), dict) or isinstance(raw.get("metrics"), dict))
+    ):
+        raise TaskError(f"{path}: not a calibration overlay (needs overlay_for and labels or metrics; write one with medzero calibrate)")
     labels = {}
-    for lid, entry in raw["labels"].items():
+    for lid, entry in (raw.get("labels") or {}).items():
         threshold = entry.get("threshold") if isinstance(entry, dict) else None
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
             raise TaskError(f"{path}: label {lid!r}: threshold must be a number between 0 and 1")
@@ -124,16 +156,50 @@ def load_overlay(path: "str | os.PathLike") -> Calibration:
         method=str(raw.get("method") or "unknown"),
         created=str(raw["created"]) if raw.get("created") is not None else None,
         labels=labels,
+        metrics=_metric_limits(path, raw.get("metrics")),
     )
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (booleans included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        return None
+    return float(value)
+
+
+def _metric_limits(path: Path, block: Any) -> dict[str, dict[str, LimitCalibration]]:
+    """The ``metrics`` block: metric -> side -> limit; one :class:`TaskError` line for a bad entry."""
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise TaskError(f"{path}: metrics must map each metric to its fitted min/max limits")
+    out: dict[str, dict[str, LimitCalibration]] = {}
+    for metric, sides in block.items():
+        if not isinstance(sides, dict) or not sides or any(side not in SIDES for side in sides):
+            raise TaskError(f"{path}: metric {metric!r}: give min and/or max, each with its limit")
+        out[str(metric)] = {}
+        for side, entry in sides.items():
+            limit = _number(entry.get("limit")) if isinstance(entry, dict) else None
+            if limit is None:
+                raise TaskError(f"{path}: metric {metric!r}: {side}: limit must be a finite number")
+            out[str(metric)][side] = LimitCalibration(
+                limit,
+                _number(entry.get("previous_limit")),
+                str(entry.get("source") or "calibrated (no source recorded)"),
+                entry.get("cv") if isinstance(entry.get("cv"), dict) else None,
+            )
+    return out
 
 
 def apply_calibration(
     task: Task, overlay: "Calibration | str | os.PathLike", *, model: str | None = None
 ) -> tuple[Task, Calibration]:
-    """``task`` with the overlay's thresholds (a new Task; ``task`` is unchanged) and the overlay.
+    """``task`` with the overlay's thresholds and metric limits (a new Task; ``task`` is unchanged)
+    and the overlay.
 
-    Refuses (:class:`TaskError`) an overlay made for another task or naming labels the task does
-    not have. Warns when the task's content changed since calibration, and when ``model`` (the
+    Refuses (:class:`TaskError`) an overlay made for another task, naming labels the task does
+    not have, or setting a metric limit the task has no rule for (a ``max`` on a rule with only a
+    ``min`` included: the overlay changes limits, it does not add rules). Warns when the task's content changed since calibration, and when ``model`` (the
     fingerprint that will score) is not the one the overlay was fitted with."""
     calibration = overlay if isinstance(overlay, Calibration) else load_overlay(overlay)
     where = os.path.basename(calibration.path)
@@ -143,6 +209,7 @@ def apply_calibration(
     unknown = [lid for lid in calibration.labels if lid not in ids]
     if unknown:
         raise TaskError(f"{where} names label(s) {', '.join(unknown)} that task {task.name} does not have ({', '.join(ids)})")
+    _check_metrics(task, calibration, where)
     if calibration.task_sha256:
         current = task_sha256(task)[0]
         if current != calibration.task_sha256:
@@ -156,7 +223,22 @@ def apply_calibration(
         lb.model_copy(update={"threshold": calibration.labels[lb.id].threshold}) if lb.id in calibration.labels else lb
         for lb in task.labels
     ]
-    return task.model_copy(update={"labels": labels}, deep=True), calibration
+    metrics = {
+        name: rule.model_copy(update={side: c.limit for side, c in calibration.metrics.get(name, {}).items()})
+        for name, rule in task.metrics.items()
+    }
+    return task.model_copy(update={"labels": labels, "metrics": metrics}, deep=True), calibration
+
+
+def _check_metrics(task: Task, calibration: Calibration, where: str) -> None:
+    for name, sides in calibration.metrics.items():
+        rule = task.metrics.get(name)
+        if rule is None:
+            have = ", ".join(task.metrics) or "none"
+            raise TaskError(f"{where} sets a limit on metric {name} that task {task.name} has no rule for (its rules: {have})")
+        for side in sides:
+            if getattr(rule, side) is None:
+                raise TaskError(f"{where} sets the {side} of metric {name}, but task {task.name}'s rule has no {side}")
 
 
 def check_model(calibration: Calibration, fingerprint: str) -> bool:
