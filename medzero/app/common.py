@@ -468,3 +468,211 @@ _LOCKS: dict[str, threading.Lock] = {}
 def lock_for(key: str) -> threading.Lock:
     """One lock per key for the process (e.g. one writer per case index)."""
     return _LOCKS.setdefault(key, threading.Lock())
+
+
+# -- voice charts ---------------------------------------------------------------------------------
+#
+# Built here rather than in the page so that their specs can be tested without a browser. Fields
+# another part adds to results (``Result.speech_segments``, the ``mos_*`` metrics) are read with a
+# default: a result without them draws what it has and shows nothing in their place.
+
+#: Autosize for charts with a legend: fit the width, grow the height to what is drawn. Streamlit's
+#: default (``fit``) squeezes everything into the chart's height and cuts off a legend taller than it.
+_GROW_DOWN = alt.AutoSizeParams(type="fit-x", contains="padding")
+_SPEECH_COLOUR, _WINDOW_COLOUR = "#2ca02c", "#d62728"
+
+
+def speech_kind() -> str:
+    """The legend entry of the VAD's speech spans."""
+    return tr("speech (VAD)", "人声（VAD）")
+
+
+def speech_spans(result: medzero.Result) -> list[tuple[float, float]]:
+    """The voice activity detector's speech segments as ``(start, end)`` seconds; none when the
+    result has no such field (no VAD ran, or a result from before it)."""
+    spans = []
+    for seg in getattr(result, "speech_segments", None) or ():
+        start, end = (seg.get("start"), seg.get("end")) if isinstance(seg, dict) else tuple(seg)[:2]
+        if start is not None and end is not None and end > start:
+            spans.append((float(start), float(end)))
+    return spans
+
+
+def waveform_chart(samples, rate: int, windows: pd.DataFrame, speech: list[tuple[float, float]]) -> alt.LayerChart:
+    """The waveform as a min/max envelope, the VAD's speech spans shaded green and the chosen label's
+    top windows red (``windows``: label, start, end, score), with a legend naming both."""
+    import numpy as np
+
+    bins = max(1, min(1500, len(samples)))
+    edges = np.linspace(0, len(samples), bins + 1).astype(int)
+    lo = np.array([samples[a:b].min() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+    hi = np.array([samples[a:b].max() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+    wave = pd.DataFrame({"t": edges[:-1] / rate, "lo": lo, "hi": hi})
+    x = alt.X("t:Q", title=tr("time (s)", "时间（秒）"), scale=alt.Scale(domain=[0, len(samples) / rate], nice=False))
+    chart = alt.Chart(wave).mark_area(color="#4c78a8").encode(
+        x=x, y=alt.Y("lo:Q", title=tr("amplitude", "振幅"), scale=alt.Scale(domain=[-1, 1])), y2="hi:Q"
+    )
+    spans = [{"kind": speech_kind(), "start": a, "end": b, "score": None} for a, b in speech]
+    if len(windows):
+        kind = tr(f"top windows: {windows['label'].iloc[0]}", f"得分最高的窗口：{windows['label'].iloc[0]}")
+        spans += [{"kind": kind, "start": r.start, "end": r.end, "score": r.score} for r in windows.itertuples()]
+    if not spans:
+        return chart.properties(height=160)
+    data = pd.DataFrame(spans)
+    kinds = list(dict.fromkeys(data["kind"]))
+    colours = [_SPEECH_COLOUR if k == speech_kind() else _WINDOW_COLOUR for k in kinds]
+    shade = alt.Chart(data).mark_rect(opacity=0.25).encode(
+        x=alt.X("start:Q"), x2="end:Q",
+        color=alt.Color("kind:N", scale=alt.Scale(domain=kinds, range=colours),
+                        legend=alt.Legend(orient="top", title=None, symbolType="square", labelLimit=0, symbolLimit=0)),
+        tooltip=[alt.Tooltip("kind:N", title=tr("span", "区段")), alt.Tooltip("start:Q", format=".2f"),
+                 alt.Tooltip("end:Q", format=".2f"), alt.Tooltip("score:Q", format=".3f")],
+    )
+    return (shade + chart).properties(height=160, autosize=_GROW_DOWN)
+
+
+def _hz_label(hz: float) -> str:
+    return f"{hz / 1000:g}k" if hz >= 1000 else f"{hz:g}"
+
+
+def mel_chart(samples, rate: int, windows: pd.DataFrame, *, columns: int = 200, bands: int = 64) -> alt.LayerChart:
+    """A mel spectrogram with axes: time in seconds, frequency in Hz on the mel scale, and a colour
+    bar in dB below the loudest cell; the chosen label's top windows outlined in red.
+
+    The power is averaged into at most ``columns`` × ``bands`` cells, so the chart's data stays
+    small (about 13,000 cells) however long the recording."""
+    import librosa
+    import numpy as np
+
+    duration = len(samples) / rate
+    hop = max(256, len(samples) // 1200)
+    power = librosa.feature.melspectrogram(y=samples, sr=rate, n_fft=1024, hop_length=hop, n_mels=bands, fmax=rate / 2)
+    n = power.shape[1]
+    cuts = np.linspace(0, n, min(columns, n) + 1).astype(int)
+    pooled = np.stack([power[:, a:b].mean(axis=1) for a, b in zip(cuts[:-1], cuts[1:])], axis=1)
+    peak = float(pooled.max()) if pooled.size and pooled.max() > 0 else 1.0
+    db = librosa.power_to_db(pooled, ref=peak, top_db=80.0)
+    mels = librosa.hz_to_mel(librosa.mel_frequencies(bands + 2, fmin=0.0, fmax=rate / 2))
+    half = (mels[1] - mels[0]) / 2
+    centres = mels[1:-1]
+    t0, t1 = cuts[:-1] / n * duration, cuts[1:] / n * duration
+    band, col = np.meshgrid(np.arange(bands), np.arange(len(t0)), indexing="ij")
+    cells = pd.DataFrame({
+        "t0": t0[col].ravel().astype(np.float32), "t1": t1[col].ravel().astype(np.float32),
+        "m0": (centres[band] - half).ravel().astype(np.float32), "m1": (centres[band] + half).ravel().astype(np.float32),
+        "hz": np.round(librosa.mel_to_hz(centres[band])).ravel().astype(np.float32),
+        "db": db.ravel().astype(np.float32),
+    })
+    ticks = [hz for hz in (100, 250, 500, 1000, 2000, 4000, 8000, 16000) if hz < rate / 2]
+    at = [float(librosa.hz_to_mel(hz)) for hz in ticks]
+    label = " : ".join(f"abs(datum.value - {m!r}) < 1e-6 ? '{_hz_label(hz)}'" for m, hz in zip(at, ticks)) + " : ''"
+    x = alt.X("t0:Q", title=tr("time (s)", "时间（秒）"), scale=alt.Scale(domain=[0, duration], nice=False))
+    y = alt.Y("m0:Q", title=tr("frequency (Hz, mel scale)", "频率（Hz，梅尔刻度）"),
+              scale=alt.Scale(domain=[float(centres[0] - half), float(centres[-1] + half)], nice=False, zero=False),
+              axis=alt.Axis(values=at, labelExpr=label, labelOverlap="greedy"))
+    heat = alt.Chart(cells).mark_rect().encode(
+        x=x, x2="t1:Q", y=y, y2="m1:Q",
+        color=alt.Color("db:Q", title=tr("dB re max", "dB（相对最大值）"),
+                        scale=alt.Scale(scheme="viridis", domain=[-80, 0]), legend=alt.Legend(orient="right")),
+        tooltip=[alt.Tooltip("t0:Q", title=tr("time (s)", "时间（秒）"), format=".2f"),
+                 alt.Tooltip("hz:Q", title="Hz", format=".0f"), alt.Tooltip("db:Q", title="dB", format=".1f")],
+    )
+    if not len(windows):
+        return heat.properties(height=240)
+    outline = alt.Chart(windows).mark_rect(fillOpacity=0, stroke=_WINDOW_COLOUR, strokeWidth=2).encode(x="start:Q", x2="end:Q")
+    return (heat + outline).properties(height=240)
+
+
+def timeline_chart(result: medzero.Result) -> alt.Chart:
+    """Every label's score per window of a long recording, one line each, and a legend that lists
+    every label in full: below the chart, in columns, with no limit on entries or label length
+    (a legend beside a fixed-height chart was cut off after about seven labels)."""
+    lg, tl = lang(), result.timeline
+    names: list[str] = []
+    for lab in tl["scores"]:  # two labels shown alike would share a line: keep them apart
+        name = result.label_names.get(lab, {}).get(lg) or lab
+        names.append(name if name not in names else f"{name} ({lab})")
+    rows = pd.DataFrame([
+        {"start": s, "label": name, "score": v}
+        for name, values in zip(names, tl["scores"].values())
+        for s, v in zip(tl["start"], values)
+    ], columns=["start", "label", "score"])
+    scale = alt.Scale(domain=names, scheme="tableau20") if len(names) > 10 else alt.Scale(domain=names)
+    legend = alt.Legend(orient="bottom", columns=min(3, max(1, len(names))), symbolLimit=0, labelLimit=0, title=None)
+    return alt.Chart(rows).mark_line(point=True).encode(
+        x=alt.X("start:Q", title=tr("window start (s)", "窗口起点（秒）")),
+        y=alt.Y("score:Q", title=tr("score", "分数"), scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("label:N", title=tr("label", "标签"), scale=scale, sort=names, legend=legend),
+        tooltip=["label:N", alt.Tooltip("start:Q", format=".1f"), alt.Tooltip("score:Q", format=".3f")],
+    ).properties(height=220, autosize=_GROW_DOWN)
+
+
+# -- speech quality (DNSMOS) ----------------------------------------------------------------------
+
+#: The three DNSMOS P.835 scores: the metric, its P.835 name, what it rates, and the label ITU-T
+#: P.835's rating scale gives each whole score (5 first).
+MOS_SCORES = (
+    ("mos_sig", "SIG",
+     {"en": "the voice itself: how natural and undistorted the speech sounds",
+      "zh": "语音本身：说话声是否自然、没有失真"},
+     {"en": ("not distorted", "slightly distorted", "somewhat distorted", "fairly distorted", "very distorted"),
+      "zh": ("无失真", "轻微失真", "有些失真", "明显失真", "严重失真")}),
+    ("mos_bak", "BAK",
+     {"en": "the background: how little the noise behind the voice intrudes",
+      "zh": "背景：语音背后的噪声干扰有多小"},
+     {"en": ("not noticeable", "slightly noticeable", "noticeable but not intrusive", "somewhat intrusive", "very intrusive"),
+      "zh": ("察觉不到", "稍可察觉", "可察觉但不干扰", "有些干扰", "严重干扰")}),
+    ("mos_ovrl", "OVRL",
+     {"en": "overall: the recording as a listener hears it, voice and background together",
+      "zh": "整体：听者对语音和背景合起来的整体感受"},
+     {"en": ("excellent", "good", "fair", "poor", "bad"), "zh": ("优", "良", "中", "差", "劣")}),
+)
+#: medzero's bands for reading a 1-5 score at a glance (DNSMOS defines none): lower bound, name, colour.
+MOS_BANDS = ((3.5, {"en": "good", "zh": "好"}, "#dff3e3"), (2.5, {"en": "fair", "zh": "一般"}, "#fff3d6"),
+             (float("-inf"), {"en": "poor", "zh": "差"}, "#fde2e1"))
+
+
+def mos_band(score: float) -> tuple[str, str]:
+    """The band ``score`` falls in (in the page's language) and its cell colour."""
+    lg = lang()
+    for low, name, colour in MOS_BANDS:
+        if score >= low:
+            return name[lg], colour
+    return MOS_BANDS[-1][1][lg], MOS_BANDS[-1][2]  # nan
+
+
+def mos_frame(result: medzero.Result) -> pd.DataFrame | None:
+    """One row per DNSMOS score the result has: value on the 1-5 scale, medzero's band, the P.835
+    scale's word at the nearest whole score, and what the score rates; ``None`` when it has none."""
+    lg = lang()
+    rows = []
+    for metric, short, meaning, scale in MOS_SCORES:
+        value = result.metrics.get(metric)
+        if value is None or float(value) != float(value):
+            continue
+        value = float(value)
+        word = scale[lg][5 - int(min(5, max(1, round(value))))]
+        rows.append({tr("Score", "评分"): short, tr("Value (1–5)", "数值（1–5）"): f"{value:.2f}",
+                     tr("Band", "等级"): mos_band(value)[0], tr("P.835 scale", "P.835 量表"): word,
+                     tr("What it rates", "评价内容"): meaning[lg]})
+    return pd.DataFrame(rows) if rows else None
+
+
+def mos_note() -> str:
+    """Where the words and the bands of the MOS table come from."""
+    return tr(
+        "DNSMOS P.835 predicts what listeners would answer on ITU-T P.835's 1–5 scales (5 best); the scale's word "
+        "is its label at the nearest whole score. The bands (good ≥ 3.5, fair 2.5–3.5, poor < 2.5) are medzero's, "
+        "for reading the scores at a glance: DNSMOS defines none. The verdict uses the task's limits shown in the "
+        "measurements above.",
+        "DNSMOS P.835 预测听者在 ITU-T P.835 的 1–5 分量表上会给出的评分（5 分最好）；量表一栏是最接近的整数分对应的"
+        "量表描述。等级（好 ≥ 3.5，一般 2.5–3.5，差 < 2.5）是 medzero 为便于快速阅读而设的，DNSMOS 本身没有规定。"
+        "结论依据的是上面测量表中任务的限值。",
+    )
+
+
+def mos_table(frame: pd.DataFrame):
+    """The MOS rows as a styled table, the band cell coloured by its band."""
+    band = frame.columns[2]
+    colours = {name[lang()]: colour for _, name, colour in MOS_BANDS}
+    return frame.style.apply(lambda col: [f"background-color: {colours.get(v, '')}" for v in col], subset=[band]).hide(axis="index")

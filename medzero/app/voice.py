@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -93,53 +92,6 @@ def _display_audio(file_id: str, _data: bytes, name: str) -> tuple[np.ndarray, i
     return clip.samples, clip.sample_rate
 
 
-def _waveform_chart(samples: np.ndarray, rate: int, segments: pd.DataFrame) -> alt.LayerChart:
-    bins = max(1, min(1500, len(samples)))
-    edges = np.linspace(0, len(samples), bins + 1).astype(int)
-    lo = np.array([samples[a:b].min() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
-    hi = np.array([samples[a:b].max() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
-    wave = pd.DataFrame({"t": edges[:-1] / rate, "lo": lo, "hi": hi})
-    x = alt.X("t:Q", title=tr("seconds", "秒"), scale=alt.Scale(domain=[0, len(samples) / rate], nice=False))
-    chart = alt.Chart(wave).mark_area(color="#4c78a8").encode(
-        x=x, y=alt.Y("lo:Q", title=tr("amplitude", "振幅"), scale=alt.Scale(domain=[-1, 1])), y2="hi:Q"
-    )
-    if len(segments):
-        shade = alt.Chart(segments).mark_rect(opacity=0.25, color="#d62728").encode(
-            x=alt.X("start:Q"), x2="end:Q", tooltip=["label:N", alt.Tooltip("score:Q", format=".3f"), "start:Q", "end:Q"]
-        )
-        chart = shade + chart
-    return chart.properties(height=160)
-
-
-def _viridis(values: np.ndarray) -> np.ndarray:
-    anchors = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
-    pos = np.clip(values, 0, 1) * (len(anchors) - 1)
-    i = np.minimum(pos.astype(int), len(anchors) - 2)
-    frac = (pos - i)[..., None]
-    return (anchors[i] * (1 - frac) + anchors[i + 1] * frac).astype(np.uint8)
-
-
-def _mel_image(samples: np.ndarray, rate: int, segments: pd.DataFrame):
-    """A mel spectrogram (librosa) as an image, the shaded segments drawn over it."""
-    import librosa
-    from PIL import Image, ImageDraw
-
-    hop = max(256, len(samples) // 1200)
-    mel = librosa.feature.melspectrogram(y=samples, sr=rate, n_fft=1024, hop_length=hop, n_mels=80, fmax=rate / 2)
-    db = librosa.power_to_db(mel, ref=np.max(mel) if mel.size and mel.max() > 0 else 1.0, top_db=80.0)
-    unit = (db + 80.0) / 80.0
-    image = Image.fromarray(_viridis(unit[::-1])).resize((1000, 240), Image.BILINEAR).convert("RGBA")
-    if len(segments):
-        overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
-        draw = ImageDraw.Draw(overlay)
-        duration = len(samples) / rate
-        for seg in segments.itertuples():
-            x0, x1 = (int(1000 * seg.start / duration), int(1000 * seg.end / duration))
-            draw.rectangle([x0, 0, max(x0 + 1, x1 - 1), 239], fill=(255, 255, 255, 50), outline=(214, 39, 40, 255), width=2)
-        image = Image.alpha_composite(image, overlay)
-    return image.convert("RGB")
-
-
 stored = st.session_state.get("voice_result")
 if stored is not None and stored[0] == request and upload is not None:
     _, result, task = stored
@@ -163,6 +115,12 @@ if stored is not None and stored[0] == request and upload is not None:
 
     st.subheader(tr("Waveform measurements", "波形测量"))
     st.table(common.metric_frame(result, task).style.hide(axis="index"))
+
+    mos = common.mos_frame(result)
+    if mos is not None:  # only where the quality model ran
+        st.subheader(tr("Speech quality (DNSMOS P.835, 1–5)", "语音质量（DNSMOS P.835，1–5 分）"))
+        st.table(common.mos_table(mos))
+        st.caption(common.mos_note())
 
     st.subheader(tr("Waveform and mel spectrogram", "波形和梅尔频谱图"))
     try:
@@ -189,23 +147,16 @@ if stored is not None and stored[0] == request and upload is not None:
                 "This one fits in a single window.",
                 "长于模型 10 秒输入的录音按窗口评分，得分最高的窗口会在这里标出。这段录音只有一个窗口。",
             ))
-        st.altair_chart(_waveform_chart(samples, rate, segs), width="stretch")
-        st.image(_mel_image(samples, rate, segs), width="stretch", caption=tr(
-            f"Mel spectrogram (0–{rate // 2000} kHz, display copy at {rate} Hz)", f"梅尔频谱图（0–{rate // 2000} kHz，显示用副本 {rate} Hz）"
-        ))
+        speech = common.speech_spans(result)
+        st.altair_chart(common.waveform_chart(samples, rate, segs, speech), width="stretch")
+        if speech:
+            st.caption(tr(f"Green: the {len(speech)} speech segments the voice activity detector (Silero VAD) found.",
+                          f"绿色：语音活动检测（Silero VAD）找到的 {len(speech)} 个人声片段。"))
+        st.altair_chart(common.mel_chart(samples, rate, segs), width="stretch")
+        st.caption(tr(f"Mel spectrogram (0–{rate // 2000} kHz, display copy at {rate} Hz)",
+                      f"梅尔频谱图（0–{rate // 2000} kHz，显示用副本 {rate} Hz）"))
         if result.timeline:
             tl = result.timeline
-            rows = [
-                {"start": s, "label": result.label_names.get(lab, {}).get(lg, lab), "score": v}
-                for lab, values in tl["scores"].items()
-                for s, v in zip(tl["start"], values)
-            ]
             st.markdown(tr(f"**Timeline** ({tl['window_s']:g} s windows every {tl['hop_s']:g} s)",
                            f"**时间线**（{tl['window_s']:g} 秒窗口，每 {tl['hop_s']:g} 秒一个）"))
-            st.altair_chart(
-                alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
-                    x=alt.X("start:Q", title=tr("window start (s)", "窗口起点（秒）")),
-                    y=alt.Y("score:Q", title=tr("score", "分数"), scale=alt.Scale(domain=[0, 1])), color=alt.Color("label:N", title=tr("label", "标签"))
-                ).properties(height=220),
-                width="stretch",
-            )
+            st.altair_chart(common.timeline_chart(result), width="stretch")
