@@ -7,7 +7,14 @@ Decoding is chosen from the content (:mod:`medzero.core.sniff`), never from the 
   is unknown but is not plainly text are decoded with PyAV (FFmpeg), first audio stream only.
   MP3 goes to FFmpeg because libsndfile's mpg123 prints its complaints about a damaged file straight
   to the process's stderr (around medzero's one-line error); FFmpeg's log is off under PyAV, and
-  its decoder gives the same samples (within 1e-6).
+  its decoder gives the same samples (within 1e-6);
+* SILK v3 (WeChat and QQ voice notes, which FFmpeg does not decode) with ``pysilk`` (the
+  ``silk-python`` wheel, BSD), in-process, at 24 kHz;
+* raw headerless PCM (a source named ``*.pcm``, ``fmt="pcm"``, or unknown content when ``pcm=`` is
+  given) as the declared :class:`~medzero.core.sniff.PcmFormat` says (``AudioLimits.pcm``, default
+  16 kHz s16le mono), after a plausibility check: no text, a whole number of frames, no other
+  format's signature, float samples within range. Content that sniffs as a real format is decoded
+  as that format, whatever the declaration.
 
 Channels are averaged to mono and, when ``sample_rate`` is given, the clip is resampled with
 ``soxr`` at "HQ" quality. The result is deterministic: the same input gives bit-identical samples.
@@ -46,9 +53,9 @@ import soundfile as sf
 import soxr
 
 from medzero.core.errors import BadInputError, one_line
-from medzero.core.sniff import HEAD_BYTES, read_head, sniff
+from medzero.core.sniff import HEAD_BYTES, SAMPLE_RATE_RANGE, PcmFormat, declares_pcm, read_head, sniff
 
-__all__ = ["AudioLimits", "AudioClip", "AudioSource", "SAMPLE_RATE_RANGE", "load_audio"]
+__all__ = ["AudioLimits", "AudioClip", "AudioSource", "PcmFormat", "SAMPLE_RATE_RANGE", "load_audio"]
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +64,26 @@ AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, np
 #: Formats handed to libsndfile first; the rest go straight to PyAV.
 _SOUNDFILE_FORMATS = frozenset({"wav", "flac", "ogg", "aiff"})
 
-_EXPECTED = "expected WAV, FLAC, Ogg, MP3, M4A/AAC or AMR"
+_EXPECTED = "expected WAV, FLAC, Ogg, MP3, M4A/AAC, AMR or SILK; raw PCM must be named .pcm"
 
 # libsndfile reports this frame count when it cannot tell the length (e.g. a stream).
 _UNKNOWN_FRAMES = 2**62
 
-#: Sample rates (Hz) accepted from a header or with an array. Below 2 kHz (a 1 kHz band) no voice or
-#: body sound is captured; respiratory recordings at 4 kHz remain inside. 768 kHz is the highest
-#: rate audio converters record. Anything outside is a corrupt header, and a 1 Hz rate resampled to
-#: 48 kHz turns each byte into 48,000 samples.
-SAMPLE_RATE_RANGE = (2_000, 768_000)
+#: SILK is decoded at 24 kHz: WeChat records at 24 kHz and it is SILK's highest internal rate, so
+#: nothing is lost and nothing is made up (pysilk also decodes at 8, 12, 16, 32, 44.1 and 48 kHz).
+_SILK_RATE = 24_000
+_SILK_PACKET_SAMPLES = _SILK_RATE // 50  # one 20 ms frame per packet, as WeChat and pysilk write them
+_SILK_MAX_PAYLOAD = _SILK_RATE // 1000 * 40  # pysilk's output buffer in bytes: a longer packet is refused
+_SILK_HEADERS = (b"\x02#!SILK_V3", b"#!SILK_V3")
+
+#: Signatures of common non-audio files, refused when declared as raw PCM (no recording starts so).
+_NOT_PCM = {
+    b"PK\x03\x04": "a ZIP archive (or an Office document)", b"\x1f\x8b": "a gzip file", b"%PDF": "a PDF",
+    b"\x7fELF": "a program", b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive", b"Rar!": "a RAR archive",
+    b"SQLite format 3\x00": "an SQLite database", b"\xfd7zXZ\x00": "an xz file", b"\x28\xb5\x2f\xfd": "a zstd file",
+}
+#: Float PCM whose peak passes this (+24 dBFS) is not float audio: integers or other bytes read as floats.
+_MAX_FLOAT_PEAK = 16.0
 
 
 @dataclass(frozen=True)
@@ -81,12 +98,18 @@ class AudioLimits:
             header before decoding, then while decoding), and the mono clip after resampling. The
             default is 3 hours of mono audio at 48 kHz, CLAP's rate: 518,400,000 samples, 2 GB as
             float32. It bounds memory where ``max_bytes`` cannot (compressed silence, a 1 Hz header).
+        pcm: the layout of raw headerless PCM (16 kHz s16le mono by default). It travels here, with
+            the other settings of decoding, because the limits are the one object every entry point
+            already hands each modality's decoder (``Classifier(limits=...)``, the service's
+            per-request limits, ``Modality.limits()`` from the environment): no front end needs a
+            path of its own to declare a layout.
     """
 
     max_bytes: int = 200 * 1024 * 1024
     max_duration_s: float = 3 * 3600
     min_duration_s: float = 0.1
     max_samples: int = 3 * 3600 * 48_000
+    pcm: PcmFormat = PcmFormat()
 
     def __post_init__(self):
         if self.max_bytes <= 0 or self.max_duration_s <= 0 or self.min_duration_s < 0 or self.max_samples <= 0:
@@ -97,8 +120,9 @@ class AudioLimits:
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "AudioLimits":
         """Defaults overridden by ``MEDZERO_MAX_AUDIO_BYTES``, ``MEDZERO_MAX_AUDIO_SECONDS``,
-        ``MEDZERO_MIN_AUDIO_SECONDS`` and ``MEDZERO_MAX_AUDIO_SAMPLES``. A value that is not a number
-        raises :class:`BadInputError`."""
+        ``MEDZERO_MIN_AUDIO_SECONDS``, ``MEDZERO_MAX_AUDIO_SAMPLES`` and the raw PCM layout from
+        ``MEDZERO_PCM_RATE``, ``MEDZERO_PCM_FORMAT`` and ``MEDZERO_PCM_CHANNELS``. A value that is not a
+        number raises :class:`BadInputError`."""
         environ = os.environ if environ is None else environ
         default = cls()
         kwargs = dict(
@@ -106,6 +130,7 @@ class AudioLimits:
             max_duration_s=_env_number(environ, "MEDZERO_MAX_AUDIO_SECONDS", float, default.max_duration_s),
             min_duration_s=_env_number(environ, "MEDZERO_MIN_AUDIO_SECONDS", float, default.min_duration_s),
             max_samples=_env_number(environ, "MEDZERO_MAX_AUDIO_SAMPLES", int, default.max_samples, "samples"),
+            pcm=PcmFormat.from_env(environ),
         )
         try:
             return cls(**kwargs)
@@ -186,6 +211,7 @@ def load_audio(
     limits: Optional[AudioLimits] = None,
     name: Optional[str] = None,
     fmt: Optional[str] = None,
+    pcm: Optional[PcmFormat] = None,
 ) -> AudioClip:
     """Decode ``source`` to a mono float32 :class:`AudioClip`.
 
@@ -200,7 +226,9 @@ def load_audio(
         limits: size and duration bounds; default :meth:`AudioLimits.from_env`.
         name: how to call the input in error messages and ``AudioClip.source``.
         fmt: the format already sniffed from the content (the ingest pipeline sniffs each source
-            once); ``None`` sniffs here.
+            once); ``None`` sniffs here. ``"pcm"`` declares raw PCM.
+        pcm: the layout of raw PCM (default ``limits.pcm``). Given, it also declares that content
+            with no header is raw PCM; otherwise only a source named ``*.pcm`` (or ``fmt="pcm"``) is.
 
     Raises:
         BadInputError: the input is missing, empty, too large, not audio, truncated or corrupt,
@@ -225,7 +253,9 @@ def load_audio(
         fmt, origin = None, label
     else:
         data, origin, label = _read_source(source, limits, name)
-        frames, rate, fmt = _decode(data, label, limits, fmt)
+        if fmt is None and (pcm is not None or declares_pcm(label)):
+            fmt = "pcm"  # declared: raw PCM unless the content says otherwise
+        frames, rate, fmt = _decode(data, label, limits, fmt, pcm or limits.pcm)
 
     _validate(frames, rate, label, limits)
     clip = AudioClip(
@@ -312,16 +342,27 @@ def _check_size(size: int, label: str, limits: AudioLimits, at_least: bool = Fal
 
 
 def _decode(
-    data: Union[str, bytes], label: str, limits: AudioLimits, fmt: Optional[str] = None
+    data: Union[str, bytes], label: str, limits: AudioLimits, fmt: Optional[str] = None, pcm: Optional[PcmFormat] = None
 ) -> tuple[np.ndarray, int, Optional[str]]:
-    """Decode to ``(frames, rate, format)``, frames shaped (samples, channels); sniffs unless ``fmt`` is known."""
-    if fmt is None:
+    """Decode to ``(frames, rate, format)``, frames shaped (samples, channels); sniffs unless ``fmt`` is known.
+
+    ``fmt="pcm"`` (declared) is raw PCM unless the content is a format the sniffer knows: a WAV or
+    an MP3 named ``.pcm`` is decoded as what it is.
+    """
+    if fmt is None or fmt == "pcm":
         head = read_head(data) if isinstance(data, str) else data[:HEAD_BYTES]
-        modality, fmt = sniff(head)
+        modality, sniffed = sniff(head)
         if modality == "image":
-            raise BadInputError(f"{label} is an image ({fmt.upper()}), not audio; pass it to an image task instead")
+            raise BadInputError(f"{label} is an image ({sniffed.upper()}), not audio; pass it to an image task instead")
+        if modality is None and fmt is not None:
+            return (*_decode_pcm(data, head, label, limits, pcm or limits.pcm), "pcm")
         if modality is None and _looks_like_text(head):
             raise BadInputError(f"not an audio file: {label} (it holds text, no audio header found; {_EXPECTED})")
+        if fmt is not None and sniffed is not None:
+            log.debug("%s was declared raw PCM but holds %s; decoding it as %s", label, sniffed, sniffed)
+        fmt = sniffed
+    if fmt == "silk":
+        return (*_decode_silk(data, label, limits), fmt)
     if fmt == "wav":
         _check_wav_header(data, label)
     if fmt in _SOUNDFILE_FORMATS:
@@ -329,6 +370,145 @@ def _decode(
         if decoded is not None:
             return (*decoded, fmt)
     return _decode_av(data, label, fmt, limits)
+
+
+def _decode_silk(data: Union[str, bytes], label: str, limits: AudioLimits) -> tuple[np.ndarray, int]:
+    """Decode a SILK v3 stream (WeChat, QQ, Skype) with pysilk, at 24 kHz, within ``limits``.
+
+    The packets (a little-endian int16 length, then the payload) are walked here first, because
+    pysilk trusts them: a negative length (the SDK's end mark, 0xFFFF) would make it read the rest
+    of the file as one packet, and a zero length (a DTX frame: nothing sent during a pause) fails
+    its decoder. So the walk stops at the end mark as the SDK does, a DTX frame becomes 20 ms of
+    silence (as AMR comfort noise does), a packet cut short is a truncated file, and the sample
+    count is known, and checked against ``limits.max_samples``, before anything is decoded.
+    """
+    import pysilk
+
+    raw = _read_all(data)
+    header = next((h for h in _SILK_HEADERS if raw.startswith(h)), None)
+    if header is None:
+        raise BadInputError(f"corrupt SILK file: {label} (no #!SILK_V3 header)")
+    runs = _silk_runs(raw, len(header), label, limits)
+    pcm = bytearray()
+    for run in runs:
+        if isinstance(run, int):  # DTX frames: silence
+            pcm += bytes(2 * _SILK_PACKET_SAMPLES * run)
+            continue
+        out = _Sink(limits.max_samples * 2 - len(pcm))
+        try:
+            pysilk.decode(io.BytesIO(b"#!SILK_V3" + raw[run[0] : run[1]]), out, _SILK_RATE)
+        except _SinkFull:
+            _check_samples(limits.max_samples + 1, label, limits, "while decoding SILK")
+        except Exception as e:  # pysilk.SilkError, or what its C decoder returns for damaged payloads
+            raise BadInputError(f"truncated or corrupt SILK file: {label} (the SILK decoder says {_reason(e)})") from None
+        pcm += out.getvalue()
+    if not pcm:
+        raise BadInputError(f"no audio samples in {label} (the SILK stream holds no packets)")
+    frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, 1)
+    return _to_float32(frames), _SILK_RATE
+
+
+def _silk_runs(raw: bytes, start: int, label: str, limits: AudioLimits) -> list[Union[tuple[int, int], int]]:
+    """The packet stream as runs: ``(start, end)`` byte ranges of packets to decode, and counts of
+    DTX (empty) packets between them; refuses a cut-off packet or one pysilk cannot hold."""
+    runs: list[Union[tuple[int, int], int]] = []
+    pos, packets, run_start, silent = start, 0, start, 0
+    while pos + 2 <= len(raw):
+        (size,) = struct.unpack_from("<h", raw, pos)
+        if size < 0:  # the SILK SDK's end of stream
+            break
+        if size > _SILK_MAX_PAYLOAD:
+            raise BadInputError(f"corrupt SILK file: {label} (packet {packets + 1} declares {size} bytes)")
+        if pos + 2 + size > len(raw):
+            raise BadInputError(
+                f"truncated SILK file: {label} (packet {packets + 1} declares {size} bytes but "
+                f"{len(raw) - pos - 2} are left; copy or export the file again)"
+            )
+        packets += 1
+        _check_samples(packets * _SILK_PACKET_SAMPLES, label, limits, "in its SILK packets")
+        if size == 0:
+            if pos > run_start:
+                runs.append((run_start, pos))
+            silent += 1
+        elif silent:
+            runs.append(silent)
+            silent, run_start = 0, pos
+        pos += 2 + size
+        if size == 0:
+            run_start = pos
+    if pos > run_start:
+        runs.append((run_start, pos))
+    if silent:
+        runs.append(silent)
+    _check_max_duration(packets * _SILK_PACKET_SAMPLES / _SILK_RATE, label, limits)
+    return runs
+
+
+class _SinkFull(Exception):
+    """pysilk's output passed the sample limit (raised inside its decode loop, which stops it)."""
+
+
+class _Sink(io.BytesIO):
+    """pysilk's output file, refusing to grow past ``capacity`` bytes: memory stays bounded even if
+    a packet decodes to more samples than the walk counted."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def write(self, chunk) -> int:
+        if self.tell() + len(chunk) > self.capacity:
+            raise _SinkFull()
+        return super().write(chunk)
+
+
+def _decode_pcm(
+    data: Union[str, bytes], head: bytes, label: str, limits: AudioLimits, pcm: PcmFormat
+) -> tuple[np.ndarray, int]:
+    """Raw PCM as ``pcm`` declares it, after the checks that tell a mislabelled file from audio."""
+    hint = f"declared {pcm.describe()}"
+    if _looks_like_text(head):
+        raise BadInputError(f"not raw PCM: {label} (it holds text, not samples)")
+    other = next((what for magic, what in _NOT_PCM.items() if head.startswith(magic)), None)
+    if other is not None:
+        raise BadInputError(f"not raw PCM: {label} (it is {other})")
+    size = os.path.getsize(data) if isinstance(data, str) else len(data)
+    if size % pcm.frame_bytes:
+        raise BadInputError(
+            f"not raw PCM as declared: {label} ({size:,} bytes is not a whole number of {pcm.frame_bytes}-byte "
+            f"frames of {hint}; check the PCM format and channels)"
+        )
+    n = size // pcm.frame_bytes
+    _check_max_duration(n / pcm.rate, label, limits)
+    _check_samples(n * pcm.channels, label, limits, f"{hint}")
+    raw = _read_all(data)
+    if pcm.dtype is None:  # packed 24-bit: widen to 32 bits, sign from the top byte
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
+        lo, mid, hi = (b[:, 0], b[:, 1], b[:, 2]) if pcm.sample_format.endswith("le") else (b[:, 2], b[:, 1], b[:, 0])
+        ints = (lo.astype(np.int32) | (mid.astype(np.int32) << 8) | (hi.astype(np.int8).astype(np.int32) << 16))
+        samples = (ints / float(2**23)).astype(np.float32)
+    else:
+        samples = _to_float32(np.frombuffer(raw, pcm.dtype))
+    frames = samples.reshape(-1, pcm.channels)
+    if pcm.sample_format[0] == "f" and frames.size:
+        finite = np.isfinite(frames)
+        peak = float(np.abs(frames[finite]).max()) if finite.any() else float("inf")
+        if not finite.all() or peak > _MAX_FLOAT_PEAK:
+            raise BadInputError(
+                f"not raw PCM as declared: {label} (read as {hint} its samples reach "
+                f"{'NaN or infinity' if not finite.all() else f'{peak:.3g}'}, not audio; check the PCM format)"
+            )
+    return frames, pcm.rate
+
+
+def _read_all(data: Union[str, bytes]) -> bytes:
+    if not isinstance(data, str):
+        return data
+    try:
+        with open(data, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BadInputError(f"cannot read {data}: {e.strerror or e}") from None
 
 
 def _decode_soundfile(

@@ -7,13 +7,21 @@ AMR, and a screenshot may be named ``.dcm``. :func:`sniff` looks only at the lea
 ========  ==================================================================================
 audio     ``wav`` (RIFF/RIFX/RF64/BW64/Wave64), ``flac``, ``ogg`` (Opus, Vorbis, FLAC, Speex),
           ``mp3``, ``aac`` (ADTS), ``m4a`` (any ISO-BMFF/QuickTime ``ftyp`` that is not an image
-          brand), ``amr`` (NB and WB), ``aiff``, ``webm`` and ``mkv`` (EBML)
+          brand), ``amr`` (NB and WB), ``silk`` (SILK v3: WeChat and QQ voice notes, ``#!SILK_V3``
+          with or without Tencent's leading 0x02, whatever their name: ``.amr``, ``.slk``,
+          ``.aud``), ``aiff``, ``webm`` and ``mkv`` (EBML)
 image     ``dicom`` (with or without the 128-byte preamble), ``png``, ``jpeg``, ``tiff``,
           ``jpeg2000``, ``gif``, ``webp``, ``heif``, ``avif``
 ========  ==================================================================================
 
 Anything else is ``(None, None)``. Video containers (MP4, MOV, WebM, Matroska) are reported as
 audio because the audio loader decodes their first audio stream.
+
+Raw headerless PCM is the one format no content reveals. :func:`sniff_source` reports ``pcm`` for
+a source *named* ``*.pcm`` (a path, a named file object) whose content is none of the above: the
+name is the only declaration such a file carries, and the content still wins (a WAV or an MP3
+named ``.pcm`` is sniffed as what it is). Its layout is declared by a :class:`PcmFormat` (rate,
+sample format, channels), which travels with the audio limits to the decoder.
 """
 from __future__ import annotations
 
@@ -21,18 +29,22 @@ import os
 import stat
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from .errors import BadInputError
 
-__all__ = ["HEAD_BYTES", "AUDIO_FORMATS", "IMAGE_FORMATS", "MEDIA_SUFFIXES", "check_regular_file", "read_head", "sniff", "sniff_source"]
+__all__ = [
+    "HEAD_BYTES", "AUDIO_FORMATS", "IMAGE_FORMATS", "MEDIA_SUFFIXES", "PCM_SAMPLE_FORMATS", "PCM_SUFFIXES",
+    "SAMPLE_RATE_RANGE", "PcmFormat", "check_regular_file", "declares_pcm", "read_head", "sniff", "sniff_source",
+]
 
 #: How many leading bytes :func:`sniff` needs; callers must pass at least this many when the
 #: input is that long (DICOM's magic sits at offset 128).
 HEAD_BYTES = 512
 
-AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3", "aac", "m4a", "amr", "aiff", "webm", "mkv")
+AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3", "aac", "m4a", "amr", "silk", "aiff", "webm", "mkv", "pcm")
 IMAGE_FORMATS = ("dicom", "png", "jpeg", "tiff", "jpeg2000", "gif", "webp", "heif", "avif")
 
 #: File-name suffixes people give the formats above. Never used to decide what a file holds; only to
@@ -40,10 +52,98 @@ IMAGE_FORMATS = ("dicom", "png", "jpeg", "tiff", "jpeg2000", "gif", "webp", "hei
 #: a file that was never meant as one (``notes.txt``: reported as skipped).
 MEDIA_SUFFIXES = frozenset({
     ".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus", ".spx", ".mp3", ".aac",
-    ".m4a", ".mp4", ".m4b", ".3gp", ".mov", ".amr", ".awb", ".aif", ".aiff", ".aifc", ".webm", ".mka", ".mkv",
+    ".m4a", ".mp4", ".m4b", ".3gp", ".mov", ".amr", ".awb", ".slk", ".silk", ".aud", ".pcm", ".aif", ".aiff",
+    ".aifc", ".webm", ".mka", ".mkv",
     ".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".jp2", ".j2k", ".j2c",
     ".jpx", ".gif", ".webp", ".heic", ".heif", ".avif",
 })
+
+#: Names that declare raw headerless PCM (see the module docstring).
+PCM_SUFFIXES = frozenset({".pcm"})
+
+#: Sample rates (Hz) medzero accepts from a header, with an array or declared for raw PCM. Below
+#: 2 kHz (a 1 kHz band) no voice or body sound is captured; respiratory recordings at 4 kHz remain
+#: inside. 768 kHz is the highest rate audio converters record. Anything outside is a corrupt
+#: header, and a 1 Hz rate resampled to 48 kHz turns each byte into 48,000 samples.
+SAMPLE_RATE_RANGE = (2_000, 768_000)
+
+#: Raw PCM sample formats (FFmpeg's names): numpy dtype (``None``: packed 24-bit) and bytes per sample.
+_PCM_LAYOUTS: dict[str, tuple[Optional[str], int]] = {
+    "u8": ("u1", 1), "s8": ("i1", 1),
+    "s16le": ("<i2", 2), "s16be": (">i2", 2),
+    "s24le": (None, 3), "s24be": (None, 3),
+    "s32le": ("<i4", 4), "s32be": (">i4", 4),
+    "f32le": ("<f4", 4), "f32be": (">f4", 4),
+    "f64le": ("<f8", 8), "f64be": (">f8", 8),
+}
+PCM_SAMPLE_FORMATS = tuple(_PCM_LAYOUTS)
+_MAX_PCM_CHANNELS = 64
+
+
+@dataclass(frozen=True)
+class PcmFormat:
+    """The layout of raw headerless PCM, which its bytes cannot tell: declared by the caller.
+
+    The default is what phone SDKs and speech services write (16 kHz, signed 16-bit little-endian,
+    mono). It lives in ``core`` beside the sniffer because every front end (CLI, REST, app) builds
+    one from its options without importing the audio decoders; it reaches the decoder as
+    ``AudioLimits.pcm``.
+
+    Args:
+        rate: samples per second per channel, within :data:`SAMPLE_RATE_RANGE`.
+        sample_format: one of :data:`PCM_SAMPLE_FORMATS` (``s16le``, ``f32le``, ``u8``, ...).
+        channels: interleaved channels, 1 to 64.
+    """
+
+    rate: int = 16_000
+    sample_format: str = "s16le"
+    channels: int = 1
+
+    def __post_init__(self):
+        if self.sample_format not in _PCM_LAYOUTS:
+            raise ValueError(f"unknown PCM sample format {self.sample_format!r}; one of {', '.join(PCM_SAMPLE_FORMATS)}")
+        low, high = SAMPLE_RATE_RANGE
+        if isinstance(self.rate, bool) or not isinstance(self.rate, int) or not low <= self.rate <= high:
+            raise ValueError(f"PCM rate must be a whole number of Hz from {low:,} to {high:,}, got {self.rate!r}")
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or not 1 <= self.channels <= _MAX_PCM_CHANNELS:
+            raise ValueError(f"PCM channels must be 1 to {_MAX_PCM_CHANNELS}, got {self.channels!r}")
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes per sample of one channel."""
+        return _PCM_LAYOUTS[self.sample_format][1]
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes per frame (one sample of every channel): a raw file's length is a multiple of it."""
+        return self.sample_bytes * self.channels
+
+    @property
+    def dtype(self) -> Optional[str]:
+        """The numpy dtype of one sample; ``None`` for packed 24-bit."""
+        return _PCM_LAYOUTS[self.sample_format][0]
+
+    def describe(self) -> str:
+        """``16000 Hz s16le mono``: how messages name the declared layout."""
+        channels = {1: "mono", 2: "stereo"}.get(self.channels, f"{self.channels} ch")
+        return f"{self.rate} Hz {self.sample_format} {channels}"
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "PcmFormat":
+        """The default overridden by ``MEDZERO_PCM_RATE``, ``MEDZERO_PCM_FORMAT`` and ``MEDZERO_PCM_CHANNELS``
+        (the CLI's ``--pcm-*`` options read the same variables). A bad value raises :class:`BadInputError`."""
+        environ = os.environ if environ is None else environ
+        default = cls()
+        raw = {k: environ.get(f"MEDZERO_PCM_{k.upper()}", "").strip() for k in ("rate", "format", "channels")}
+        try:
+            return cls(
+                rate=int(raw["rate"]) if raw["rate"] else default.rate,
+                sample_format=raw["format"].lower() or default.sample_format,
+                channels=int(raw["channels"]) if raw["channels"] else default.channels,
+            )
+        except ValueError as e:
+            raise BadInputError(f"invalid MEDZERO_PCM_RATE / MEDZERO_PCM_FORMAT / MEDZERO_PCM_CHANNELS: {e}") from None
+
 
 Sniffed = tuple[Optional[str], Optional[str]]
 
@@ -93,7 +193,7 @@ def sniff_source(source: Any) -> Sniffed:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return sniff(bytes(memoryview(source)[:HEAD_BYTES]))
     if isinstance(source, (str, os.PathLike)):
-        return sniff(read_head(source))
+        return _or_declared_pcm(sniff(read_head(source)), source)
     if _is_array(source):
         return ("array", None)
     if isinstance(source, tuple) and len(source) == 2 and _is_array(source[0]):
@@ -101,13 +201,27 @@ def sniff_source(source: Any) -> Sniffed:
     if isinstance(source, Mapping):
         if "array" in source:
             return ("array", None)  # Hugging Face datasets: {"array": ..., "sampling_rate": ...}
-        if source.get("bytes") is not None or source.get("path") is not None:
-            return sniff_source(source["bytes"] if source.get("bytes") is not None else source["path"])
+        if source.get("bytes") is not None:
+            return _or_declared_pcm(sniff_source(source["bytes"]), source.get("path"))
+        if source.get("path") is not None:
+            return sniff_source(source["path"])
     if hasattr(source, "read"):
-        return sniff(_peek(source))
+        return _or_declared_pcm(sniff(_peek(source)), getattr(source, "name", None))
     raise BadInputError(
         f"cannot read a {type(source).__name__}; pass a path, bytes, a binary file or an (array, sample_rate) pair"
     )
+
+
+def declares_pcm(name: Any) -> bool:
+    """Whether ``name`` (a path or a file object's name) says the content is raw PCM (``*.pcm``)."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    return isinstance(name, str) and os.path.splitext(name)[1].lower() in PCM_SUFFIXES
+
+
+def _or_declared_pcm(found: Sniffed, name: Any) -> Sniffed:
+    """``found``, or raw PCM when the content is unknown and the name declares it."""
+    return ("audio", "pcm") if found == _UNKNOWN and declares_pcm(name) else found
 
 
 def read_head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
@@ -209,6 +323,8 @@ def _sniff_audio(head: bytes) -> Sniffed | None:
         return ("audio", "aiff")
     if head.startswith(b"#!AMR"):  # "#!AMR\n", "#!AMR-WB\n", "#!AMR_MC1.0\n"
         return ("audio", "amr")
+    if head.startswith(b"#!SILK_V3") or head.startswith(b"\x02#!SILK_V3"):  # Skype's SILK; Tencent adds 0x02
+        return ("audio", "silk")
     if tag4 == b"\x1a\x45\xdf\xa3":
         return ("audio", "webm" if b"webm" in head[:64] else "mkv")
     if head[4:8] == b"ftyp":
