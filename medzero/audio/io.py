@@ -53,7 +53,7 @@ import soundfile as sf
 import soxr
 
 from medzero.core.errors import BadInputError, one_line
-from medzero.core.sniff import HEAD_BYTES, SAMPLE_RATE_RANGE, PcmFormat, declares_pcm, read_head, sniff
+from medzero.core.sniff import HEAD_BYTES, PCM_HEAD_BYTES, SAMPLE_RATE_RANGE, PcmFormat, declares_pcm, read_head, sniff
 
 __all__ = ["AudioLimits", "AudioClip", "AudioSource", "PcmFormat", "SAMPLE_RATE_RANGE", "load_audio"]
 
@@ -350,11 +350,12 @@ def _decode(
     an MP3 named ``.pcm`` is decoded as what it is.
     """
     if fmt is None or fmt == "pcm":
-        head = read_head(data) if isinstance(data, str) else data[:HEAD_BYTES]
-        modality, sniffed = sniff(head)
+        n = PCM_HEAD_BYTES if fmt == "pcm" else HEAD_BYTES
+        head = read_head(data, n) if isinstance(data, str) else data[:n]
+        modality, sniffed = sniff(head, pcm=fmt == "pcm")
         if modality == "image":
             raise BadInputError(f"{label} is an image ({sniffed.upper()}), not audio; pass it to an image task instead")
-        if modality is None and fmt is not None:
+        if sniffed == "pcm":
             return (*_decode_pcm(data, head, label, limits, pcm or limits.pcm), "pcm")
         if modality is None and _looks_like_text(head):
             raise BadInputError(f"not an audio file: {label} (it holds text, no audio header found; {_EXPECTED})")
@@ -382,7 +383,10 @@ def _decode_silk(data: Union[str, bytes], label: str, limits: AudioLimits) -> tu
     silence (as AMR comfort noise does), a packet cut short is a truncated file, and the sample
     count is known, and checked against ``limits.max_samples``, before anything is decoded.
     """
-    import pysilk
+    try:
+        import pysilk
+    except ImportError:
+        raise BadInputError(f"{label} is a SILK voice note; decoding it needs the silk-python package (pip install silk-python)") from None
 
     raw = _read_all(data)
     header = next((h for h in _SILK_HEADERS if raw.startswith(h)), None)

@@ -1,6 +1,7 @@
 """What every ``medzero`` subcommand shares: one-line failures, the model options, progress, tables."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import os
@@ -9,9 +10,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import click
 
-from ..core.modality import modality_names
+from ..core.modality import get_modality, modality_names
+from ..core.sniff import PCM_SAMPLE_FORMATS, SAMPLE_RATE_RANGE, PcmFormat
 
-__all__ = ["fail", "model_options", "progress", "render_table", "write_text"]
+__all__ = ["fail", "model_options", "pcm_options", "progress", "render_table", "write_text"]
 
 
 def fail(message: str, code: int = 1) -> "click.exceptions.Exit":
@@ -52,6 +54,34 @@ def model_options(command: Callable) -> Callable:
             envvar=f"MEDZERO_{name.upper()}_MODEL",
             help=f"{helps.get(name, name + ' model')}: a registered name, hub id or local directory (an index's own by default).",
         )(wrapper)
+    return wrapper
+
+
+def pcm_options(command: Callable) -> Callable:
+    """``--pcm-rate``, ``--pcm-format`` and ``--pcm-channels``: the layout of raw headerless ``.pcm``
+    files (default 16000 Hz, s16le, mono; also ``MEDZERO_PCM_RATE`` / ``_FORMAT`` / ``_CHANNELS``),
+    passed to ``command`` as ``limits``, the ``{modality: limits}`` a Classifier takes: the audio
+    limits with their ``pcm`` set, or ``None`` when no option is given (the environment's then)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {k: kwargs.pop(f"pcm_{k}") for k in ("rate", "format", "channels")}
+        kwargs["limits"] = None
+        if any(v is not None for v in given.values()):
+            default = PcmFormat.from_env()
+            pcm = PcmFormat(given["rate"] or default.rate, given["format"] or default.sample_format,
+                            given["channels"] or default.channels)
+            kwargs["limits"] = {"audio": dataclasses.replace(get_modality("audio").limits(), pcm=pcm)}
+        return command(*args, **kwargs)
+
+    low, high = SAMPLE_RATE_RANGE
+    wrapper = click.option("--pcm-channels", type=click.IntRange(1, 64), envvar="MEDZERO_PCM_CHANNELS",
+                           help="Channels of raw .pcm files, interleaved  [default: 1]")(wrapper)
+    wrapper = click.option("--pcm-format", type=click.Choice(PCM_SAMPLE_FORMATS), envvar="MEDZERO_PCM_FORMAT",
+                           help="Sample format of raw .pcm files  [default: s16le]")(wrapper)
+    wrapper = click.option("--pcm-rate", type=click.IntRange(low, high), metavar="HZ", envvar="MEDZERO_PCM_RATE",
+                           help="Sample rate of raw .pcm files (headerless; WAV, MP3, ... named .pcm are decoded "
+                                "by their content)  [default: 16000]")(wrapper)
     return wrapper
 
 

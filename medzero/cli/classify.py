@@ -13,7 +13,7 @@ from collections import Counter
 import click
 
 from ..core.errors import MedzeroError
-from ._common import fail, model_options, progress, render_table, write_text
+from ._common import fail, model_options, pcm_options, progress, render_table, write_text
 from ..pacs.cli import apply_dicomweb_options, dicomweb_options
 from ._engine import engine_options, ray_session
 
@@ -30,6 +30,7 @@ NOT_JUDGED = {"en": "not judged (raw scores: --format json or csv)", "zh": "æœªå
 @click.option("--template", metavar="T", help="Template for ad-hoc labels, with {} for the label (default: 'This is a sound of {}.').")
 @click.option("--multilabel", is_flag=True, help="Score each ad-hoc label on its own against a neutral negative.")
 @model_options
+@pcm_options
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--window", "window_s", default=10.0, show_default=True, type=click.FloatRange(min=0.5), help="Timeline window of long recordings, seconds.")
 @click.option("--hop", "hop_s", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="Timeline hop, seconds.")
@@ -43,8 +44,8 @@ NOT_JUDGED = {"en": "not judged (raw scores: --format json or csv)", "zh": "æœªå
 @dicomweb_options
 @engine_options
 def classify(
-    paths, task, prompts_file, labels, template, multilabel, models, device, batch_size, window_s, hop_s, fmt, lang, output,
-    calibration, query, credentials, engine,
+    paths, task, prompts_file, labels, template, multilabel, models, device, limits, batch_size, window_s, hop_s, fmt, lang,
+    output, calibration, query, credentials, engine,
 ):
     """Classify recordings and images (files or folders, sniffed by content)."""
     from ..classifier import Classifier, expand_sources
@@ -65,7 +66,7 @@ def classify(
     try:
         classifier = Classifier(
             task or prompts_file, labels=labels, template=template, multilabel=multilabel, models=models,
-            device=device, batch_size=batch_size, window_s=window_s, hop_s=hop_s, calibration=calibration,
+            device=device, batch_size=batch_size, window_s=window_s, hop_s=hop_s, calibration=calibration, limits=limits,
         )
         if engine is not None:
             errors = _classify_on_ray(classifier, paths, engine, output)

@@ -36,7 +36,7 @@ from typing import Any, Optional
 from .errors import BadInputError
 
 __all__ = [
-    "HEAD_BYTES", "AUDIO_FORMATS", "IMAGE_FORMATS", "MEDIA_SUFFIXES", "PCM_SAMPLE_FORMATS", "PCM_SUFFIXES",
+    "HEAD_BYTES", "AUDIO_FORMATS", "IMAGE_FORMATS", "MEDIA_SUFFIXES", "PCM_HEAD_BYTES", "PCM_SAMPLE_FORMATS", "PCM_SUFFIXES",
     "SAMPLE_RATE_RANGE", "PcmFormat", "check_regular_file", "declares_pcm", "read_head", "sniff", "sniff_source",
 ]
 
@@ -60,6 +60,8 @@ MEDIA_SUFFIXES = frozenset({
 
 #: Names that declare raw headerless PCM (see the module docstring).
 PCM_SUFFIXES = frozenset({".pcm"})
+#: How many leading bytes :func:`sniff` with ``pcm=True`` wants: room for three MPEG frames at 320 kbps.
+PCM_HEAD_BYTES = 8192
 
 #: Sample rates (Hz) medzero accepts from a header, with an array or declared for raw PCM. Below
 #: 2 kHz (a 1 kHz band) no voice or body sound is captured; respiratory recordings at 4 kHz remain
@@ -170,18 +172,25 @@ _DICOM_VRS = {
 _DICOM_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
-def sniff(head: bytes) -> Sniffed:
+def sniff(head: bytes, *, pcm: bool = False) -> Sniffed:
     """Return ``(modality, format)`` for content starting with ``head``, or ``(None, None)``.
 
     ``modality`` is ``"audio"`` or ``"image"``; ``format`` is one of :data:`AUDIO_FORMATS` or
     :data:`IMAGE_FORMATS`. Pass the first :data:`HEAD_BYTES` bytes (fewer if the input is shorter).
+
+    ``pcm=True``: the content is declared raw PCM (pass :data:`PCM_HEAD_BYTES`). Quiet samples
+    often begin with bytes that pass for one MP3 or ADTS frame header (``ff ff 00 00`` is -1, 0 in
+    s16le), so a bare frame sync counts only when the next frames follow where its header says
+    they start; otherwise the answer is ``("audio", "pcm")``.
     """
-    head = bytes(head[:HEAD_BYTES])
+    head = bytes(head[: PCM_HEAD_BYTES if pcm else HEAD_BYTES])
     for check in (_sniff_image, _sniff_audio):
-        found = check(head)
+        found = check(head[:HEAD_BYTES])
         if found is not None:
+            if pcm and not _confirmed(found, head):
+                return ("audio", "pcm")
             return found
-    return _UNKNOWN
+    return ("audio", "pcm") if pcm else _UNKNOWN
 
 
 def sniff_source(source: Any) -> Sniffed:
@@ -193,7 +202,9 @@ def sniff_source(source: Any) -> Sniffed:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return sniff(bytes(memoryview(source)[:HEAD_BYTES]))
     if isinstance(source, (str, os.PathLike)):
-        return _or_declared_pcm(sniff(read_head(source)), source)
+        if declares_pcm(source):
+            return sniff(read_head(source, PCM_HEAD_BYTES), pcm=True)
+        return sniff(read_head(source))
     if _is_array(source):
         return ("array", None)
     if isinstance(source, tuple) and len(source) == 2 and _is_array(source[0]):
@@ -202,11 +213,16 @@ def sniff_source(source: Any) -> Sniffed:
         if "array" in source:
             return ("array", None)  # Hugging Face datasets: {"array": ..., "sampling_rate": ...}
         if source.get("bytes") is not None:
-            return _or_declared_pcm(sniff_source(source["bytes"]), source.get("path"))
+            data = memoryview(source["bytes"])
+            if declares_pcm(source.get("path")):
+                return sniff(bytes(data[:PCM_HEAD_BYTES]), pcm=True)
+            return sniff_source(source["bytes"])
         if source.get("path") is not None:
             return sniff_source(source["path"])
     if hasattr(source, "read"):
-        return _or_declared_pcm(sniff(_peek(source)), getattr(source, "name", None))
+        if declares_pcm(getattr(source, "name", None)):
+            return sniff(_peek(source, PCM_HEAD_BYTES), pcm=True)
+        return sniff(_peek(source))
     raise BadInputError(
         f"cannot read a {type(source).__name__}; pass a path, bytes, a binary file or an (array, sample_rate) pair"
     )
@@ -217,11 +233,6 @@ def declares_pcm(name: Any) -> bool:
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     return isinstance(name, str) and os.path.splitext(name)[1].lower() in PCM_SUFFIXES
-
-
-def _or_declared_pcm(found: Sniffed, name: Any) -> Sniffed:
-    """``found``, or raw PCM when the content is unknown and the name declares it."""
-    return ("audio", "pcm") if found == _UNKNOWN and declares_pcm(name) else found
 
 
 def read_head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
@@ -266,13 +277,13 @@ def check_regular_file(path: str | os.PathLike) -> os.stat_result:
     raise BadInputError(f"{os.fspath(path)} is {kind}, not a regular file; save the data to a file first")
 
 
-def _peek(stream: Any) -> bytes:
-    """Read :data:`HEAD_BYTES` from a binary stream and seek back to where it was."""
+def _peek(stream: Any, n: int = HEAD_BYTES) -> bytes:
+    """Read ``n`` bytes from a binary stream and seek back to where it was."""
     if not (getattr(stream, "seekable", lambda: False)()):
         raise BadInputError("cannot sniff a stream that cannot seek; pass a path or bytes instead")
     pos = stream.tell()
     try:
-        head = stream.read(HEAD_BYTES)
+        head = stream.read(n)
     finally:
         stream.seek(pos)
     if isinstance(head, str):
@@ -342,6 +353,67 @@ def _sniff_audio(head: bytes) -> Sniffed | None:
     if _is_mpeg_audio_frame(head):
         return ("audio", "mp3")
     return None
+
+
+def _confirmed(found: Sniffed, head: bytes) -> bool:
+    """Whether a sniff of content declared raw PCM stands: any signature but a bare frame sync
+    (MP3 without an ID3 tag, ADTS) does; a frame sync needs the next two frames (or as many as
+    ``head`` holds, at least one) where its header says they start."""
+    if found == ("audio", "mp3") and not head.startswith(b"ID3"):
+        length = _mpeg_frame_length
+    elif found == ("audio", "aac") and not head.startswith(b"ID3"):
+        length = _adts_frame_length
+    else:
+        return True
+    pos, seen = 0, 0
+    while seen < 2:
+        size = length(head[pos:])
+        if not size:
+            return False
+        pos += size
+        if pos + 7 > len(head):
+            return seen > 0
+        nxt = head[pos:]
+        if not (_is_mpeg_audio_frame(nxt) if length is _mpeg_frame_length else _is_adts(nxt)):
+            return False
+        seen += 1
+    return True
+
+
+# MPEG audio bitrates (kbps) by (version 1 or 2, layer) and index; index 0 is "free format".
+_MPEG_KBPS = {
+    (1, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (1, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (1, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (2, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (2, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def _mpeg_frame_length(head: bytes) -> int:
+    """Bytes of the MPEG audio frame ``head`` starts with; 0 when it cannot tell (free format)."""
+    if not _is_mpeg_audio_frame(head):
+        return 0
+    version_bits, layer = (head[1] >> 3) & 0x03, 4 - ((head[1] >> 1) & 0x03)
+    version = 1 if version_bits == 3 else 2
+    kbps = _MPEG_KBPS[(version, layer if version == 1 or layer == 1 else 2)][head[2] >> 4]
+    rate = _MPEG_RATES[version_bits][(head[2] >> 2) & 0x03]
+    padding = (head[2] >> 1) & 0x01
+    if kbps == 0:
+        return 0
+    if layer == 1:
+        return (12 * kbps * 1000 // rate + padding) * 4
+    per_frame = 72 if layer == 3 and version == 2 else 144
+    return per_frame * kbps * 1000 // rate + padding
+
+
+def _adts_frame_length(head: bytes) -> int:
+    """Bytes of the ADTS frame ``head`` starts with (header included); 0 when it is no frame."""
+    if not _is_adts(head):
+        return 0
+    size = ((head[3] & 0x03) << 11) | (head[4] << 3) | (head[5] >> 5)
+    return size if size >= 7 else 0
 
 
 def _skip_id3(head: bytes) -> bytes | None:
