@@ -203,11 +203,18 @@ def _repro_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
         ("models", ", ".join(r.get("models", [])) or "–"),
         ("task", f"{r['task']['name']} ({r['task']['source']}), sha256 {r['task']['sha256']} of {r['task']['sha256_of']}"),
         ("thresholds", cal.get("summary") or cal.get("status", "")),
+        *([("metric limits", _metric_limits(cal["metrics"]))] if cal.get("metrics") else []),
         ("manifest", f"{r['manifest']['path']} ({r['manifest']['rows']} rows), sha256 {r['manifest']['sha256']}"),
         ("data sha256", f"{r['data_sha256']} over {r['data_hash_of']}"),
         ("bootstrap", f"{r['n_boot']} resamples, seed {r['seed']}"),
         ("created", r.get("created", "")),
     ]
+
+
+def _metric_limits(metrics: dict[str, Any]) -> str:
+    """``snr_db min 13.7 (was 10)``, one per fitted side: the limits the verdicts were judged with."""
+    return "; ".join(f"{m} {side} {c['limit']:.6g}" + ("" if c.get("previous_limit") is None else f" (was {c['previous_limit']:g})")
+                     for m, sides in metrics.items() for side, c in sides.items())
 
 
 def _roc_curves(data: dict[str, Any]) -> list[tuple[str, list, list, float | None]]:
