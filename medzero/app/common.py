@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import threading
 import time
@@ -651,7 +652,7 @@ def mos_frame(result: medzero.Result) -> pd.DataFrame | None:
         if value is None or float(value) != float(value):
             continue
         value = float(value)
-        word = scale[lg][5 - int(min(5, max(1, round(value))))]
+        word = scale[lg][5 - int(min(5, max(1, math.floor(value + 0.5))))]  # halves up
         rows.append({tr("Score", "评分"): short, tr("Value (1–5)", "数值（1–5）"): f"{value:.2f}",
                      tr("Band", "等级"): mos_band(value)[0], tr("P.835 scale", "P.835 量表"): word,
                      tr("What it rates", "评价内容"): meaning[lg]})
