@@ -251,6 +251,7 @@ class Classifier:
             thresholds={lb.id: lb.threshold for lb in task.labels},
             metrics=p.metrics,
             metadata=p.metadata,
+            speech_segments=list(p.speech_segments),
             applicable=scope is None or scope.applicable,
             applicability=None if scope is None else scope.detail,
             calibration=self._calibration_info(),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medzero.audio.io import load_audio
-from medzero.audio.quality import METRIC_INFO, METRIC_NAMES, compute_metrics
+from medzero.audio.quality import METRIC_INFO, METRIC_NAMES, MOS_NAMES, compute_metrics
 
 
 def metrics_of(path, **kwargs) -> dict:
@@ -116,7 +116,7 @@ def test_rejects_integer_pcm():
 
 
 def test_metric_info():
-    assert set(METRIC_INFO) == set(METRIC_NAMES)
+    assert set(METRIC_INFO) == set(METRIC_NAMES) | set(MOS_NAMES)
     for info in METRIC_INFO.values():
         assert info["en"] and info["zh"] and "unit" in info
     assert METRIC_INFO["snr_db"]["zh"] == "信噪比"

@@ -6,11 +6,14 @@ modality registers, so listing models or tasks never needs the decoders.
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..core.errors import BadInputError
 from ..core.ingest import Prepared, Source
 from ..core.modality import Modality, register_modality
 from ..tasks.schema import NOT_APPLICABLE, register_applies_to
@@ -18,7 +21,9 @@ from ..core.results import Reason, format_values
 from .quality import METRIC_INFO
 from .timeline import add_timeline
 
-__all__ = ["AUDIO", "SpeechCheck"]
+__all__ = ["AUDIO", "SpeechCheck", "Ears", "listen"]
+
+log = logging.getLogger(__name__)
 
 
 def _limits():
@@ -33,20 +38,101 @@ def _prepare(source: Source, encoder, limits) -> Prepared:
 
     # encoder None: decoded for the measurements alone (a signal-only verdict, the model missing).
     clip = load_audio(source.data, limits=limits, name=source.name, fmt=source.format)
-    metrics = compute_metrics(clip.samples, clip.sample_rate, channels=clip.channels)
+    ears = listen(clip.samples, clip.sample_rate)
+    metrics = compute_metrics(clip.samples, clip.sample_rate, channels=clip.channels, speech_segments=ears.segments)
+    metrics.update(ears.mos)
     metadata = {
         "format": clip.format,
         "duration_s": round(clip.duration, 3),
         "sample_rate": clip.source_rate,
         "channels": clip.channels,
+        "quality_models": ears.models,
     }
+    if ears.notes:
+        metadata["quality_notes"] = ears.notes
     return Prepared(
         source,
         item=clip.resampled(encoder.sample_rate, limits=limits, name=source.name) if encoder is not None else clip,
         metrics=metrics,
         metadata=metadata,
         columns={"duration_s": metadata["duration_s"]},
+        speech_segments=ears.segments or [],
     )
+
+
+@dataclass
+class Ears:
+    """What the trained speech models heard in one recording (:func:`listen`)."""
+
+    #: Silero VAD's speech segments (start, end seconds); ``None`` when the VAD is not installed.
+    segments: list[tuple[float, float]] | None = None
+    #: ``mos_sig``, ``mos_bak``, ``mos_ovrl`` (DNSMOS P.835); empty when it is not installed.
+    mos: dict[str, float] = field(default_factory=dict)
+    #: Fingerprint of each model that ran: ``{"vad": ..., "mos": ...}``.
+    models: dict[str, str] = field(default_factory=dict)
+    #: For each model that did not run, why and what stood in for it, ``{"en", "zh"}``.
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+#: What a result says when a model's wheel is missing (the measurement falls back, never fails).
+_FALLBACK_NOTES = {
+    "vad": {
+        "en": "voice activity from a spectral heuristic (tones and music may count as voice) and SNR from "
+        "WADA-SNR: Silero VAD is not installed (pip install 'medzero[voice]')",
+        "zh": "人声活动由频谱启发式估计（音调和音乐可能被当作人声），信噪比由 WADA-SNR 估计：未安装 Silero VAD"
+        "（pip install 'medzero[voice]'）",
+    },
+    "mos": {
+        "en": "no speech quality scores (MOS): DNSMOS is not installed (pip install 'medzero[voice]')",
+        "zh": "无语音质量评分（MOS）：未安装 DNSMOS（pip install 'medzero[voice]'）",
+    },
+}
+
+
+def listen(samples: np.ndarray, sample_rate: int) -> Ears:
+    """Run the speech models that are installed on a mono recording: Silero VAD (segments) and
+    DNSMOS P.835 (MOS), both on ONNX Runtime from their wheels, on one 16 kHz copy of it. A model
+    that is not installed is left out with a note; one too short for DNSMOS gives no MOS."""
+    from . import vad
+
+    ears = Ears()
+    rate = vad.RATE
+    at_16k = _at_16k(samples, sample_rate)
+    if vad.available():
+        ears.segments = vad.speech_segments(at_16k, rate)
+        ears.models["vad"] = vad.fingerprint()
+    else:
+        ears.notes["vad"] = _FALLBACK_NOTES["vad"]
+    mos = _mos_module()
+    if mos is not None and mos.available():
+        try:
+            ears.mos = mos.measure(at_16k, rate)
+            ears.models["mos"] = mos.fingerprint()
+        except BadInputError as exc:
+            log.debug("no MOS for this recording (%s)", type(exc).__name__)
+    else:
+        ears.notes["mos"] = _FALLBACK_NOTES["mos"]
+    return ears
+
+
+def _at_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """One 16 kHz copy for both models (soxr HQ, as the loader resamples)."""
+    from . import vad
+
+    x = np.ascontiguousarray(samples, dtype=np.float32)
+    if sample_rate == vad.RATE or len(x) == 0:
+        return x
+    import soxr
+
+    return soxr.resample(x, sample_rate, vad.RATE, quality="HQ").astype(np.float32, copy=False)
+
+
+def _mos_module():
+    try:
+        from . import mos
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return None
+    return mos
 
 
 def _accepts_array(obj: Any) -> bool:
@@ -78,8 +164,10 @@ AUDIO = register_modality(
 class SpeechCheck(BaseModel):
     """``applies_to: {speech: {min_speech_ratio: 0.05}}``: the recording must hold a voice.
 
-    Reads the ``speech_ratio`` measurement (:func:`medzero.audio.quality.compute_metrics`: the
-    share of 20 ms frames that are loud, voice-band and harmonic), so it works without the model.
+    Reads the ``speech_ratio`` measurement, so it works without the CLAP model: the share of the
+    recording inside Silero VAD's speech segments (a tone or music is not speech), or, when the
+    VAD is not installed, the spectral heuristic of :func:`medzero.audio.quality.compute_metrics`
+    (the result's ``metadata["quality_notes"]["vad"]`` then says so).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -224,6 +224,8 @@ class Prepared:
     columns: dict[str, Any] = field(default_factory=dict)
     error: MedzeroError | None = None
     input: Any = None
+    #: Where a voice activity detector heard speech, ``(start, end)`` seconds (audio); the Result carries it.
+    speech_segments: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def name(self) -> str:

@@ -144,6 +144,9 @@ class Result:
     timeline: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: Where the voice activity detector (Silero VAD) heard speech, ``(start, end)`` seconds, in
+    #: order; empty when it heard none, did not run (not installed), or the input is not audio.
+    speech_segments: list[tuple[float, float]] = field(default_factory=list)
     #: ``False`` when the input is outside what the task judges: the verdict is then
     #: ``not_applicable``, the reasons say why (kind ``applicability``), and no triage level is given.
     #: Its ``scores`` are kept as computed but judged against nothing: ``positive()`` is ``None``
@@ -212,6 +215,7 @@ class Result:
             "segments": [s.to_dict() for s in self.segments],
             "timeline": self.timeline,
             "metadata": dict(self.metadata),
+            "speech_segments": [[float(start), float(end)] for start, end in self.speech_segments],
             "applicable": self.applicable,
             "applicability": self.applicability,
             "signal_only": self.signal_only,

@@ -130,7 +130,15 @@ class ResultModel(_Model):
     metrics: dict[str, float] = Field(description="Waveform measurements of a recording (SNR, clipping, ...)")
     segments: list[SegmentModel]
     timeline: Optional[dict[str, Any]] = Field(description="Window scores of recordings longer than the model's input")
-    metadata: dict[str, Any] = Field(description="PHI-safe metadata (format, duration; allow-listed DICOM tags)")
+    metadata: dict[str, Any] = Field(
+        description="PHI-safe metadata (format, duration; allow-listed DICOM tags). Audio: `quality_models` (fingerprint "
+        "of each speech model that ran: `vad`, `mos`) and, when one is not installed, `quality_notes` (`vad`/`mos`: "
+        "{en, zh}, what stood in for it)"
+    )
+    speech_segments: list[Annotated[list[float], Field(min_length=2, max_length=2)]] = Field(
+        description="Where the voice activity detector (Silero VAD) heard speech: [start, end] seconds, in order; "
+        "empty when none was heard, the VAD is not installed, or the input is not audio"
+    )
     applicable: bool = Field(
         description="false when the input is outside what the task judges: verdict `not_applicable`, reasons of kind "
         "`applicability`, no triage level"
