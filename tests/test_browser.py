@@ -191,6 +191,30 @@ def test_voice_upload_classify_shows_verdict_and_every_label(page, app_url, audi
     screenshot(page, tmp_path / "voice_zh.png")
 
 
+def test_the_timeline_legend_shows_every_label_inside_the_chart(page, app_url, audio_clips, tmp_path):
+    """A long recording's timeline names every label in its legend, whole and inside the chart
+    (beside a fixed-height chart the legend was cut off after about seven of the ten)."""
+    import audio_samples
+
+    long = audio_samples.long_speech(tmp_path, 60, speech=audio_clips["speech"])
+    open_page(page, app_url)
+    upload(page, str(long), long.name)
+    page.get_by_role("button", name="Classify").click()
+    page.get_by_text("Timeline").first.wait_for(timeout=RESULT_TIMEOUT_MS)
+    wait_idle(page)
+    chart = page.locator('[data-testid="stVegaLiteChart"]').last  # the timeline is the page's last chart
+    chart.scroll_into_view_if_needed()
+    labels = chart.locator(".role-legend-label text")
+    playwright_sync.expect(labels.first).to_be_visible()
+    screenshot(page, tmp_path / "timeline.png")
+    box = chart.bounding_box()
+    names = [labels.nth(i).text_content() for i in range(labels.count())]
+    assert sorted(names) == sorted(label.display("en") for label in medzero.load_task("voice_quality").labels)
+    for i, name in enumerate(names):
+        shown = labels.nth(i).bounding_box()
+        assert box["y"] <= shown["y"] and shown["y"] + shown["height"] <= box["y"] + box["height"] + 1, (name, shown, box)
+
+
 def test_xray_dicom_classify_shows_triage_and_findings(page, app_url, dicom_files, tmp_path):
     open_page(page, f"{app_url}/xray")
     upload(page, str(dicom_files["phi"]), "phi.dcm")
