@@ -81,6 +81,7 @@ _EXPORTS = {
     "CaseIndex": ("medzero.retrieval", "CaseIndex"),
     "AddReport": ("medzero.retrieval", "AddReport"),
     "load_audio": ("medzero.audio.io", "load_audio"),
+    "PcmFormat": ("medzero.core.sniff", "PcmFormat"),
     "read_image": ("medzero.image.io", "read_image"),
     "WINDOW_PRESETS": ("medzero.image.pixels", "WINDOW_PRESETS"),
 }

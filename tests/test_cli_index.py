@@ -66,7 +66,7 @@ def test_index_errors_are_one_line(cases, tmp_path, capsys):
     bad.write_text("not audio")
     assert main(["index", "add", str(idx), str(bad), str(cases / "speech.wav")]) == 1
     out, err = capsys.readouterr()
-    assert "added 1" in out and err.strip() == f"medzero: error: {bad} is neither audio nor an image (unrecognised content; expected WAV, FLAC, Ogg, MP3, M4A/AAC, AMR, DICOM, PNG, JPEG or TIFF)"
+    assert "added 1" in out and err.strip() == f"medzero: error: {bad} is neither audio nor an image (unrecognised content; expected WAV, FLAC, Ogg, MP3, M4A/AAC, AMR, SILK, DICOM, PNG, JPEG or TIFF)"
     assert main(["index", "search", str(idx)]) == 2
     assert "give a text query or --like FILE" in capsys.readouterr().err
     assert main(["index", "remove", str(idx), "999"]) == 1

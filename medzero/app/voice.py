@@ -1,6 +1,7 @@
 """Voice quality: is a recording good enough for a clinician to hear, or should it be recorded again?"""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -11,8 +12,12 @@ import medzero
 from medzero.app import common, model_check
 from medzero.app.common import tr
 
-AUDIO_TYPES = ["wav", "mp3", "flac", "ogg", "m4a", "amr"]
+AUDIO_TYPES = ["wav", "mp3", "flac", "ogg", "m4a", "amr", "slk", "silk", "aud", "pcm"]
 _MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg", "m4a": "audio/mp4", "amr": "audio/amr"}
+#: Uploads a browser cannot play (SILK voice notes, raw PCM, WeChat's .amr that may hold SILK): the
+#: player gets the library's decoded copy instead.
+_DECODED_PLAYBACK = {"slk", "silk", "aud", "pcm", "amr"}
+_PCM_RATES = [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000]
 #: Waveform and spectrogram are drawn from a copy at this rate (display only; scoring uses the library's own).
 _DISPLAY_RATE = 16000
 #: Where the default task and the template for typed labels come from.
@@ -40,7 +45,8 @@ _MODES = {"Upload a file": "上传文件", "Record in the browser": "在浏览�
 mode = st.radio("Recording", list(_MODES), horizontal=True, label_visibility="collapsed",
                 format_func={m: tr(m, zh) for m, zh in _MODES.items()}.get)
 if mode == "Upload a file":
-    upload = st.file_uploader(tr("Recording (WAV, MP3, FLAC, Ogg, M4A, AMR; up to 200 MB)", "录音（WAV、MP3、FLAC、Ogg、M4A、AMR；最大 200 MB）"),
+    upload = st.file_uploader(tr("Recording (WAV, MP3, FLAC, Ogg, M4A, AMR, WeChat/QQ SILK, raw PCM; up to 200 MB)",
+                                 "录音（WAV、MP3、FLAC、Ogg、M4A、AMR、微信/QQ SILK、原始 PCM；最大 200 MB）"),
                               type=AUDIO_TYPES, key="voice_file")
 else:
     upload = st.audio_input(tr("Record a voice message", "录制语音留言"), sample_rate=48000, key="voice_mic")
@@ -64,32 +70,67 @@ if choice == common.CUSTOM_TASK:
     template = st.text_input(tr("Template ({} is replaced by each label)", "模板（{} 会被替换为每个标签）"), AUDIO.default_template, key="voice_template")
     multilabel = st.checkbox(tr("Score each label on its own (multilabel)", "每个标签单独评分（多标签）"), key="voice_multilabel")
 
+ext = upload.name.rsplit(".", 1)[-1].lower() if upload is not None and "." in upload.name else ""
+pcm = None  # the declared layout of a raw .pcm upload, which no header tells
+if ext == "pcm":
+    st.caption(tr("Raw PCM has no header: say how it was recorded (a WAV or MP3 named .pcm is read as what it is).",
+                  "原始 PCM 没有文件头：请说明它的录制方式（命名为 .pcm 的 WAV 或 MP3 会按其实际格式读取）。"))
+    rate_col, format_col, channels_col = st.columns(3)
+    pcm = medzero.PcmFormat(
+        rate_col.selectbox(tr("Sample rate (Hz)", "采样率（Hz）"), _PCM_RATES, index=_PCM_RATES.index(16000), key="voice_pcm_rate"),
+        format_col.selectbox(tr("Sample format", "采样格式"), list(medzero.PcmFormat.SAMPLE_FORMATS),
+                             index=list(medzero.PcmFormat.SAMPLE_FORMATS).index("s16le"), key="voice_pcm_format"),
+        int(channels_col.number_input(tr("Channels", "声道数"), min_value=1, max_value=8, value=1, step=1, key="voice_pcm_channels")),
+    )
+pcm_key = None if pcm is None else (pcm.rate, pcm.sample_format, pcm.channels)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _display_audio(file_id: str, _data: bytes, name: str, pcm_key: tuple | None = None) -> tuple[np.ndarray, int]:
+    """A mono copy at the display rate, through the library's loader (cached per upload and PCM layout)."""
+    clip = medzero.load_audio(common.named_buffer(_data, name), sample_rate=_DISPLAY_RATE, name=name,
+                              pcm=medzero.PcmFormat(*pcm_key) if pcm_key else None)
+    return clip.samples, clip.sample_rate
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _pcm_classifier(task, labels, template, multilabel, calibration, pcm_key, audio_ref, image_ref) -> medzero.Classifier:
+    """A Classifier whose audio limits carry the declared PCM layout (kept per layout, as common.classifier
+    keeps the others; the model refs are only the cache key)."""
+    limits = dataclasses.replace(AUDIO.limits(), pcm=medzero.PcmFormat(*pcm_key))
+    return medzero.Classifier(task, labels=labels, template=template, multilabel=multilabel, calibration=calibration,
+                              limits={"audio": limits})
+
+
 if upload is not None:
-    ext = upload.name.rsplit(".", 1)[-1].lower()
-    st.audio(upload.getvalue(), format=upload.type or _MIME.get(ext, "audio/wav"))
+    if ext in _DECODED_PLAYBACK:
+        try:
+            play, play_rate = _display_audio(upload.file_id, upload.getvalue(), upload.name, pcm_key)
+            st.audio(play, sample_rate=play_rate)
+        except medzero.MedzeroError:  # said once, by Classify
+            pass
+    else:
+        st.audio(upload.getvalue(), format=upload.type or _MIME.get(ext, "audio/wav"))
 
 calibration = common.calibration_control(None if choice == common.CUSTOM_TASK else choice, key="voice")
 
 clicked = st.button(tr("Classify", "分类"), type="primary", disabled=upload is None or (model_named and not model_ready),
                     key="voice_classify")
-request = (getattr(upload, "file_id", None), choice, labels, template, multilabel, calibration)
+request = (getattr(upload, "file_id", None), choice, labels, template, multilabel, calibration, pcm_key)
 
 if clicked and upload is not None:
     st.session_state.pop("voice_result", None)
     try:
-        clf = common.classifier(None if choice == common.CUSTOM_TASK else choice, labels=labels, template=template, multilabel=multilabel,
-                                calibration=calibration)
+        task_name = None if choice == common.CUSTOM_TASK else choice
+        if pcm_key is None:
+            clf = common.classifier(task_name, labels=labels, template=template, multilabel=multilabel, calibration=calibration)
+        else:
+            clf = _pcm_classifier(task_name, labels, template, multilabel, calibration, pcm_key,
+                                  common.model_ref("audio"), common.model_ref("image"))
         result = common.classify_upload(clf, "audio", upload.getvalue(), upload.name)
         st.session_state["voice_result"] = (request, result, clf.task_for("audio"))
     except medzero.MedzeroError as exc:
         st.error(tr(f"**Could not classify {upload.name}.** ", f"**无法分类 {upload.name}。** ") + common.app_message(exc), icon=":material/error:")
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _display_audio(file_id: str, _data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """A mono copy at the display rate, through the library's loader (cached per upload)."""
-    clip = medzero.load_audio(common.named_buffer(_data, name), sample_rate=_DISPLAY_RATE, name=name)
-    return clip.samples, clip.sample_rate
 
 
 stored = st.session_state.get("voice_result")
@@ -124,7 +165,7 @@ if stored is not None and stored[0] == request and upload is not None:
 
     st.subheader(tr("Waveform and mel spectrogram", "波形和梅尔频谱图"))
     try:
-        samples, rate = _display_audio(upload.file_id, upload.getvalue(), upload.name)
+        samples, rate = _display_audio(upload.file_id, upload.getvalue(), upload.name, pcm_key)
     except medzero.MedzeroError as exc:
         st.error(common.app_message(exc))
     else:

@@ -31,7 +31,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from .errors import BadInputError
 
@@ -96,6 +96,9 @@ class PcmFormat:
         sample_format: one of :data:`PCM_SAMPLE_FORMATS` (``s16le``, ``f32le``, ``u8``, ...).
         channels: interleaved channels, 1 to 64.
     """
+
+    #: The sample formats a caller may declare (front ends offer these).
+    SAMPLE_FORMATS: ClassVar[tuple[str, ...]] = PCM_SAMPLE_FORMATS
 
     rate: int = 16_000
     sample_format: str = "s16le"

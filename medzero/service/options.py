@@ -1,4 +1,5 @@
-"""The options of a classification: task or labels (template, multilabel), lang and calibration.
+"""The options of a classification: task or labels (template, multilabel), lang, calibration, and
+the layout of a raw PCM upload (``pcm_rate``, ``pcm_format``, ``pcm_channels``).
 
 They come from the query string (:func:`option_query`, FastAPI's dependency, which also documents
 them) or, with a multipart body, from its form fields (:data:`FORM_FIELDS` documents those);
@@ -6,11 +7,13 @@ them) or, with a multipart body, from its form fields (:data:`FORM_FIELDS` docum
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal, Optional
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..core.sniff import PCM_SAMPLE_FORMATS, SAMPLE_RATE_RANGE, PcmFormat
 from .errors import ApiError, validation_line
 from .uploads import Upload
 
@@ -22,7 +25,12 @@ _MAX_LABELS, _MAX_LABEL_CHARS = 64, 200
 FORM_FIELDS = {
     "task": {"type": "string"}, "labels": {"type": "string"}, "template": {"type": "string"},
     "multilabel": {"type": "boolean"}, "lang": {"type": "string", "enum": ["en", "zh"]}, "calibration": {"type": "string"},
+    "pcm_rate": {"type": "integer", "minimum": SAMPLE_RATE_RANGE[0], "maximum": SAMPLE_RATE_RANGE[1]},
+    "pcm_format": {"type": "string", "enum": list(PCM_SAMPLE_FORMATS)},
+    "pcm_channels": {"type": "integer", "minimum": 1, "maximum": 64},
 }
+_PCM_HELP = ("declares the upload raw headerless PCM (content that is WAV, MP3, ... is still decoded as what it is); "
+             "unset options take 16000 Hz, s16le, mono")
 
 
 class ClassifyOptions(BaseModel):
@@ -36,6 +44,9 @@ class ClassifyOptions(BaseModel):
     multilabel: bool = False
     lang: Literal["en", "zh"] = "en"
     calibration: Optional[str] = Field(default=None, max_length=_MAX_LABEL_CHARS)  # an overlay's name, looked up
+    pcm_rate: Optional[int] = Field(default=None, ge=SAMPLE_RATE_RANGE[0], le=SAMPLE_RATE_RANGE[1])
+    pcm_format: Optional[Literal[PCM_SAMPLE_FORMATS]] = None  # type: ignore[valid-type]
+    pcm_channels: Optional[int] = Field(default=None, ge=1, le=64)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -60,7 +71,29 @@ class ClassifyOptions(BaseModel):
         return self
 
     def key(self) -> tuple:
-        return (self.task, self.labels, self.template, self.multilabel, self.calibration)
+        return (self.task, self.labels, self.template, self.multilabel, self.calibration, self.pcm)
+
+    @property
+    def pcm(self) -> Optional[PcmFormat]:
+        """The declared raw PCM layout (any ``pcm_*`` option declares it; the rest default), else ``None``."""
+        if self.pcm_rate is None and self.pcm_format is None and self.pcm_channels is None:
+            return None
+        default = PcmFormat()
+        return PcmFormat(self.pcm_rate or default.rate, self.pcm_format or default.sample_format,
+                         self.pcm_channels or default.channels)
+
+    def limits(self, base: dict[str, Any]) -> dict[str, Any]:
+        """The server's per-modality decoder limits, with the audio limits' ``pcm`` set when declared:
+        the one way a PCM layout reaches the decoder, the same as a library caller's."""
+        pcm = self.pcm
+        if pcm is None or "audio" not in base:
+            return base
+        return {**base, "audio": dataclasses.replace(base["audio"], pcm=pcm)}
+
+    def upload_name(self, name: str) -> str:
+        """What results call an upload: ``upload``, or ``upload.pcm`` when raw PCM is declared (the
+        name is how a source without a header declares it; its content still wins)."""
+        return f"{name}.pcm" if self.pcm is not None else name
 
 
 async def option_query(
@@ -71,10 +104,14 @@ async def option_query(
     lang: Optional[Literal["en", "zh"]] = Query(None, description="Language of `summary` (default en)"),
     calibration: Optional[str] = Query(
         None, description="A site calibration overlay on this server (see `calibrations` in /v1/tasks); goes with `task`"),
+    pcm_rate: Optional[int] = Query(None, description=f"Sample rate of a raw PCM upload in Hz; {_PCM_HELP}"),
+    pcm_format: Optional[str] = Query(
+        None, description=f"Sample format of a raw PCM upload ({', '.join(PCM_SAMPLE_FORMATS)}); {_PCM_HELP}"),
+    pcm_channels: Optional[int] = Query(None, description=f"Interleaved channels of a raw PCM upload; {_PCM_HELP}"),
 ) -> dict[str, Any]:
     """The options given in the query string (``None`` where not given), for :func:`parse_options`."""
     return {"task": task, "labels": labels, "template": template, "multilabel": multilabel, "lang": lang,
-            "calibration": calibration}
+            "calibration": calibration, "pcm_rate": pcm_rate, "pcm_format": pcm_format, "pcm_channels": pcm_channels}
 
 
 def parse_options(query: dict[str, Any], upload: Upload | None = None) -> ClassifyOptions:

@@ -182,7 +182,7 @@ class ServiceState:
                 device=self.config.device,
                 batch_size=self.config.max_batch,
                 calibration=calibration,
-                limits=self.limits,
+                limits=options.limits(self.limits),
             )
         except medzero.MedzeroError as exc:
             raise error_for(exc) from None

@@ -41,7 +41,8 @@ def _early_options(state: ServiceState, request: Request, query: dict[str, Any])
 async def classify(request: Request, response: Response, query: dict = Depends(option_query)):
     """Classify one recording or image: multipart (field `file`, options as fields or query) or the raw body.
 
-    The content decides the modality (WAV, FLAC, Ogg, MP3, M4A/AAC, AMR, WebM; DICOM, PNG, JPEG, TIFF).
+    The content decides the modality (WAV, FLAC, Ogg, MP3, M4A/AAC, AMR, SILK, WebM; DICOM, PNG, JPEG, TIFF);
+    raw headerless PCM has none, so `pcm_rate`, `pcm_format` or `pcm_channels` declares it.
     `X-Medzero-Batch-Size` says how many sources shared the forward pass.
     """
     state = state_of(request)
@@ -52,7 +53,7 @@ async def classify(request: Request, response: Response, query: dict = Depends(o
     options = parse_options(query, upload)
     if len(upload.files) != 1 or not upload.files[0]:
         raise ApiError(400, "bad_input", "send one file: multipart field 'file', or the raw request body")
-    (result, size), = await state.classify(options, [(upload.files[0], "upload")], lease_of(request))
+    (result, size), = await state.classify(options, [(upload.files[0], options.upload_name("upload"))], lease_of(request))
     if result.error is not None:
         raise error_for(result.exception, modality=result.modality)
     response.headers["X-Medzero-Batch-Size"] = str(size)
@@ -78,7 +79,7 @@ async def classify_batch(request: Request, query: dict = Depends(option_query)):
     options = parse_options(query, upload)
     if not upload.files:
         raise ApiError(400, "bad_input", "send the files as multipart/form-data, field 'files'")
-    items = [(data, f"upload-{i}") for i, data in enumerate(upload.files, 1)]
+    items = [(data, options.upload_name(f"upload-{i}")) for i, data in enumerate(upload.files, 1)]
     done = await state.classify(options, items, lease_of(request))
     results = []
     for result, _ in done:
