@@ -557,10 +557,12 @@ def mel_chart(samples, rate: int, windows: pd.DataFrame, *, columns: int = 200, 
     half = (mels[1] - mels[0]) / 2
     centres = mels[1:-1]
     t0, t1 = cuts[:-1] / n * duration, cuts[1:] / n * duration
+    # each cell reaches a little into the next one: edge to edge, anti-aliased seams draw a grid
+    t1, top = np.minimum(t1 + 0.3 * (t1 - t0), duration), 1.6 * half
     band, col = np.meshgrid(np.arange(bands), np.arange(len(t0)), indexing="ij")
     cells = pd.DataFrame({
         "t0": t0[col].ravel().astype(np.float32), "t1": t1[col].ravel().astype(np.float32),
-        "m0": (centres[band] - half).ravel().astype(np.float32), "m1": (centres[band] + half).ravel().astype(np.float32),
+        "m0": (centres[band] - half).ravel().astype(np.float32), "m1": np.minimum(centres[band] + top, centres[-1] + half).ravel().astype(np.float32),
         "hz": np.round(librosa.mel_to_hz(centres[band])).ravel().astype(np.float32),
         "db": db.ravel().astype(np.float32),
     })
@@ -571,17 +573,18 @@ def mel_chart(samples, rate: int, windows: pd.DataFrame, *, columns: int = 200, 
     y = alt.Y("m0:Q", title=tr("frequency (Hz, mel scale)", "频率（Hz，梅尔刻度）"),
               scale=alt.Scale(domain=[float(centres[0] - half), float(centres[-1] + half)], nice=False, zero=False),
               axis=alt.Axis(values=at, labelExpr=label, labelOverlap="greedy"))
+    scale = alt.Scale(scheme="viridis", domain=[-80, 0])
     heat = alt.Chart(cells).mark_rect().encode(
         x=x, x2="t1:Q", y=y, y2="m1:Q",
-        color=alt.Color("db:Q", title=tr("dB re max", "dB（相对最大值）"),
-                        scale=alt.Scale(scheme="viridis", domain=[-80, 0]), legend=alt.Legend(orient="right")),
+        color=alt.Color("db:Q", title=tr("dB re max", "dB（相对最大值）"), scale=scale,
+                        legend=alt.Legend(orient="top", direction="horizontal", gradientLength=220)),
         tooltip=[alt.Tooltip("t0:Q", title=tr("time (s)", "时间（秒）"), format=".2f"),
                  alt.Tooltip("hz:Q", title="Hz", format=".0f"), alt.Tooltip("db:Q", title="dB", format=".1f")],
     )
     if not len(windows):
-        return heat.properties(height=240)
+        return heat.properties(height=220, autosize=_GROW_DOWN)
     outline = alt.Chart(windows).mark_rect(fillOpacity=0, stroke=_WINDOW_COLOUR, strokeWidth=2).encode(x="start:Q", x2="end:Q")
-    return (heat + outline).properties(height=240)
+    return (heat + outline).properties(height=220, autosize=_GROW_DOWN)
 
 
 def timeline_chart(result: medzero.Result) -> alt.Chart:
