@@ -25,13 +25,13 @@ from medzero.tasks.overlay import apply_calibration, load_overlay
 
 import audio_samples
 
-#: clip -> (how it is made, the verdict a strict site gives it). The site re-records 12 dB.
+#: clip -> (how it is made, the verdict a strict site gives it). The site re-records 18 dB, above the shipped limit.
 SITE = {
     "clean": ("clean", "accept"),
     "pink_30db": (("pinknoise", 30), "accept"),
-    "white_25db": (("whitenoise", 25), "accept"),
-    "pink_12db": (("pinknoise", 12), "re-record"),
-    "white_12db": (("whitenoise", 12), "re-record"),
+    "white_30db": (("whitenoise", 30), "accept"),
+    "pink_18db": (("pinknoise", 18), "re-record"),
+    "white_18db": (("whitenoise", 18), "re-record"),
     "pink_5db": (("pinknoise", 5), "re-record"),
     "clipped": ("clipped", "re-record"),
 }
@@ -73,7 +73,8 @@ def _signal_only_results(site: Path) -> dict[str, medzero.Result]:
 def test_calibrate_fits_snr_limit_from_verdicts_and_classify_applies_it(site, tmp_path):
     before = _signal_only_results(site)
     snr = {n: r.metrics["snr_db"] for n, r in before.items()}
-    assert before["pink_12db"].verdict != "re-record"  # the shipped 10 dB limit lets the site's re-record through
+    shipped = medzero.load_task("voice_quality").metrics["snr_db"].min
+    assert before["pink_18db"].verdict != "re-record"  # the shipped limit lets the site's re-record through
 
     overlay_path = tmp_path / "site.yaml"
     res = run(["calibrate", site / "site.csv", "--task", "voice_quality", "--folds", 3, "-o", overlay_path])
@@ -82,7 +83,7 @@ def test_calibrate_fits_snr_limit_from_verdicts_and_classify_applies_it(site, tm
     overlay = yaml.safe_load(overlay_path.read_text())
     assert overlay["labels"] == {} and overlay["model"] is None  # signal-only: no scores, no model
     fitted = overlay["metrics"]["snr_db"]["min"]
-    assert fitted["previous_limit"] == 10.0 and fitted["verdict"] == "re-record"
+    assert fitted["previous_limit"] == shipped and fitted["verdict"] == "re-record"
     # the limit sits between the noisiest accepted clip and the re-records no other rule flags
     accepted = [snr[n] for n, (_, v) in SITE.items() if v == "accept"]
     caught_otherwise = {n for n in SITE if any(x.verdict == "re-record" and x.id != "snr_db" for x in before[n].reasons)}
@@ -97,7 +98,7 @@ def test_calibrate_fits_snr_limit_from_verdicts_and_classify_applies_it(site, tm
     assert "duration_s" not in overlay.get("metrics", {})
     assert re.search(r"duration_s min .*(better than chance|no re-record row left)", res.stdout)
 
-    res = run(["classify", site / "pink_12db.wav", "--task", "voice_quality", "--format", "json", "--calibration", overlay_path])
+    res = run(["classify", site / "pink_18db.wav", "--task", "voice_quality", "--format", "json", "--calibration", overlay_path])
     assert res.exit_code == 0, res.output
     after = json.loads(res.stdout)[0]
     assert after["verdict"] == "re-record"
@@ -131,7 +132,7 @@ def test_old_overlays_without_metrics_still_load_and_metric_overlays_are_checked
         return path
 
     calibrated, calibration = apply_calibration(task, overlay({"snr_db": {"min": {"limit": 14.5, "previous_limit": 10.0, "source": "s"}}}))
-    assert calibrated.metrics["snr_db"].min == 14.5 and task.metrics["snr_db"].min == 10.0
+    assert calibrated.metrics["snr_db"].min == 14.5 and task.metrics["snr_db"].min == medzero.load_task("voice_quality").metrics["snr_db"].min != 14.5
     assert calibrated.metrics["snr_db"].advice == task.metrics["snr_db"].advice
     assert calibration.labels == {} and "1 metric limits" in calibration.summary()
     with pytest.raises(medzero.TaskError, match=r"^m\.yaml sets a limit on metric loudness_lufs that task voice_quality has no rule for"):
@@ -178,6 +179,7 @@ def test_eval_report_names_the_fitted_metric_limits(site, tmp_path):
         "task": {"name": "voice_quality", "source": "builtin", "sha256": "0", "sha256_of": "file"},
         "manifest": {"path": "site.csv", "rows": 7, "sha256": "0"}, "data_sha256": "0", "data_hash_of": "x",
         "n_boot": 0, "seed": 0}}))
-    assert rows["metric limits"].startswith(f"snr_db min {limit:.6g} (was 10)")
+    shipped = medzero.load_task("voice_quality").metrics["snr_db"].min
+    assert rows["metric limits"].startswith(f"snr_db min {limit:.6g} (was {shipped:g})")
     assert "metric limits" in rows["thresholds"]
     assert callable(render_markdown)
