@@ -40,7 +40,6 @@ import importlib.metadata
 import importlib.util
 import logging
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ import numpy as np
 import soxr
 
 from medzero.core.errors import BadInputError, ModelUnavailableError, one_line
+from medzero.encoders.backends import cpu_threads
 
 __all__ = [
     "MAX_WINDOWS",
@@ -241,7 +241,7 @@ def _open(path: Path) -> Any:
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = _threads()
+    options.intra_op_num_threads = cpu_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -252,13 +252,3 @@ def _open(path: Path) -> Any:
     log.info("DNSMOS P.835 loaded from %s", path)
     return session
 
-
-def _threads() -> int:
-    """Intra-op threads: ``OMP_NUM_THREADS`` if set, else the CPUs this process may run on."""
-    raw = os.environ.get("OMP_NUM_THREADS", "")
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)

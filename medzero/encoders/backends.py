@@ -70,6 +70,7 @@ __all__ = [
     "use",
     "use_in_processes",
     "cpu_device",
+    "cpu_threads",
     "is_onnx",
     "quantised",
     "runtime",
@@ -456,7 +457,7 @@ class _DropAdvice(logging.Filter):
 # -- running ---------------------------------------------------------------------------------------
 
 
-def _threads() -> int:
+def cpu_threads() -> int:
     """Intra-op threads: ``OMP_NUM_THREADS`` if set, else the CPUs this process may run on."""
     raw = os.environ.get("OMP_NUM_THREADS", "")
     if raw.isdigit() and int(raw) > 0:
@@ -582,7 +583,7 @@ class Exported:
 def _load_onnxruntime(ort: Any, path: Path) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = _threads()
+    options.intra_op_num_threads = cpu_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -596,7 +597,7 @@ def _load_openvino(ov: Any, path: Path) -> Any:
     global _OV_CORE
     if _OV_CORE is None:
         _OV_CORE = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY"}
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": cpu_threads(), "PERFORMANCE_HINT": "LATENCY"}
     return _OV_CORE.compile_model(_OV_CORE.read_model(str(path)), "CPU", config)
 
 

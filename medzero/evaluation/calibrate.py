@@ -84,7 +84,7 @@ from ..core.errors import BadInputError, TaskError
 from ..tasks.overlay import task_sha256
 from ..tasks.schema import Task, load_task
 from . import metrics as M
-from .evaluate import ScoredManifest
+from .evaluate import ScoredManifest, score_manifest
 from .manifest import Manifest, read_manifest
 
 __all__ = [
@@ -454,7 +454,7 @@ def calibrate(
         )
     if classifier is None:
         classifier = Classifier(task=task, audio_model=audio_model, image_model=image_model, device=device, batch_size=batch_size)
-    measured = _measure(table, task, classifier, progress)
+    measured = score_manifest(table, task, classifier, progress=progress, keep_unscored=True)
     if not measured.results:
         first = measured.errors[0]
         raise BadInputError(f"no row of {table.source} could be classified; line {first['line']}: {first['error']}")
@@ -480,23 +480,6 @@ def calibrate(
     return SiteCalibration(fits, overlay, measured.errors, len(measured.results), metric_fits,
                            len(measured.results) - len(judged))
 
-
-def _measure(table: Manifest, task: Task, classifier: Any, progress) -> ScoredManifest:
-    """Every row classified; a result without scores (signal-only: no model) is kept for its
-    measurements, a failed one or one scored for another task is listed in ``errors``."""
-    results = classifier.classify_batch([str(row.file) for row in table.rows], progress=progress)
-    ids = task.label_ids()
-    rows, ok, errors = [], [], []
-    for i, (row, result) in enumerate(zip(table.rows, results)):
-        error = result.error
-        if error is None and result.scores and list(result.scores) != ids:
-            error = f"scored for task {result.task} with labels {', '.join(result.scores)}, not {task.name}"
-        if error is not None:
-            errors.append({"line": row.line, "path": row.path, "error": error})
-            continue
-        rows.append(i)
-        ok.append(result)
-    return ScoredManifest(table, task, rows, ok, errors, sorted({r.model for r in ok if r.model}))
 
 
 def _label_fits(table: Manifest, task: Task, measured: ScoredManifest, **options: Any) -> list[LabelFit]:

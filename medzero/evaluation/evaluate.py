@@ -243,8 +243,11 @@ def score_manifest(
     classifier: Any,
     *,
     progress: Callable[[int], None] | None = None,
+    keep_unscored: bool = False,
 ) -> ScoredManifest:
-    """Classify every row; rows that fail are listed in ``errors`` and left out."""
+    """Classify every row; rows that fail are listed in ``errors`` and left out. With
+    ``keep_unscored``, a result without scores (signal-only: no model) is kept for its
+    measurements: fitting metric limits needs no model."""
     files = [str(row.file) for row in manifest.rows]
     results = classifier.classify_batch(files, progress=progress)
     if len(results) != len(files):  # pragma: no cover - classify_batch keeps one result per file
@@ -253,7 +256,7 @@ def score_manifest(
     ids = task.label_ids()
     for i, (row, result) in enumerate(zip(manifest.rows, results)):
         error = result.error
-        if error is None and list(result.scores) != ids:
+        if error is None and (result.scores or not keep_unscored) and list(result.scores) != ids:
             error = f"scored for task {result.task} with labels {', '.join(result.scores)}, not {task.name}"
         if error is not None:
             errors.append({"line": row.line, "path": row.path, "error": error})
