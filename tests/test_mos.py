@@ -152,6 +152,13 @@ def test_ten_minute_recording_is_bounded(tmp_path, speech):
     elapsed = time.perf_counter() - started
     assert elapsed < 60, f"10-minute recording took {elapsed:.1f} s"
     assert all(1.0 <= scores[key] <= 5.0 for key in KEYS)
+    # what the audio plug-in scores: MOS_WINDOWS windows spread over it, near the 34-window score
+    from medzero.audio import plugin
+
+    heard = plugin.listen(clip.samples, clip.sample_rate).mos
+    assert mos.covering_windows(n16, max_windows=plugin.MOS_WINDOWS) == plugin.MOS_WINDOWS == 12
+    for key in KEYS:
+        assert abs(heard[key] - scores[key]) <= 0.05, (key, heard[key], scores[key])
 
 
 def test_one_session_shared_by_threads(speech, monkeypatch):
