@@ -126,8 +126,10 @@ def _decode_for_index(batch: "pa.Table", *, facts: Mapping[str, EncoderFacts], k
 def _holds(digests: np.ndarray | None, digest: bytes) -> bool:
     if digests is None or len(digests) == 0:
         return False
-    i = int(np.searchsorted(digests, np.bytes_(digest)))
-    return i < len(digests) and digests[i] == digest
+    # an S32 array drops its items' trailing zero bytes: a digest ending in 0x00 is compared as held
+    key = np.bytes_(digest.rstrip(b"\x00"))
+    i = int(np.searchsorted(digests, key))
+    return i < len(digests) and digests[i] == key
 
 
 class _IndexActor:

@@ -103,6 +103,9 @@ class CalibratedModel(_Model):
     model: Optional[str] = Field(description="Fingerprint of the model the overlay was fitted on")
     created: Optional[str]
     sources: dict[str, str] = Field(description="How each calibrated label's threshold was fitted")
+    metric_sources: dict[str, str] = Field(
+        description='How each calibrated measurement limit was fitted, keyed "metric.min" or "metric.max"'
+    )
 
 
 class UncalibratedModel(_Model):
