@@ -49,7 +49,7 @@ import numpy as np
 import soxr
 
 from medzero.core.errors import BadInputError, ModelUnavailableError, one_line
-from medzero.encoders.backends import cpu_threads
+from medzero.encoders.backends import cpu_session
 
 __all__ = [
     "MAX_WINDOWS",
@@ -237,16 +237,8 @@ def _session() -> Any:
 
 
 def _open(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = cpu_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(path)
     except Exception as e:  # a truncated or foreign file: ORT raises its own exception types
         raise ModelUnavailableError(f"DNSMOS P.835 model {path.name} cannot be loaded: {one_line(e)}") from None
     log.info("DNSMOS P.835 loaded from %s", path)

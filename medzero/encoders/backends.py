@@ -71,6 +71,7 @@ __all__ = [
     "use_in_processes",
     "cpu_device",
     "cpu_threads",
+    "cpu_session",
     "is_onnx",
     "quantised",
     "runtime",
@@ -578,6 +579,14 @@ class Exported:
     @fingerprint.setter
     def fingerprint(self, value: str) -> None:  # create() gives a pack's fingerprint
         self._fingerprint = str(value).removesuffix("+int8")
+
+
+def cpu_session(path: Path) -> Any:
+    """An ONNX Runtime session on the CPU with medzero's settings (every graph optimisation, the
+    process's CPUs, no spinning threads, warnings only): for a model medzero runs on ONNX Runtime."""
+    import onnxruntime
+
+    return _load_onnxruntime(onnxruntime, path)
 
 
 def _load_onnxruntime(ort: Any, path: Path) -> Any:
