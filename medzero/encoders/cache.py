@@ -8,6 +8,7 @@ written is not an error: the cache then lives in memory only, and says so once i
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -17,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["cache_dir", "TextEmbeddingCache", "text_cache"]
+__all__ = ["cache_dir", "read_memo", "write_memo", "TextEmbeddingCache", "text_cache"]
 
 _logger = logging.getLogger(__name__)
 
@@ -28,6 +29,28 @@ def cache_dir() -> Path:
         return Path(os.environ["MEDZERO_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "medzero"
+
+
+def read_memo(path: Path) -> dict[str, str]:
+    """A small JSON memo (file stamps to hashes) as a dict; empty when missing or unreadable: a memo
+    only saves work, so it is never an error."""
+    try:
+        memo = json.loads(path.read_text())
+        return memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_memo(path: Path, memo: dict[str, str]) -> None:
+    """Replace a JSON memo in one step (a reader sees the old or the new one); one that cannot be
+    written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 class TextEmbeddingCache:

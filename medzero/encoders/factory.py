@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -432,7 +432,7 @@ def weights_fingerprint(directory: str | os.PathLike, patterns: Sequence[str] = 
     Hashing a large checkpoint takes a second or two, so the digest is remembered in the cache
     directory, keyed by each file's path, size and modification time.
     """
-    from .cache import cache_dir
+    from .cache import cache_dir, read_memo, write_memo
 
     directory = Path(directory).resolve()
     files = sorted({p for pattern in (*patterns, "*.json") for p in directory.glob(pattern) if p.is_file()})
@@ -441,12 +441,9 @@ def weights_fingerprint(directory: str | os.PathLike, patterns: Sequence[str] = 
     stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     memo_path = cache_dir() / "weights_fingerprints.json"
     memo_key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
-    try:
-        memo = json.loads(memo_path.read_text())
-        if memo_key in memo:
-            return memo[memo_key]
-    except (OSError, ValueError):
-        memo = {}
+    memo = read_memo(memo_path)
+    if memo_key in memo:
+        return memo[memo_key]
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0")
@@ -454,12 +451,6 @@ def weights_fingerprint(directory: str | os.PathLike, patterns: Sequence[str] = 
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     value = digest.hexdigest()[:16]
-    try:
-        memo[memo_key] = value
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass
+    memo[memo_key] = value
+    write_memo(memo_path, memo)
     return value

@@ -150,22 +150,15 @@ def _memo_path() -> Path:
 
 
 def _load_memo() -> dict[str, str]:
-    try:
-        memo = json.loads(_memo_path().read_text())
-        return memo if isinstance(memo, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    from .cache import read_memo
+
+    return read_memo(_memo_path())
 
 
 def _save_memo(memo: dict[str, str]) -> None:
-    path = _memo_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    from .cache import write_memo
+
+    write_memo(_memo_path(), memo)
 
 
 def _stamp(path: Path) -> str:
