@@ -8,7 +8,7 @@ STAMP := $(VENV)/.medzero-installed
 # the Chinese labels in their screenshots; orthanc is the PACS the DICOMweb/DIMSE tests talk to.
 APT_PACKAGES := espeak-ng sox ffmpeg chromium fonts-noto-cjk orthanc orthanc-dicomweb
 # Every optional feature is a pip extra; the tests cover them all, so set-up installs them all.
-EXTRAS := dev,pacs,serve,ray,onnx,openvino,voice
+EXTRAS := dev,pacs,serve,ray,onnx,openvino,voice,postgres
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: app test bench system-deps venv clean
