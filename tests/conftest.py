@@ -41,6 +41,7 @@ def audio_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 import os  # noqa: E402
 
 from fixtures_clap import build_tiny_clap, tiny_clap_dir  # noqa: E402,F401
+from fixtures_pg import pg_server, pg_url  # noqa: E402,F401
 
 try:  # the image fixtures arrive with the image path
     from fixtures_image import *  # noqa: E402,F401,F403
