@@ -165,18 +165,26 @@ class Classifier:
         return list(self._heads)
 
     # -- classification ---------------------------------------------------------------------
-    def classify(self, source: Any) -> Result:
-        """One source; a problem with it raises its :class:`MedzeroError`."""
-        result = self.classify_batch([source])[0]
+    def classify(self, source: Any, *, explain: "bool | str" = False) -> Result:
+        """One source; a problem with it raises its :class:`MedzeroError`. ``explain``: see :meth:`classify_batch`."""
+        result = self.classify_batch([source], explain=explain)[0]
         if result.exception is not None:
             raise result.exception
         return result
 
-    def classify_batch(self, sources: "Sequence[Any] | Any", *, progress: Callable[[int], None] | None = None) -> list[Result]:
-        """Every source (folders expanded) in order; a bad one gets a Result with ``error`` set and the rest go on."""
+    def classify_batch(
+        self, sources: "Sequence[Any] | Any", *, progress: Callable[[int], None] | None = None, explain: "bool | str" = False
+    ) -> list[Result]:
+        """Every source (folders expanded) in order; a bad one gets a Result with ``error`` set and the rest go on.
+
+        ``explain``: ``True`` (or a method, ``"occlusion"`` / ``"gradient"``) adds a heatmap per
+        label to each applicable result of a modality that explains (images:
+        ``Result.explanations``, see :mod:`medzero.image.explain`); others get none. It costs
+        about 50 image-tower passes per image (occlusion), so it is off by default."""
+        explain = checked_explain(explain)
         results: list[Result] = []
         for batch in self.pipeline.batches(iter_expand(sources)):
-            results.extend(self.classify_prepared(batch))
+            results.extend(self.classify_prepared(batch, explain=explain))
             if progress is not None:
                 progress(len(batch))
         return results
@@ -199,15 +207,19 @@ class Classifier:
             raise BadInputError("classify_dataset runs on an engine for datasets (ray), not the local one; use classify_batch")
         return runner.classify_dataset(self, dataset, batch_size=batch_size)
 
-    def classify_prepared(self, batch: Sequence[Prepared], vectors: Sequence[np.ndarray | None] | None = None) -> list[Result]:
-        """Results for decoded items (embedded here in one pass per modality unless ``vectors`` are given)."""
+    def classify_prepared(
+        self, batch: Sequence[Prepared], vectors: Sequence[np.ndarray | None] | None = None, *, explain: "bool | str" = False
+    ) -> list[Result]:
+        """Results for decoded items (embedded here in one pass per modality unless ``vectors`` are
+        given); ``explain`` as in :meth:`classify_batch`."""
+        explain = checked_explain(explain)
         if vectors is None:
             vectors = self.pipeline.embed(batch)
         results = []
         for p, vector in zip(batch, vectors):
             try:
                 if p.error is None and vector is not None:
-                    results.append(self._result(p, vector))
+                    results.append(self._result(p, vector, explain))
                     continue
                 if isinstance(p.error, ModelUnavailableError) and self._signal_only_possible(p.modality) and not self.model_named(p.modality):
                     results.append(self._signal_only_result(p, p.error))
@@ -220,7 +232,7 @@ class Classifier:
             results.append(Result.failed(p.name, p.error, modality=p.modality))
         return results
 
-    def _result(self, p: Prepared, embedding: np.ndarray) -> Result:
+    def _result(self, p: Prepared, embedding: np.ndarray, explain: str | None = None) -> Result:
         modality = get_modality(p.modality)
         head = self.head(p.modality)
         task = head.task
@@ -229,7 +241,10 @@ class Classifier:
         scope = applicability(task, p.metadata, p.metrics, None if gate is None else float(gate[0]))
         result = self._judged(p, task, scores, scope, model=head.fingerprint)
         if modality.postprocess is not None and result.applicable:
-            modality.postprocess(result, p, self.encoder(p.modality), head, self.options)
+            options = self.options if explain is None else {**self.options, "explain": explain}
+            modality.postprocess(result, p, self.encoder(p.modality), head, options)
+        if self.calibration is not None:  # probabilities and conformal decisions from the site overlay
+            self.calibration.annotate(result, task, modality.metric_info)
         return result
 
     def _judged(self, p: Prepared, task: Task, scores: dict[str, float], scope: Applicability | None, *, model: str) -> Result:
@@ -318,6 +333,21 @@ class Classifier:
         """Each decoded item's embedding, ``None`` for a failed one: one forward pass per modality
         through this classifier's encoders. An encoder failure becomes the error of the items it had."""
         return self.pipeline.embed(batch)
+
+
+#: What ``explain=`` takes besides ``True``/``False`` (the image plug-in's methods; "auto" picks its default).
+EXPLAIN_METHODS = ("auto", "occlusion", "gradient")
+
+
+def checked_explain(explain: "bool | str | None") -> str | None:
+    """``explain=`` as the plug-ins read it (``options["explain"]``): a method name, or ``None`` for no heatmaps."""
+    if explain is None or explain is False:
+        return None
+    if explain is True:
+        return "auto"
+    if isinstance(explain, str) and explain.strip().lower() in EXPLAIN_METHODS:
+        return explain.strip().lower()
+    raise BadInputError(f"unknown explanation method {str(explain)[:40]!r} (use one of: {', '.join(EXPLAIN_METHODS)})")
 
 
 def _verdict_name(task: Task, verdict: str | None) -> dict[str, str] | None:

@@ -162,6 +162,10 @@ class Result:
     #: "sha256", "method", "model", "sources": {label: how it was fitted}}``) or
     #: ``{"status": "uncalibrated", "summary": ...}``: every result says which.
     calibration: dict[str, Any] | None = None
+    #: Image results classified with ``explain``: per label, a heatmap of the region that drove its
+    #: score (:mod:`medzero.image.explain`): ``{label: {"method", "grid" (rows of floats), "region"
+    #: ([x0, y0, x1, y1] in the original image's pixels), "image_size", "score"}}``; else empty.
+    explanations: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The error as raised, for callers that want its type; not part of ``to_dict()``.
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
@@ -220,6 +224,7 @@ class Result:
             "applicability": self.applicability,
             "signal_only": self.signal_only,
             "calibration": self.calibration,
+            "explanations": dict(self.explanations),
             "error": self.error,
         }
 

@@ -36,6 +36,18 @@ def _prepare(source: Source, encoder, limits) -> Prepared:
     )
 
 
+def _explain(result: Any, p: Prepared, encoder: Any, head: Any, options: Mapping[str, Any]) -> None:
+    """Heatmaps per label when the caller asked for them (``options["explain"]``: a method name)."""
+    method = options.get("explain")
+    if not method:
+        return
+    from .explain import explain_image
+
+    size = (int(p.columns.get("width") or 0), int(p.columns.get("height") or 0))
+    maps = explain_image(encoder, head, p.item, pixels=p.input, original_size=size if all(size) else None, method=method)
+    result.explanations = {label: e.to_dict() for label, e in maps.items()}
+
+
 def _model_side(encoder: Any) -> int | None:
     """The largest side the encoder's preprocessing resizes or crops to (224 for a ViT-B/16), read
     from its transforms; ``None`` when it cannot be told (the image is then decoded at full size)."""
@@ -68,6 +80,7 @@ IMAGE = register_modality(
         default_task="chest_xray_findings",
         default_template="a photo of {}.",
         default_negative="something else",
+        postprocess=_explain,  # heatmaps, only when asked for (medzero.image.explain)
     )
 )
 
