@@ -166,6 +166,13 @@ class Result:
     #: score (:mod:`medzero.image.explain`): ``{label: {"method", "grid" (rows of floats), "region"
     #: ([x0, y0, x1, y1] in the original image's pixels), "image_size", "score"}}``; else empty.
     explanations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Calibrated probabilities ``{label: p}`` from a site overlay's probability maps, beside the raw
+    #: ``scores`` (which stay as the model gave them); empty without maps.
+    probabilities: dict[str, float] = field(default_factory=dict)
+    #: Labels a site overlay's conformal rule is not sure about (its prediction set is not one value).
+    uncertain: list[str] = field(default_factory=list)
+    #: The conformal rule's ``{"alpha", "coverage", "decisions": {label: positive|negative|uncertain}}``, or None.
+    conformal: dict[str, Any] | None = None
     #: The error as raised, for callers that want its type; not part of ``to_dict()``.
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
@@ -225,6 +232,9 @@ class Result:
             "signal_only": self.signal_only,
             "calibration": self.calibration,
             "explanations": dict(self.explanations),
+            "probabilities": dict(self.probabilities),
+            "uncertain": list(self.uncertain),
+            "conformal": self.conformal,
             "error": self.error,
         }
 

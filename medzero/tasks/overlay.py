@@ -14,6 +14,15 @@ are ``overlay_for``, ``task_sha256``, ``model``, ``method``, ``created`` and, pe
 (``metrics: {snr_db: {min: {limit, previous_limit, source, cv}}}``), the limit that replaces the
 rule's ``min`` or ``max`` (the whole format is in :mod:`medzero.evaluation.calibrate`). Overlays
 written before metric limits were fitted have no ``metrics`` block and load as they did.
+
+Format 2 (``format: 2``) adds two optional blocks, read by :mod:`medzero.tasks.probability`:
+``probability`` (per-label maps from the raw score to a calibrated probability) and
+``conformal`` (per-label split-conformal ``q̂`` at an error rate ``alpha``). An overlay without
+``format`` is format 1 and loads as before; a format this medzero does not know is refused.
+:meth:`Calibration.annotate` puts both on a Result: ``probabilities`` beside the raw scores, and
+labels a conformal rule is not sure about in ``uncertain``; the verdict becomes ``uncertain``
+when a label it is not sure about could make it worse. Maps and rules are fitted on one model's
+scores: applied to another model's they are refused (thresholds alone only warn).
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import MedzeroError, TaskError
+from .probability import UNCERTAIN, ConformalRule, ProbabilityMaps, parse_conformal, parse_probability
 from .schema import Task, load_task
 
 __all__ = [
@@ -71,6 +81,8 @@ class LimitCalibration:
 
 #: The sides of a metric rule an overlay may set.
 SIDES = ("min", "max")
+#: The newest overlay format this medzero reads (1: thresholds and metric limits; 2: + probability, conformal).
+OVERLAY_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -87,10 +99,19 @@ class Calibration:
     labels: dict[str, LabelCalibration]
     #: metric -> side (``min``/``max``) -> the fitted limit; empty for an overlay of thresholds only.
     metrics: dict[str, dict[str, LimitCalibration]] = field(default_factory=dict)
+    #: Per-label maps from raw score to calibrated probability (format 2), or None.
+    probability: ProbabilityMaps | None = None
+    #: Per-label split-conformal rule (format 2), or None.
+    conformal: ConformalRule | None = None
+    format: int = 1
 
     def summary(self) -> str:
         limits = sum(len(sides) for sides in self.metrics.values())
         fitted = f"{len(self.labels)} labels" + (f", {limits} metric limits" if limits else "")
+        if self.probability is not None:
+            fitted += f", {self.probability.method} probabilities"
+        if self.conformal is not None:
+            fitted += f", conformal alpha {self.conformal.alpha:g}"
         return f"calibrated: {os.path.basename(self.path)} ({self.method}, {fitted}, sha256 {self.sha256[:12]})"
 
     def metric_sources(self) -> dict[str, str]:
@@ -106,6 +127,54 @@ class Calibration:
             "metric_sources": self.metric_sources(),
         }
 
+    def annotate(self, result: Any, task: Task, metric_info: Any = None) -> None:
+        """Put the overlay's probabilities and conformal decisions on a judged ``result`` of ``task``.
+
+        ``result.scores`` stay raw. With a conformal rule the labels it covers are decided by it
+        (their thresholds no longer decide them); a label it is not sure about is listed in
+        ``result.uncertain``, and when calling it a problem would make the verdict worse, the
+        verdict is ``uncertain`` (in scope, not sure), never ``not_applicable`` (out of scope)."""
+        if not result.judged or not result.scores:
+            return
+        if self.probability is not None:
+            result.probabilities = self.probability.apply(result.scores)
+        if self.conformal is None:
+            return
+        from .scoring import evaluate
+
+        rule = self.conformal
+        decisions = rule.decisions(result.scores)
+        result.conformal = {"alpha": rule.alpha, "coverage": 1 - rule.alpha, "decisions": decisions}
+        result.uncertain = [lid for lid, d in decisions.items() if d == "uncertain"]
+        decided = {lid: (None if d == "uncertain" else d == "positive", rule.cut(lid, d != "negative"))
+                   for lid, d in decisions.items()}
+        verdict, reasons = evaluate(task, result.scores, result.metrics, metric_info, decided=decided)
+        if task.verdicts and result.uncertain:
+            polarity = {lb.id: lb.polarity for lb in task.labels}
+            worst = {lid: (polarity[lid] == "bad", rule.cut(lid, polarity[lid] == "bad")) for lid in result.uncertain}
+            alternative, _ = evaluate(task, result.scores, result.metrics, metric_info, decided={**decided, **worst})
+            if task.verdict_rank(alternative) > task.verdict_rank(verdict):
+                reasons = [self._uncertain_reason(task, lid, result.scores[lid]) for lid in result.uncertain
+                           if polarity[lid] != "info"] + reasons
+                verdict = UNCERTAIN.id
+        result.verdict, result.reasons = verdict, reasons
+        shown = UNCERTAIN if verdict == UNCERTAIN.id else (task.verdict(verdict) if task.verdicts and verdict else None)
+        if shown is not None:
+            result.verdict_name = {"en": shown.display("en"), "zh": shown.display("zh")}
+
+    def _uncertain_reason(self, task: Task, lid: str, score: float) -> Any:
+        from ..core.results import Reason
+
+        label = next(lb for lb in task.labels if lb.id == lid)
+        en, zh = label.display("en"), label.display("zh")
+        level = f"{(1 - self.conformal.alpha) * 100:g}%"
+        return Reason(
+            kind="uncertain", id=lid, name={"en": en, "zh": zh}, value=float(score), limit=None, direction="",
+            verdict=UNCERTAIN.id,
+            message={"en": f"{en} {score:.2f}: not sure at the {level} level (conformal set holds both present and absent)",
+                     "zh": f"{zh} {score:.2f}：在 {level} 置信水平下无法确定（共形预测集同时包含有和无）"},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path, "sha256": self.sha256, "task": self.task, "task_sha256": self.task_sha256,
@@ -114,6 +183,15 @@ class Calibration:
                        for k, v in self.labels.items()},
             "metrics": {m: {side: {"limit": c.limit, "previous_limit": c.previous_limit, "source": c.source, "cv": c.cv}
                             for side, c in sides.items()} for m, sides in self.metrics.items()},
+            "format": self.format,
+            "probability": None if self.probability is None else {
+                "method": self.probability.method, "joint": "softmax" if self.probability.joint else None,
+                "labels": {k: {"map": m.to_dict(), "source": self.probability.sources.get(k), "cv": self.probability.cv.get(k)}
+                           for k, m in self.probability.maps.items()}},
+            "conformal": None if self.conformal is None else {
+                "alpha": self.conformal.alpha,
+                "labels": {k: {"qhat": q, "n": self.conformal.n.get(k), "source": self.conformal.sources.get(k),
+                               "cv": self.conformal.cv.get(k)} for k, q in self.conformal.qhat.items()}},
         }
 
 
@@ -132,9 +210,12 @@ def load_overlay(path: "str | os.PathLike") -> Calibration:
         raise TaskError(f"{path}: not a valid YAML calibration overlay ({type(exc).__name__})") from None
     if (
         not isinstance(raw, dict) or not isinstance(raw.get("overlay_for"), str)
-        or not (isinstance(raw.get("labels"), dict) or isinstance(raw.get("metrics"), dict))
+        or not any(isinstance(raw.get(k), dict) for k in ("labels", "metrics", "probability", "conformal"))
     ):
         raise TaskError(f"{path}: not a calibration overlay (needs overlay_for and labels or metrics; write one with medzero calibrate)")
+    version = raw.get("format", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= OVERLAY_FORMAT:
+        raise TaskError(f"{path}: overlay format {version!r} is not one this medzero reads (1 to {OVERLAY_FORMAT}); upgrade medzero or recalibrate")
     labels = {}
     for lid, entry in (raw.get("labels") or {}).items():
         threshold = entry.get("threshold") if isinstance(entry, dict) else None
@@ -157,6 +238,9 @@ def load_overlay(path: "str | os.PathLike") -> Calibration:
         created=str(raw["created"]) if raw.get("created") is not None else None,
         labels=labels,
         metrics=_metric_limits(path, raw.get("metrics")),
+        probability=parse_probability(str(path), raw.get("probability")),
+        conformal=parse_conformal(str(path), raw.get("conformal")),
+        format=version,
     )
 
 
@@ -206,9 +290,13 @@ def apply_calibration(
     if calibration.task != task.name:
         raise TaskError(f"{where} is a calibration for task {calibration.task}, not {task.name}")
     ids = task.label_ids()
-    unknown = [lid for lid in calibration.labels if lid not in ids]
+    named = [*calibration.labels, *(calibration.probability.maps if calibration.probability else ()),
+             *(calibration.conformal.qhat if calibration.conformal else ())]
+    unknown = list(dict.fromkeys(lid for lid in named if lid not in ids))
     if unknown:
         raise TaskError(f"{where} names label(s) {', '.join(unknown)} that task {task.name} does not have ({', '.join(ids)})")
+    if calibration.probability is not None and calibration.probability.joint and task.mode != "multiclass":
+        raise TaskError(f"{where} has a joint (softmax) temperature, but task {task.name} is {task.mode}")
     _check_metrics(task, calibration, where)
     if calibration.task_sha256:
         current = task_sha256(task)[0]
@@ -242,7 +330,16 @@ def _check_metrics(task: Task, calibration: Calibration, where: str) -> None:
 
 
 def check_model(calibration: Calibration, fingerprint: str) -> bool:
-    """Warn (and return False) when scores come from another model than the overlay was fitted on."""
+    """Warn (and return False) when scores come from another model than the overlay was fitted on.
+
+    An overlay with probability maps or a conformal rule is refused instead (:class:`TaskError`):
+    they are functions of one model's scores and mean nothing for another's."""
+    fitted_on = {m.strip() for m in (calibration.model or "").split(",")}  # a manifest of both modalities names two
+    if calibration.model and fingerprint and fingerprint not in fitted_on and (calibration.probability or calibration.conformal):
+        raise TaskError(
+            f"{os.path.basename(calibration.path)}: its probability maps and conformal rule were fitted on model "
+            f"{calibration.model}, but scores come from {fingerprint}; recalibrate on this model"
+        )
     if calibration.model and fingerprint and calibration.model != fingerprint:
         warnings.warn(
             f"{os.path.basename(calibration.path)} was fitted on model {calibration.model}, but scores come from {fingerprint}; its thresholds may not fit",

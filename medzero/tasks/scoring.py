@@ -111,10 +111,15 @@ def evaluate(
     scores: Mapping[str, float],
     metrics: Mapping[str, float] | None = None,
     metric_info: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    decided: Mapping[str, tuple[bool | None, float]] | None = None,
 ) -> tuple[str | None, list[Reason]]:
     """The verdict and its reasons, worst first.
 
     Tasks with no verdicts (ad-hoc labels) get their top-scoring label as the verdict.
+    ``decided`` (a site overlay's conformal rule) gives, per label it covers, ``(present, cut)``:
+    whether the label is present (``None``: not sure, so no reason) and the score the decision
+    turned on; those labels are judged by it instead of their threshold.
     """
     if not task.verdicts:
         top = max(scores, key=scores.get) if scores else None
@@ -125,7 +130,8 @@ def evaluate(
         value = scores.get(label.id)
         if value is None or label.polarity == "info":
             continue
-        problem = value >= label.threshold if label.polarity == "bad" else value < label.threshold
+        present, limit = (decided or {}).get(label.id, (value >= label.threshold, label.threshold))
+        problem = present is not None and present == (label.polarity == "bad")
         if problem:
             reasons.append(
                 Reason(
@@ -133,7 +139,7 @@ def evaluate(
                     id=label.id,
                     name=_names(label.name, label.id),
                     value=float(value),
-                    limit=float(label.threshold),
+                    limit=float(limit),
                     direction="above" if label.polarity == "bad" else "below",
                     verdict=label.verdict or worst,
                     advice=_names(label.advice, "") if label.advice else None,
