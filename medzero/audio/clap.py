@@ -130,9 +130,11 @@ class ClapEncoder:
     def features(self, waveform: np.ndarray) -> np.ndarray:
         """The model input for one mono clip at ``sample_rate``: (4, frames, mels) with fusion, else (1, ...)."""
         fe = self.feature_extractor
-        x = np.asarray(waveform, dtype=np.float64)
+        x = np.asarray(waveform)
         if x.ndim != 1 or x.size == 0:
             raise BadInputError("CLAP takes one non-empty mono waveform per clip")
+        if x.dtype not in (np.float32, np.float64):  # the mel converts float32 block by block, exactly
+            x = x.astype(np.float64)
         if x.shape[0] > self.max_samples:
             if not self.fusion:
                 start = (x.shape[0] - self.max_samples) // 2  # centre crop, not a random one

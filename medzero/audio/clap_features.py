@@ -68,28 +68,50 @@ class MelFeatures:
         return self._window
 
     def _np_extract_fbank_features(self, waveform: np.ndarray, mel_filters: np.ndarray) -> np.ndarray:
-        """(frames, mels) float32 log-mel spectrogram, equal to the extractor's to float32 rounding (see the module docstring)."""
+        """(frames, mels) float32 log-mel spectrogram, equal to the extractor's to float32 rounding (see the module docstring).
+
+        Each block of frames is framed from its own float64 copy of the samples it spans (reflected at
+        the ends, as ``np.pad(mode="reflect")`` pads): a 10-minute recording at 48 kHz never gets a
+        whole float64 copy, whose 230 MB of fresh pages cost more than the FFTs (0.5-1 s)."""
         n, hop = int(self.fft_window_size), int(self.hop_length)
-        x = _reflect_pad(np.asarray(waveform, dtype=np.float64), n // 2)
-        frames = 1 + (x.size - n) // hop
-        view = np.lib.stride_tricks.sliding_window_view(x, n)[::hop]
+        x = np.asarray(waveform)
+        if x.size <= n // 2:  # too short to reflect without repeating: numpy's own padding
+            return self._mel_blocks(np.pad(x.astype(np.float64), (n // 2, n // 2), mode="reflect"), 0, mel_filters)
+        frames = 1 + x.size // hop  # of the padded signal: 1 + (size + n - n) // hop
+        return self._mel_blocks(x, frames, mel_filters)
+
+    def _mel_blocks(self, x: np.ndarray, frames: int, mel_filters: np.ndarray) -> np.ndarray:
+        """The log-mel frames of ``x``: ``frames`` > 0 pads ``x`` block by block, 0 means ``x`` is padded already."""
+        n, hop = int(self.fft_window_size), int(self.hop_length)
+        padded = frames == 0
+        if padded:
+            frames = 1 + (x.size - n) // hop
         filters_t = np.ascontiguousarray(np.asarray(mel_filters, dtype=np.float64).T)
         window = self.window()
         mel = np.empty((frames, filters_t.shape[0]), dtype=np.float64)
         for start in range(0, frames, _BLOCK):
-            spectrum = np.fft.rfft(view[start : start + _BLOCK] * window, axis=-1).astype(np.complex64)
+            count = min(_BLOCK, frames - start)
+            lo, hi = start * hop, (start + count - 1) * hop + n  # padded-signal samples of these frames
+            piece = x[lo:hi].astype(np.float64, copy=False) if padded else _reflected(x, lo - n // 2, hi - n // 2)
+            view = np.lib.stride_tricks.sliding_window_view(piece, n)[::hop]
+            spectrum = np.fft.rfft(view * window, axis=-1).astype(np.complex64)
             power = np.abs(spectrum, dtype=np.float64) ** 2.0
-            mel[start : start + _BLOCK] = np.maximum(1e-10, np.dot(filters_t, power.T)).T
+            mel[start : start + count] = np.maximum(1e-10, np.dot(filters_t, power.T)).T
         # transformers' power_to_db(mel, reference=1.0, min_value=1e-10, db_range=None)
         db = 10.0 * (np.log10(np.clip(mel.T, a_min=1e-10, a_max=None)) - np.log10(1.0))
         return db.astype(np.float32).T
 
 
-def _reflect_pad(x: np.ndarray, pad: int) -> np.ndarray:
-    """``np.pad(x, pad, mode="reflect")`` in one copy (numpy's takes several on a long recording)."""
-    if x.size <= pad:
-        return np.pad(x, (pad, pad), mode="reflect")
-    return np.concatenate([x[pad:0:-1], x, x[-2 : -pad - 2 : -1]])
+def _reflected(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``x[lo:hi]`` as float64, indices outside ``x`` reflected as ``np.pad(mode="reflect")`` does
+    (``-i`` before the start, ``2 * (size - 1) - i`` past the end; the padding is shorter than ``x``)."""
+    size = x.size
+    if lo >= 0 and hi <= size:
+        return x[lo:hi].astype(np.float64)
+    index = np.arange(lo, hi)
+    index = np.where(index < 0, -index, index)
+    index = np.where(index >= size, 2 * (size - 1) - index, index)
+    return x[index].astype(np.float64)
 
 
 def shrink_rows(mel: np.ndarray, rows: int) -> np.ndarray:
