@@ -3,6 +3,12 @@
     medzero eval site.csv --task chest_xray_findings -o out/report.json     # + out/report.html
     medzero calibrate site.csv --task chest_xray_findings -o site.yaml --method sensitivity --target-sensitivity 0.9
     medzero eval site.csv --task chest_xray_findings --calibration site.yaml -o out/calibrated.json
+    medzero calibrate site.csv --task chest_xray_findings -o site.yaml --method isotonic --conformal-alpha 0.1
+
+``--method`` names the threshold rule (``youden``, ``sensitivity``) and/or the probability map
+(``platt``, ``isotonic``, ``temperature``): give it twice to choose both
+(``--method sensitivity --method platt``); the thresholds are always fitted (``youden`` unless
+named), a probability map only when one is named.
 
 They hold no statistics of their own: everything comes from :mod:`medzero.evaluation`. A problem
 a user caused is one line, ``medzero: error: ...``, on standard error with exit status 1 (2 for
@@ -60,9 +66,14 @@ def eval_command(manifest, task, labels, multilabel, calibration, models, device
 
     Prints per-label AUROC (95% bootstrap CI), AUPRC, sensitivity/specificity/PPV at the task's
     thresholds, Brier and calibration error; for multiclass tasks top-1/top-5, balanced accuracy,
-    macro-F1 and the confusion matrix; with a verdict column, the agreement with people (kappa)."""
+    macro-F1 and the confusion matrix; with a verdict column, the agreement with people (kappa).
+    With an overlay that has probability maps: ECE and Brier of the raw scores and of the calibrated
+    probabilities; with a conformal rule: its empirical coverage on these rows, met or not."""
     from ..evaluation.evaluate import evaluate
-    from ..evaluation.report import SUMMARY_COLUMNS, render_html, render_markdown, summary_rows, verdict_confusion, verdict_counts
+    from ..evaluation.report import (
+        CONFORMAL_COLUMNS, PROBABILITY_COLUMNS, SUMMARY_COLUMNS, conformal_rows, probability_rows, render_html, render_markdown,
+        summary_rows, verdict_confusion, verdict_counts,
+    )
 
     if (task is None) == (labels is None):
         raise fail("give one of --task and --labels", 2)
@@ -83,6 +94,13 @@ def eval_command(manifest, task, labels, multilabel, calibration, models, device
     text = [f"task {data['task']} ({data['mode']}): {data['rows']['scored']} of {data['rows']['manifest']} rows scored; "
             f"{data['calibration'].get('summary') or data['calibration']['status']}"]
     text.append(render_table(SUMMARY_COLUMNS, summary_rows(data)))
+    prob, conf = probability_rows(data), conformal_rows(data)
+    if prob:
+        text.append("calibrated probabilities (raw = the model's scores; ECE over 10 equal-width bins):")
+        text.append(render_table(PROBABILITY_COLUMNS, prob))
+    if conf:
+        text.append("conformal coverage (share of rows whose true value is in the set; 95% Wilson interval; met when it reaches 1 - alpha):")
+        text.append(render_table(CONFORMAL_COLUMNS, conf))
     mc = data.get("multiclass")
     if mc and mc.get("confusion"):
         top5 = "–" if mc["top_5"] is None else f"{mc['top_5']:.3f}"
@@ -126,20 +144,29 @@ def _count_rows(manifest: str) -> int:
 @click.argument("manifest", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--task", "task", required=True, metavar="NAME|FILE", help="A shipped prompt set or a YAML file.")
 @click.option("-o", "--output", required=True, metavar="SITE.yaml", type=click.Path(dir_okay=False, path_type=str), help="Where to write the calibration overlay.")
-@click.option("--method", type=click.Choice(["youden", "sensitivity"]), help="youden (default), or the most specific threshold that reaches --target-sensitivity.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["youden", "sensitivity", "platt", "isotonic", "temperature"]),
+              help="Threshold rule: youden (default), or the most specific threshold that reaches --target-sensitivity; and/or "
+                   "probability map: platt, isotonic or temperature (calibrated probabilities beside the raw scores). Repeatable, one of each.")
+@click.option("--conformal-alpha", "alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+              help="Also fit a per-label split-conformal rule at this error rate (e.g. 0.1): a label is decided only when sure at 1 - alpha, else 'uncertain'.")
 @click.option("--target-sensitivity", "target", type=click.FloatRange(min=0, max=1, min_open=True), help="With --method sensitivity (default 0.9).")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Cross-validation folds for the reported estimates.")
 @model_options
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the cross-validation folds.")
-def calibrate_command(manifest, task, output, method, target, folds, models, device, batch_size, seed):
+def calibrate_command(manifest, task, output, methods, alpha, target, folds, models, device, batch_size, seed):
     """Fit per-label thresholds (label columns) and metric limits (a verdict column) on labelled files and write a site overlay (use it with --calibration).
 
     Metric limits need no model: without CLAP weights they are fitted from the measurements of a
     signal-only run. Beside each threshold or limit fitted on all rows, sensitivity and specificity are estimated by
     stratified k-fold cross-validation: no row is scored by a threshold it helped fit."""
-    from ..evaluation.calibrate import calibrate
+    from ..evaluation.calibrate import METHODS, calibrate
 
+    rules = [m for m in methods if m in METHODS]
+    maps = [m for m in methods if m not in METHODS]
+    if len(rules) > 1 or len(maps) > 1:
+        raise fail("--method: give at most one threshold rule (youden, sensitivity) and one probability map (platt, isotonic, temperature)", 2)
+    method, probability = (rules or [None])[0], (maps or [None])[0]
     if method is None:
         method = "sensitivity" if target is not None else "youden"
     if method == "youden" and target is not None:
@@ -148,7 +175,7 @@ def calibrate_command(manifest, task, output, method, target, folds, models, dev
     try:
         result = _run(
             calibrate, _count_rows(manifest), models, manifest=manifest, task=task, method=method, target=target, folds=folds,
-            seed=seed, device=device, batch_size=batch_size,
+            seed=seed, device=device, batch_size=batch_size, probability=probability, conformal_alpha=alpha,
         )
         result.write(output)
     except MedzeroError as exc:
@@ -173,7 +200,30 @@ def calibrate_command(manifest, task, output, method, target, folds, models, dev
         click.echo(f"metric limits from the verdict column (n+: rows judged the rule's verdict or worse that no other rule or label flags){skipped}")
         click.echo(render_table(["metric", "verdict", "n+/n−", "was", "limit", "sens (same rows)", "spec (same rows)", "sens (CV)", "spec (CV)", "note"],
                                 [_metric_row(f) for f in result.metric_fits]), nl=False)
+    if result.probability_fits:
+        click.echo(f"{probability} probabilities (CV: each fold mapped by what was fitted on the others; "
+                   "ECE over 10 equal-width bins; raw = the model's scores)")
+        click.echo(render_table(["label", "n+/n−", "ECE raw", "ECE (CV)", "Brier raw", "Brier (CV)", "note"],
+                                [_probability_row(f) for f in result.probability_fits]), nl=False)
+    if result.conformal_fits:
+        click.echo(f"conformal rule at alpha {alpha:g} (coverage target {1 - alpha:.0%}; CV: each fold's sets from the others' qhat; 95% Wilson interval)")
+        click.echo(render_table(["label", "n", "qhat", "coverage (CV)", "interval", "met", "uncertain (CV)", "note"],
+                                [_conformal_row(f) for f in result.conformal_fits]), nl=False)
     click.echo(f"wrote {output}; use it with --calibration {output}")
+
+
+def _probability_row(f) -> list[str]:
+    cv = f.cv or {}
+    return [f.id, f"{f.n_pos}/{f.n_neg}", _f(cv.get("ece_raw")), _f(cv.get("ece")), _f(cv.get("brier_raw")), _f(cv.get("brier")),
+            f.skipped or (f"{cv['folds']} folds" if cv else "too few rows for CV")]
+
+
+def _conformal_row(f) -> list[str]:
+    cv = f.cv or {}
+    interval = cv.get("interval")
+    return [f.id, str(f.n), _f(f.qhat), _f(cv.get("coverage")), "–" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]",
+            "–" if not cv else ("met" if cv["met"] else "NOT MET"), _f(cv.get("uncertain_rate")),
+            f.skipped or (f"{cv['folds']} folds" if cv else "too few rows for CV")]
 
 
 def _metric_row(f) -> list[str]:

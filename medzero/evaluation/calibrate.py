@@ -29,6 +29,13 @@ rules and labels together on the judged rows. Rows medzero called ``not_applicab
 out: the rules never judge them. Metric limits need no model: a signal-only run (no CLAP weights)
 fits them from the measurements.
 
+**Probabilities and abstention** (overlay format 2; see :mod:`medzero.evaluation.probability` and
+:mod:`medzero.tasks.probability`). With ``probability="platt"|"isotonic"|"temperature"`` a map
+from each label's raw score to a calibrated probability is fitted on the same rows, with
+cross-validated ECE / Brier / log-loss beside those of the raw scores; with ``conformal_alpha``
+a per-label split-conformal ``q̂``, with its cross-validated coverage. The thresholds are fitted
+as before in both cases (their method is ``method``).
+
 A cut between two neighbouring scores is placed halfway between them (below the lowest score:
 just under it), so the rows it was fitted on fall on the same sides as at the cut itself.
 
@@ -63,6 +70,24 @@ Overlay YAML (``site.yaml``)::
           source: calibrated on 40 rows (re-record not flagged otherwise 9, better 31) from site.csv sha256 1a2b3c4d5e6f, youden
           apparent: {sensitivity: 0.89, specificity: 0.97, ppv: 0.89}
           cv: {folds: 5, seed: 0, sensitivity: 0.78, specificity: 0.94, ppv: 0.78, n: 40}
+    format: 2                    # with a probability or conformal block
+    probability:
+      method: platt              # isotonic: map {x: [...], y: [...]}; temperature: map {temperature: T}
+      joint: null                # "softmax": a multiclass task's one temperature across its labels
+      labels:
+        pleural_effusion:
+          map: {a: 6.9, b: -3.4}
+          source: calibrated on 48 rows (n+ 12, n- 36) from site.csv sha256 1a2b3c4d5e6f, platt
+          cv: {folds: 5, n: 48, ece_raw: 0.21, ece: 0.06, brier_raw: 0.19, brier: 0.12, log_loss_raw: 0.6, log_loss: 0.4}
+    conformal:
+      alpha: 0.1
+      nonconformity: 1 - p(y), p(1) = raw score, p(0) = 1 - raw score
+      labels:
+        pleural_effusion:
+          qhat: 0.62
+          n: 48
+          source: ...
+          cv: {folds: 5, n: 48, coverage: 0.92, interval: [0.80, 0.97], met: true, uncertain_rate: 0.4}
 
 :func:`calibrate` fits and :func:`write_overlay` writes one here, where it is made; reading and
 applying one (:func:`~medzero.tasks.overlay.load_overlay`, :func:`~medzero.tasks.overlay.apply_calibration`)
@@ -85,6 +110,8 @@ from ..tasks.overlay import task_sha256
 from ..tasks.schema import Task, load_task
 from . import metrics as M
 from .evaluate import ScoredManifest, score_manifest
+from .probability import ConformalFit, ProbabilityFit, calibrate_conformal, calibrate_probabilities
+from ..tasks.probability import PROBABILITY_METHODS
 from .manifest import Manifest, read_manifest
 
 __all__ = [
@@ -100,6 +127,8 @@ __all__ = [
     "SiteCalibration",
     "overlay_dict",
     "write_overlay",
+    "probability_block",
+    "conformal_block",
     "METHODS",
 ]
 
@@ -413,6 +442,8 @@ class SiteCalibration:
     metric_fits: list[MetricFit] = field(default_factory=list)
     #: Rows left out of the metric fits because medzero called them not applicable.
     not_applicable: int = 0
+    probability_fits: list[ProbabilityFit] = field(default_factory=list)
+    conformal_fits: list[ConformalFit] = field(default_factory=list)
 
     def write(self, path: "str | os.PathLike") -> None:
         write_overlay(self.overlay, path)
@@ -432,9 +463,12 @@ def calibrate(
     device: str = "auto",
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    probability: str | None = None,
+    conformal_alpha: float | None = None,
 ) -> SiteCalibration:
     """Classify a labelled manifest with ``task``'s own thresholds and limits, and fit new ones:
-    a threshold per label column, and with a ``verdict`` column a limit per metric rule side.
+    a threshold per label column, and with a ``verdict`` column a limit per metric rule side;
+    with ``probability`` a probability map per label column, with ``conformal_alpha`` a conformal rule.
 
     Rows that fail to classify are listed in ``errors`` and left out. Without the model (a
     signal-only run) the metric limits are still fitted; the labels are skipped, saying why."""
@@ -445,7 +479,13 @@ def calibrate(
         raise TaskError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     if folds < 2:
         raise TaskError("cross-validation needs at least 2 folds")
+    if probability is not None and probability not in PROBABILITY_METHODS:
+        raise TaskError(f"unknown probability method {probability!r}; use one of {', '.join(PROBABILITY_METHODS)}")
+    if conformal_alpha is not None and not 0 < conformal_alpha < 1:
+        raise TaskError("the conformal error rate alpha must be between 0 and 1")
     table = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, task)
+    if (probability or conformal_alpha) and not table.label_ids:
+        raise BadInputError(f"{table.source}: probability maps and conformal rules need label columns")
     fits_metrics = table.has_verdict and bool(task.metrics)
     if not table.label_ids and not fits_metrics:
         raise BadInputError(
@@ -471,14 +511,62 @@ def calibrate(
         )
     if all(f.threshold is None for f in fits) and all(f.limit is None for f in metric_fits):
         raise BadInputError(f"{table.source}: {_nothing_fitted(fits, metric_fits)}; nothing to calibrate")
+    probability_fits, conformal_fits = _probability_fits(table, task, measured, probability, conformal_alpha, folds, seed)
     overlay = overlay_dict(
         task, fits, method=method, target=target, model=", ".join(measured.models) or None,
         manifest_path=str(table.source), manifest_sha256=table.sha256, data_sha256=table.data_hash,
         rows=len(measured.results), task_sha256=task_sha256(task)[0], medzero_version=__version__,
         metric_fits=metric_fits,
     )
+    where = f"from {os.path.basename(str(table.source))} sha256 {table.sha256[:12]}"
+    overlay.update(probability_block(probability_fits, probability, where, joint=probability == "temperature" and task.mode == "multiclass"))
+    overlay.update(conformal_block(conformal_fits, conformal_alpha, where))
+    if "probability" in overlay or "conformal" in overlay:
+        overlay = {"format": 2, **overlay}
     return SiteCalibration(fits, overlay, measured.errors, len(measured.results), metric_fits,
-                           len(measured.results) - len(judged))
+                           len(measured.results) - len(judged), probability_fits, conformal_fits)
+
+
+def _probability_fits(table, task, measured, probability, alpha, folds, seed) -> tuple[list[ProbabilityFit], list[ConformalFit]]:
+    """Probability maps and conformal rules from the rows the model scored, on the thresholds' folds."""
+    keep = [i for i, r in enumerate(measured.results) if r.scores]
+    if not (probability or alpha) or not keep:
+        return [], []
+    truth = {lid: [table.truth(lid)[measured.rows[i]] for i in keep] for lid in table.label_ids}
+    scores = {lid: [measured.results[i].scores[lid] for i in keep] for lid in task.label_ids()}
+
+    def assign(y, k):
+        return stratified_folds(y, k, seed)
+
+    maps = calibrate_probabilities(task, truth, scores, method=probability, assign=assign, folds=folds) if probability else []
+    rules = calibrate_conformal(task, truth, scores, alpha=alpha, assign=assign, folds=folds) if alpha else []
+    return maps, rules
+
+
+def probability_block(fits: Sequence[ProbabilityFit], method: str | None, where: str, *, joint: bool = False) -> dict[str, Any]:
+    """The overlay's ``probability`` block (empty without a fitted map)."""
+    labels = {
+        f.id: {"map": f.map.to_dict(),
+               "source": f"calibrated on {f.n_pos + f.n_neg} rows (n+ {f.n_pos}, n- {f.n_neg}) {where}, {method}",
+               "cv": None if f.cv is None else {k: _round(v) for k, v in f.cv.items()}}
+        for f in fits if f.map is not None
+    }
+    if not labels:
+        return {}
+    return {"probability": {"method": method, "joint": "softmax" if joint else None, "labels": labels}}
+
+
+def conformal_block(fits: Sequence[ConformalFit], alpha: float | None, where: str) -> dict[str, Any]:
+    """The overlay's ``conformal`` block (empty without a fitted rule)."""
+    labels = {
+        f.id: {"qhat": f.qhat, "n": f.n, "source": f"split conformal on {f.n} rows {where}, alpha {alpha:g}",
+               "cv": None if f.cv is None else {k: _round(v) if not isinstance(v, list) else [_round(x) for x in v]
+                                                for k, v in f.cv.items()}}
+        for f in fits if f.qhat is not None
+    }
+    if not labels:
+        return {}
+    return {"conformal": {"alpha": alpha, "nonconformity": "1 - p(y), p(1) = raw score, p(0) = 1 - raw score", "labels": labels}}
 
 
 

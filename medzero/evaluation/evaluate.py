@@ -14,6 +14,15 @@ is counted and listed, never fatal) and computes, from the scores and the manife
   medzero's, agreement, Cohen's kappa and linearly weighted kappa (verdicts ordered best → worst),
   over the rows medzero judged; rows it called ``not_applicable`` are abstentions, counted and
   shown as their own column, never folded into a triage level or silently dropped;
+- with a calibration overlay of format 2: per label, ``probability``, the ECE (10 equal-width
+  bins), Brier score and log-loss of the raw scores (``before``) and of the overlay's calibrated
+  probabilities (``after``) on these rows, with the calibrated reliability diagram; and
+  ``conformal``, the empirical coverage of the overlay's conformal sets on these rows, its 95 %
+  Wilson score interval, ``met`` when the interval reaches the stated level ``1 − alpha``, and how
+  often the label was left uncertain. Rows the overlay was fitted on give optimistic figures: use
+  held-out rows (the overlay itself records cross-validated ones);
+- verdicts that abstain are counted apart and never as agreement: ``not_applicable`` (input out
+  of scope) and ``uncertain`` (in scope, a conformal rule not sure), each in its own column;
 - ``reproducibility``: the model fingerprints, the task's sha256, the medzero version, the
   manifest's sha256 and a data hash over (path, file sha256, labels), so a report can be re-run
   and compared.
@@ -33,12 +42,15 @@ import numpy as np
 
 from ..core.version import __version__
 from ..core.errors import BadInputError, MedzeroError, TaskError
+from ..core.modality import get_modality
 from ..tasks.overlay import UNCALIBRATED, Calibration, apply_calibration, check_model, task_sha256
 from ..tasks.schema import NOT_APPLICABLE, Task, load_task, task_from_labels
+from ..tasks.probability import UNCERTAIN
 from . import metrics as M
 from .manifest import Manifest, read_manifest
+from .probability import coverage_figures, log_loss
 
-__all__ = ["EvalReport", "ScoredManifest", "evaluate", "evaluate_scores", "score_manifest"]
+__all__ = ["EvalReport", "ScoredManifest", "evaluate", "evaluate_scores", "score_manifest", "calibration_figures"]
 
 
 @dataclass
@@ -191,10 +203,13 @@ def _verdict_block(order: list[str], human: Sequence[str | None], model: Sequenc
     A row medzero called ``not_applicable`` (the task does not judge that input) is no triage
     level: it is counted in ``n`` and ``n_abstained``, shown in the confusion matrix's extra
     ``not_applicable`` column (``abstained``, per human verdict), and left out of the agreement
-    and both kappas, which are over the ``n_judged`` rows."""
+    and both kappas, which are over the ``n_judged`` rows. A row it called ``uncertain`` (in
+    scope, a conformal rule not sure) is counted the same way but apart: ``n_uncertain`` and the
+    ``uncertain`` column."""
     pairs = [(h, m) for h, m in zip(human, model) if h is not None and m is not None]
-    judged = [(h, m) for h, m in pairs if m != NOT_APPLICABLE.id]
+    judged = [(h, m) for h, m in pairs if m not in (NOT_APPLICABLE.id, UNCERTAIN.id)]
     abstained = [h for h, m in pairs if m == NOT_APPLICABLE.id]
+    unsure = [h for h, m in pairs if m == UNCERTAIN.id]
     h = [a for a, _ in judged]
     m = [b for _, b in judged]
     cm = M.confusion_matrix(h, m, order)
@@ -204,12 +219,15 @@ def _verdict_block(order: list[str], human: Sequence[str | None], model: Sequenc
         "n_abstained": len(abstained),
         "abstention_rate": len(abstained) / len(pairs) if pairs else None,
         "abstained_as": NOT_APPLICABLE.id,
+        "n_uncertain": len(unsure),
+        "uncertain_rate": len(unsure) / len(pairs) if pairs else None,
         "labels": order,
         "confusion": {
             "rows": "human", "columns": "medzero", "labels": order, "matrix": cm.tolist(),
             "abstained": [abstained.count(v) for v in order],  # the not_applicable column, per human verdict
+            **({"uncertain": [unsure.count(v) for v in order]} if unsure else {}),  # the uncertain column
         },
-        "agreement_over": "judged rows (not_applicable left out)",
+        "agreement_over": "judged rows (not_applicable and uncertain left out)",
         "agreement": float(np.trace(cm) / cm.sum()) if cm.sum() else None,
         "kappa": M.cohen_kappa(h, m, labels=order),
         "kappa_linear": M.cohen_kappa(h, m, labels=order, weights="linear"),
@@ -318,6 +336,8 @@ def evaluate(
     if cal is not None:
         for fingerprint in scored.models:
             check_model(cal, fingerprint)
+        for r in scored.results:  # the overlay's probabilities and conformal verdicts, as a calibrated Classifier gives them
+            cal.annotate(r, scoring_task, get_modality(r.modality).metric_info)
     report = evaluate_scores(
         scoring_task,
         scored.truth(),
@@ -329,11 +349,45 @@ def evaluate(
     )
     for lid, block in report.labels.items():
         block["threshold_source"] = cal.labels[lid].source if cal and lid in cal.labels else "task file"
+    if cal is not None:
+        for lid, extra in calibration_figures(cal, scored.truth(), scored.scores()).items():
+            report.labels[lid].update(extra)
     report.rows = {"manifest": len(table), "scored": len(scored.results), "failed": len(scored.errors)}
     report.errors = scored.errors
     report.calibration = {"status": "calibrated", **cal.to_dict()} if cal else None
     report.reproducibility = _reproducibility(table, base, base_hash, scored, cal, seed, n_boot)
     return report
+
+
+def calibration_figures(cal: Calibration, truth: Mapping[str, Sequence[float]], scores: Mapping[str, Sequence[float]]) -> dict[str, dict[str, Any]]:
+    """Per label with a truth column: ``probability`` (ECE / Brier / log-loss of the raw scores and of
+    the overlay's probabilities, the latter's reliability bins) and ``conformal`` (coverage)."""
+    ids = list(scores)
+    n = len(next(iter(scores.values()))) if scores else 0
+    rows = [{lid: scores[lid][i] for lid in ids} for i in range(n)]
+    mapped = [cal.probability.apply(r) for r in rows] if cal.probability is not None else None
+    out: dict[str, dict[str, Any]] = {}
+    for lid in truth:
+        t = np.asarray(truth[lid], dtype=np.float64)
+        known = ~np.isnan(t)
+        y, s = t[known].astype(np.int64), np.asarray(scores[lid], dtype=np.float64)[known]
+        extra: dict[str, Any] = {}
+        if mapped is not None and lid in cal.probability.maps:
+            p = np.array([m[lid] for m in mapped], dtype=np.float64)[known]
+            edges, count, mean_p, frac = M.calibration_bins(y, p)
+            extra["probability"] = {
+                "method": cal.probability.method, "n": int(y.size), "bins": f"{M.N_BINS} equal-width",
+                "before": {"ece": M.expected_calibration_error(y, s), "brier": M.brier_score(y, s), "log_loss": log_loss(y, s)},
+                "after": {"ece": M.expected_calibration_error(y, p), "brier": M.brier_score(y, p), "log_loss": log_loss(y, p)},
+                "reliability": {"edges": edges.tolist(), "count": count.tolist(), "mean_score": mean_p.tolist(),
+                                "fraction_positive": frac.tolist()},
+            }
+        if cal.conformal is not None and lid in cal.conformal.qhat:
+            extra["conformal"] = {"alpha": cal.conformal.alpha, "qhat": cal.conformal.qhat[lid],
+                                  **coverage_figures(y, s, cal.conformal.qhat[lid], cal.conformal.alpha)}
+        if extra:
+            out[lid] = extra
+    return out
 
 
 def _resolve_task(task, labels, multilabel) -> tuple[Task, bool]:

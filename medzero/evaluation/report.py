@@ -12,7 +12,8 @@ import base64
 import html
 from typing import Any, Iterable, Sequence
 
-__all__ = ["render_html", "render_markdown", "roc_svg", "reliability_svg", "summary_rows", "verdict_counts", "verdict_confusion"]
+__all__ = ["render_html", "render_markdown", "roc_svg", "reliability_svg", "summary_rows", "verdict_counts", "verdict_confusion",
+           "PROBABILITY_COLUMNS", "CONFORMAL_COLUMNS", "probability_rows", "conformal_rows"]
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -128,10 +129,12 @@ def reliability_svg(block: dict[str, Any], *, size: int = 240, xmlns: bool = Fal
 
 
 def _confusion_html(labels: Sequence[str], matrix: Sequence[Sequence[int]], rows: str, columns: str,
-                    abstained: Sequence[int] | None = None, abstained_as: str = "") -> str:
-    """A shaded confusion table; ``abstained`` adds a grey column (medzero's ``not_applicable`` per row)."""
+                    abstained: Sequence[int] | None = None, abstained_as: str = "", uncertain: Sequence[int] | None = None) -> str:
+    """A shaded confusion table; ``abstained`` adds a grey column (medzero's ``not_applicable`` per row),
+    ``uncertain`` another (its ``uncertain`` verdicts: in scope, a conformal rule not sure)."""
     top = max((v for row in matrix for v in row), default=0) or 1
     extra = f'<th style="background:#eee">{html.escape(abstained_as)}</th>' if abstained is not None else ""
+    extra += '<th style="background:#fff3d6">uncertain</th>' if uncertain is not None else ""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in labels) + extra
     out = [f'<table><tr><th class="l">{html.escape(rows)} ↓ / {html.escape(columns)} →</th>{head}</tr>']
     for i, (name, row) in enumerate(zip(labels, matrix)):
@@ -143,18 +146,21 @@ def _confusion_html(labels: Sequence[str], matrix: Sequence[Sequence[int]], rows
             cells.append(f'<td style="background:rgba(31,119,180,{alpha:.2f});color:{color};{diag}">{v}</td>')
         if abstained is not None:
             cells.append(f'<td style="background:#eee">{abstained[i]}</td>')
+        if uncertain is not None:
+            cells.append(f'<td style="background:#fff3d6">{uncertain[i]}</td>')
         out.append(f'<tr><th class="l">{html.escape(name)}</th>{"".join(cells)}</tr>')
     out.append("</table>")
     return "".join(out)
 
 
 def _confusion_md(labels: Sequence[str], matrix: Sequence[Sequence[int]], rows: str, columns: str,
-                  abstained: Sequence[int] | None = None, abstained_as: str = "") -> str:
-    extra = [abstained_as] if abstained is not None else []
+                  abstained: Sequence[int] | None = None, abstained_as: str = "", uncertain: Sequence[int] | None = None) -> str:
+    extra = ([abstained_as] if abstained is not None else []) + (["uncertain"] if uncertain is not None else [])
     lines = [f"| {rows} ↓ / {columns} → | " + " | ".join([*labels, *extra]) + " |", "|---" * (len(labels) + len(extra) + 1) + "|"]
     for i, (name, row) in enumerate(zip(labels, matrix)):
         cells = [f"**{v}**" if labels[j] == name else str(v) for j, v in enumerate(row)]
         cells += [str(abstained[i])] if abstained is not None else []
+        cells += [str(uncertain[i])] if uncertain is not None else []
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -163,17 +169,22 @@ def verdict_counts(v: dict[str, Any]) -> str:
     """``11 judged, 2 not_applicable (15.4% abstained)``: of the ``n`` rows with a human verdict,
     how many the agreement is over and how many medzero abstained on."""
     judged, abstained, rate = v.get("n_judged", v["n"]), v.get("n_abstained", 0), v.get("abstention_rate")
+    unsure = (f", {v['n_uncertain']} uncertain ({v['uncertain_rate'] * 100:.1f}%: in scope, not sure)"
+              if v.get("n_uncertain") else "")
     return (f"{judged} judged, {abstained} {v.get('abstained_as', 'not_applicable')}"
-            f" ({'–' if rate is None else f'{rate * 100:.1f}%'} abstained)")
+            f" ({'–' if rate is None else f'{rate * 100:.1f}%'} abstained: out of scope){unsure}")
 
 
 def verdict_confusion(v: dict[str, Any]) -> tuple[list[str], list[list[int]]]:
     """The verdict confusion matrix's columns and rows as printed: medzero's verdicts, then its abstentions."""
     labels, matrix = list(v["labels"]), [list(row) for row in v["confusion"]["matrix"]]
     abstained = v["confusion"].get("abstained")
-    if abstained is None:
-        return labels, matrix
-    return [*labels, v.get("abstained_as", "not_applicable")], [[*row, a] for row, a in zip(matrix, abstained)]
+    if abstained is not None:
+        labels, matrix = [*labels, v.get("abstained_as", "not_applicable")], [[*row, a] for row, a in zip(matrix, abstained)]
+    unsure = v["confusion"].get("uncertain")
+    if unsure is not None:
+        labels, matrix = [*labels, "uncertain"], [[*row, a] for row, a in zip(matrix, unsure)]
+    return labels, matrix
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -193,6 +204,42 @@ def summary_rows(data: dict[str, Any]) -> list[list[str]]:
             _f(t["sensitivity"]), _f(t["specificity"]), _f(t["ppv"]), _f(b["brier"]), _f(b["ece"]),
         ])
     return rows
+
+
+PROBABILITY_COLUMNS = ["label", "map", "n", "ECE raw", "ECE calibrated", "Brier raw", "Brier calibrated", "log-loss raw", "log-loss calibrated"]
+CONFORMAL_COLUMNS = ["label", "alpha", "qhat", "n", "coverage", "95% interval", "target", "met", "uncertain rate", "decided wrong"]
+
+
+def probability_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Per label with an overlay probability map: ECE / Brier / log-loss of the raw scores and of the probabilities."""
+    rows = []
+    for lid, b in data["labels"].items():
+        p = b.get("probability")
+        if p:
+            rows.append([lid, p["method"], str(p["n"]), _f(p["before"]["ece"]), _f(p["after"]["ece"]), _f(p["before"]["brier"]),
+                         _f(p["after"]["brier"]), _f(p["before"]["log_loss"]), _f(p["after"]["log_loss"])])
+    return rows
+
+
+def conformal_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Per label with an overlay conformal rule: empirical coverage, its interval, and whether it meets 1 − alpha."""
+    rows = []
+    for lid, b in data["labels"].items():
+        c = b.get("conformal")
+        if c:
+            low, high = c["interval"]
+            rows.append([lid, f"{c['alpha']:g}", _f(c["qhat"]), str(c["n"]), _f(c["coverage"]),
+                         "–" if low is None else f"[{low:.3f}, {high:.3f}]", _f(c["target"]),
+                         "met" if c["met"] else "NOT MET", _f(c["uncertain_rate"]), str(c["decided_wrong"])])
+    return rows
+
+
+_PROBABILITY_NOTE = ("Raw: the model's scores; calibrated: the overlay's probabilities, on these rows (optimistic if they are the rows "
+                     "it was fitted on; the overlay records cross-validated figures). ECE over 10 equal-width bins.")
+_CONFORMAL_NOTE = ("Coverage: the share of rows whose true value is in the conformal set (split conformal on the raw score); the "
+                   "interval is the 95% Wilson score interval; met when it reaches the target 1 − alpha. Uncertain: the set held "
+                   "both values (or none), so the label was not decided; that is \"in scope, not sure\", unlike not_applicable "
+                   "(\"input out of scope\").")
 
 
 def _repro_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -257,6 +304,7 @@ def render_html(data: dict[str, Any]) -> str:
         card.append(reliability_svg(b) + "</div>")
         out.append("".join(card))
     out.append("</div>")
+    out += _calibration_html(data)
     mc = data.get("multiclass")
     if mc and mc.get("confusion"):
         out.append(
@@ -279,7 +327,7 @@ def render_html(data: dict[str, Any]) -> str:
             f"<tr><th class=l>Cohen's kappa</th><td>{_f(v['kappa'])}</td></tr>"
             f"<tr><th class=l>linearly weighted kappa</th><td>{_f(v['kappa_linear'])}</td></tr></table>"
             + _confusion_html(v["labels"], v["confusion"]["matrix"], "human", "medzero",
-                              v["confusion"].get("abstained"), v.get("abstained_as", "not_applicable"))
+                              v["confusion"].get("abstained"), v.get("abstained_as", "not_applicable"), v["confusion"].get("uncertain"))
         )
     if data.get("errors"):
         out.append('<h2 class="warn">Rows that could not be classified</h2><table><tr><th>line</th><th class=l>path</th><th class=l>error</th></tr>')
@@ -291,6 +339,31 @@ def render_html(data: dict[str, Any]) -> str:
         out.append(f"<tr><th class=l>{e(key)}</th><td class=l><code>{e(str(value))}</code></td></tr>")
     out.append("</table></body></html>\n")
     return "\n".join(out)
+
+
+def _calibration_html(data: dict[str, Any]) -> list[str]:
+    """The calibrated-probability and conformal sections (empty without an overlay of format 2)."""
+    e = html.escape
+    out = []
+
+    def table(columns, rows, flag=None):
+        head = "".join(f"<th{' class=l' if i == 0 else ''}>{e(c)}</th>" for i, c in enumerate(columns))
+        body = "".join("<tr>" + "".join(f'<td{" class=l" if i == 0 else ""}{" class=warn" if flag is not None and i == flag and v != "met" else ""}>{e(v)}</td>'
+                                        for i, v in enumerate(r)) + "</tr>" for r in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    prob = probability_rows(data)
+    if prob:
+        out.append(f"<h2>Calibrated probabilities</h2><p>{e(_PROBABILITY_NOTE)}</p>" + table(PROBABILITY_COLUMNS, prob))
+        out.append('<div class="cards">')
+        for lid, b in data["labels"].items():
+            if b.get("probability"):
+                out.append(f'<div class="card"><h3>{e(lid)}: calibrated</h3>{reliability_svg(b["probability"])}</div>')
+        out.append("</div>")
+    conf = conformal_rows(data)
+    if conf:
+        out.append(f"<h2>Conformal abstention</h2><p>{e(_CONFORMAL_NOTE)}</p>" + table(CONFORMAL_COLUMNS, conf, flag=7))
+    return out
 
 
 # -- Markdown ----------------------------------------------------------------------------------
@@ -321,6 +394,13 @@ def render_markdown(data: dict[str, Any]) -> str:
     out += ["", "## Reliability", ""]
     for lid, b in data["labels"].items():
         out.append(_img(reliability_svg(b, xmlns=True), f"reliability {lid}"))
+    prob, conf = probability_rows(data), conformal_rows(data)
+    if prob:
+        out += ["", "## Calibrated probabilities", "", _PROBABILITY_NOTE, "", "| " + " | ".join(PROBABILITY_COLUMNS) + " |",
+                "|---" * len(PROBABILITY_COLUMNS) + "|", *("| " + " | ".join(r) + " |" for r in prob)]
+    if conf:
+        out += ["", "## Conformal abstention", "", _CONFORMAL_NOTE, "", "| " + " | ".join(CONFORMAL_COLUMNS) + " |",
+                "|---" * len(CONFORMAL_COLUMNS) + "|", *("| " + " | ".join(r) + " |" for r in conf)]
     mc = data.get("multiclass")
     if mc and mc.get("confusion"):
         out += ["", f"## Multiclass ({mc['n']} rows with a known class)", "",
@@ -333,7 +413,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                 f"Agreement and kappa are over the {v.get('n_judged', v['n'])} judged rows.", "",
                 f"agreement {_f(v['agreement'])} · Cohen's kappa {_f(v['kappa'])} · linearly weighted kappa {_f(v['kappa_linear'])}",
                 "", _confusion_md(v["labels"], v["confusion"]["matrix"], "human", "medzero",
-                                  v["confusion"].get("abstained"), v.get("abstained_as", "not_applicable"))]
+                                  v["confusion"].get("abstained"), v.get("abstained_as", "not_applicable"), v["confusion"].get("uncertain"))]
     if data.get("errors"):
         out += ["", "## Rows that could not be classified", "", "| line | path | error |", "|---|---|---|"]
         out += [f"| {err['line']} | {err['path']} | {err['error']} |" for err in data["errors"]]
