@@ -67,6 +67,7 @@ _EXPORTS = {
     "list_tasks": ("medzero.tasks.schema", "list_tasks"),
     "task_from_labels": ("medzero.tasks.schema", "task_from_labels"),
     "Result": ("medzero.core.results", "Result"),
+    "explanation_overlays": ("medzero.image.explain", "overlay_pngs"),  # PNGs of Result.explanations
     "Reason": ("medzero.core.results", "Reason"),
     "Segment": ("medzero.core.results", "Segment"),
     "Hit": ("medzero.core.results", "Hit"),

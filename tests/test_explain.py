@@ -189,3 +189,53 @@ def test_huge_image_is_decoded_bounded_and_the_region_is_in_its_own_frame(tiny_c
     assert (y0, y1) == pytest.approx((0.0, 4000.0)) and x0 == pytest.approx(1000, abs=80) and x1 == pytest.approx(5000, abs=80)
     explanation = Explanation.from_dict("normal chest", result.explanations["normal chest"])
     assert Image.open(BytesIO(overlay_png(Image.open(path), explanation))).size[0] == 1024
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_explain_writes_one_png_per_label_per_image_named_safely(tiny_clip_dir, tiny_clap_dir, chest_png, audio_clips,
+                                                                    tmp_path, capsys):
+    """A folder with an image named after a patient and a recording: three overlay PNGs for the
+    image (valid, the image's size plus the caption), none for the recording (a one-line note),
+    exit 0; no file name carries the input's name."""
+    import shutil
+
+    from PIL import Image
+
+    from medzero.cli import main
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(chest_png, inputs / "Doe_Jane_1951.png")
+    shutil.copy(audio_clips["wav"], inputs / "visit.wav")
+    out = tmp_path / "maps"
+    code = main(["classify", str(inputs), "--labels", ",".join(LABELS), "--image-model", f"local-dir:{tiny_clip_dir}",
+                 "--audio-model", f"local-dir:{tiny_clap_dir}", "--backend", "torch", "--explain", str(out),
+                 "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 3 and not any("Doe" in name or "Jane" in name for name in pngs), pngs
+    listed = json.loads((out / "explanations.json").read_text())
+    assert {item["label"] for item in listed} == set(LABELS) and all(item["method"] == "occlusion" for item in listed)
+    for name in pngs:
+        with Image.open(out / name) as picture:
+            picture.verify()
+        with Image.open(out / name) as picture:
+            assert picture.format == "PNG" and picture.size[0] == 200
+    assert "no heatmap for 1 input(s)" in captured.err and "Traceback" not in captured.err
+    results = json.loads(captured.out)
+    image = next(r for r in results if r["modality"] == "image")
+    assert set(image["explanations"]) == set(LABELS)
+    assert next(r for r in results if r["modality"] == "audio")["explanations"] == {}
+
+
+def test_cli_explain_with_gradient_on_onnx_fails_in_one_line(tiny_clip_dir, chest_png, tmp_path, capsys, isolated_cache):
+    from medzero.cli import main
+
+    code = main(["classify", str(chest_png), "--labels", ",".join(LABELS), "--image-model", f"local-dir:{tiny_clip_dir}",
+                 "--backend", "onnx", "--explain", str(tmp_path / "maps"), "--explain-method", "gradient"])
+    err = capsys.readouterr().err
+    assert code == 1 and "torch backend" in err and "Traceback" not in err
+    assert not list((tmp_path / "maps").glob("*.png"))

@@ -41,11 +41,20 @@ NOT_JUDGED = {"en": "not judged (raw scores: --format json or csv)", "zh": "æœªå
     "--calibration", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
     help="A site calibration overlay written by `medzero calibrate` (its thresholds replace the task's).",
 )
+@click.option(
+    "--explain", "explain_dir", metavar="DIR", type=click.Path(file_okay=False, writable=True),
+    help="Write a heatmap overlay PNG per label per image into DIR (NNNN-label.png, listed in DIR/explanations.json); "
+    "about 50 model passes per image.",
+)
+@click.option(
+    "--explain-method", type=click.Choice(["auto", "occlusion", "gradient"]), default="auto", show_default=True,
+    help="How --explain maps the evidence: occlusion (any backend; auto) or gradient (torch backend only).",
+)
 @dicomweb_options
 @engine_options
 def classify(
     paths, task, prompts_file, labels, template, multilabel, models, device, limits, batch_size, window_s, hop_s, fmt, lang,
-    output, calibration, query, credentials, engine,
+    output, calibration, explain_dir, explain_method, query, credentials, engine,
 ):
     """Classify recordings and images (files or folders, sniffed by content)."""
     from ..classifier import Classifier, expand_sources
@@ -62,6 +71,8 @@ def classify(
         raise fail("Parquet goes to a file: add --output FILE.parquet", 2)
     if calibration and not (task or prompts_file):
         raise fail("--calibration goes with the --task (or --prompts) it was fitted for", 2)
+    if explain_dir and (engine is not None or query or any(is_url(p) for p in paths)):
+        raise fail("--explain draws on files and folders read here (not with --engine ray or PACS sources)", 2)
     paths = apply_dicomweb_options(paths, query, credentials)
     try:
         classifier = Classifier(
@@ -75,9 +86,11 @@ def classify(
             lazy = any(is_url(p) for p in paths)
             sources = list(paths) if lazy else expand_sources(list(paths))
             with progress("classifying", None if lazy else len(sources)) as advance:
-                results = classifier.classify_batch(sources, progress=advance)
+                results = classifier.classify_batch(sources, progress=advance, explain=explain_method if explain_dir else False)
             if not results:
                 raise fail("no audio or image files found in " + ", ".join(paths))
+            if explain_dir:
+                write_overlays(results, sources, explain_dir, lang)
             if fmt == "parquet":
                 from ..distributed import results_table, write_parquet
 
@@ -91,6 +104,48 @@ def classify(
         click.echo(f"medzero: error: {error}" + (f" ({count} files)" if count > 1 else ""), err=True)
     if errors:
         raise click.exceptions.Exit(1)
+
+
+def write_overlays(results, sources, directory: str, lang: str) -> None:
+    """One PNG per label per explained image, ``NNNN-label.png`` (the input's number in the run and
+    the label id made file-safe: never a file name, which may carry a patient's name), and
+    ``explanations.json`` listing which input, label, score and method each file shows."""
+    import os
+
+    from medzero import explanation_overlays
+
+    os.makedirs(directory, exist_ok=True)
+    listed, unexplained = [], 0
+    for number, (result, source) in enumerate(zip(results, sources), 1):
+        if result.error is not None:
+            continue
+        if not result.explanations:
+            unexplained += 1
+            continue
+        try:
+            pictures = explanation_overlays(result, source.data, lang=lang)
+        except MedzeroError as exc:
+            click.echo(f"medzero: error: {result.source}: no overlay ({exc})", err=True)
+            continue
+        used: set[str] = set()
+        for k, (label, png) in enumerate(pictures.items(), 1):
+            name = f"{number:04d}-{_file_part(label)}.png"
+            name = f"{number:04d}-{_file_part(label)}-{k}.png" if name in used else name  # labels alike once made file-safe
+            used.add(name)
+            with open(os.path.join(directory, name), "wb") as fh:
+                fh.write(png)
+            data = result.explanations[label]
+            listed.append({"file": name, "source": result.source, "label": label, "score": data["score"], "method": data["method"]})
+    write_text(json.dumps(listed, ensure_ascii=False, indent=2) + "\n", os.path.join(directory, "explanations.json"))
+    if unexplained:
+        click.echo(f"medzero: note: no heatmap for {unexplained} input(s): heatmaps are drawn for images the task judges", err=True)
+
+
+def _file_part(label: str, limit: int = 60) -> str:
+    """A label id as part of a file name: ASCII letters, digits and ``._-``, never empty or hidden."""
+    import re
+
+    return (re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "label")[:limit]
 
 
 def _classify_on_ray(classifier, paths, engine, output) -> list[str]:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..tasks.scoring import TaskHead
 
 __all__ = [
-    "Explanation", "explain_image", "input_region", "overlay_png", "overlay_image", "safe_name", "METHODS",
+    "Explanation", "explain_image", "input_region", "overlay_png", "overlay_pngs", "overlay_image", "safe_name", "METHODS",
     "DEFAULT_METHOD",
 ]
 
@@ -350,6 +350,28 @@ def overlay_png(image: Any, explanation: Explanation, *, title: str | None = Non
     buffer = io.BytesIO()
     overlay_image(image, explanation, title=title, max_side=max_side).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def overlay_pngs(result: Any, source: Any, *, lang: str = "en", max_side: int = 1024) -> dict[str, bytes]:
+    """A PNG overlay per label of a Result classified with ``explain`` (``{label: png}``, the
+    task's order), drawn on ``source`` (the image it was classified from: a path, bytes, an array
+    or a LoadedImage) read again at most about ``2 × max_side`` pixels a side. Each picture: the
+    image, the map over the pixels the model saw, the label's name and score, the method.
+    An empty dict for a result without explanations."""
+    from .io import LoadedImage, read_image
+
+    explanations = getattr(result, "explanations", None) or {}
+    if not explanations:
+        return {}
+    picture = source if isinstance(source, LoadedImage) else read_image(source, reduce_to=2 * max_side)
+    pil = picture.to_pil()
+    names = getattr(result, "label_names", {}) or {}
+    out = {}
+    for label, data in explanations.items():
+        explanation = Explanation.from_dict(label, data)
+        name = (names.get(label) or {}).get(lang) or label
+        out[label] = overlay_png(pil, explanation, title=f"{name} {explanation.score:.2f}", max_side=max_side)
+    return out
 
 
 def _to_pil(image: Any) -> Any:
