@@ -18,3 +18,4 @@ def test_fixture_gives_empty_database_with_pgvector(pg_url, pg_server):
         assert "password authentication failed" in str(exc)
     else:
         raise AssertionError("a wrong password was accepted")
+

@@ -17,9 +17,72 @@ def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def db_vectors(path, where_sql: str = "1", params=()) -> tuple[np.ndarray, np.ndarray]:
+STORES = ["local", "postgresql"]
+
+
+def is_pg(path) -> bool:
+    return isinstance(path, str) and path.startswith("postgresql://")
+
+
+def new_index_target(request, kind: str, folder):
+    """Where a test's index lives: the folder ``folder``, or a fresh PostgreSQL database."""
+    if kind == "local":
+        return folder
+    server = request.getfixturevalue("pg_server")
+    name = server.create_database()
+    request.addfinalizer(lambda: server.drop_database(name))
+    return server.url(name)
+
+
+@pytest.fixture(params=STORES)
+def target(request, tmp_path):
+    """An empty index location in each store: a folder, or a fresh PostgreSQL database URL."""
+    return new_index_target(request, request.param, tmp_path / "ix")
+
+
+_PG_READ: dict = {}
+
+
+def stored_cases(path) -> list[dict]:
+    """Every stored case read directly, not through medzero: SQLite rows and the vector files of a
+    folder, or the tables of a PostgreSQL index (``id``, ``space``, ``modality``, ``metadata``,
+    ``scores``, ``vector``), in id order."""
+    if is_pg(path):
+        import psycopg
+        from pgvector.psycopg import register_vector
+
+        with psycopg.connect(path) as conn:
+            register_vector(conn)
+            state = (path, *conn.execute("SELECT count(*), max(id), sum(id) FROM cases").fetchone())
+            if _PG_READ.get("state") != state:  # the same cases as last read: reuse them
+                rows = conn.execute("SELECT id, space, modality, metadata, scores, embedding FROM cases ORDER BY id", binary=True).fetchall()
+                _PG_READ.update(state=state, cases=[
+                    dict(id=r[0], space=r[1], modality=r[2], metadata=r[3], scores=r[4], vector=r[5].to_numpy()) for r in rows
+                ])
+        return _PG_READ["cases"]
+    import json
+
+    db = sqlite3.connect(str(path / "cases.sqlite"))
+    rows = db.execute("SELECT id, space, modality, metadata, scores, vector_row FROM cases ORDER BY id").fetchall()
+    dims = dict(db.execute("SELECT space, dim FROM spaces").fetchall())
+    db.close()
+    files = {s: np.fromfile(path / f"vectors-{s}.f32", dtype="<f4") for s in {r[1] for r in rows}}
+    files = {s: v[: len(v) // dims[s] * dims[s]].reshape(-1, dims[s]) for s, v in files.items()}
+    return [
+        dict(id=r[0], space=r[1], modality=r[2], metadata=json.loads(r[3]), scores=json.loads(r[4]) if r[4] else None, vector=files[r[1]][r[5]])
+        for r in rows
+    ]
+
+
+def db_vectors(path, where_sql="1", params=()) -> tuple[np.ndarray, np.ndarray]:
     """Every stored (id, vector) read directly, rows with sqlite3 and vectors with numpy from each
-    space's vector file: the brute-force reference."""
+    space's vector file (or from PostgreSQL): the brute-force reference. ``where_sql``: SQLite
+    SQL (a folder only), or a predicate on a :func:`stored_cases` dict (either store)."""
+    if callable(where_sql) or is_pg(path):
+        assert callable(where_sql) or where_sql == "1", "filter a PostgreSQL index's cases with a predicate"
+        rows = [c for c in stored_cases(path) if where_sql == "1" or where_sql(c)]
+        ids = np.array([c["id"] for c in rows], dtype=np.int64)
+        return ids, (np.stack([c["vector"] for c in rows]) if rows else np.zeros((0, 0), np.float32))
     db = sqlite3.connect(str(path / "cases.sqlite"))
     rows = db.execute(f"SELECT id, space, vector_row FROM cases WHERE {where_sql} ORDER BY id", params).fetchall()
     dims = dict(db.execute("SELECT space, dim FROM spaces").fetchall())
@@ -31,7 +94,7 @@ def db_vectors(path, where_sql: str = "1", params=()) -> tuple[np.ndarray, np.nd
     return ids, vecs
 
 
-def brute(path, query: np.ndarray, k: int, where_sql: str = "1", params=()) -> list[int]:
+def brute(path, query: np.ndarray, k: int, where_sql="1", params=()) -> list[int]:
     ids, vecs = db_vectors(path, where_sql, params)
     q = query / np.linalg.norm(query)
     scores = vecs @ q
@@ -39,7 +102,7 @@ def brute(path, query: np.ndarray, k: int, where_sql: str = "1", params=()) -> l
     return ids[order].tolist()
 
 
-def assert_matches_brute(hits, path, query: np.ndarray, k: int, where_sql: str = "1", params=()) -> None:
+def assert_matches_brute(hits, path, query: np.ndarray, k: int, where_sql="1", params=()) -> None:
     """Same scores as brute force, and the same ids except where two cases tie within float error."""
     ids, vecs = db_vectors(path, where_sql, params)
     scores = vecs @ (query / np.linalg.norm(query))
@@ -61,9 +124,9 @@ def generated_rows(n: int) -> list[dict]:
     ]
 
 
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gen") / "index"
+@pytest.fixture(scope="module", params=STORES)
+def generated(request, tmp_path_factory):
+    path = new_index_target(request, request.param, tmp_path_factory.mktemp("gen") / "index")
     rng = np.random.default_rng(0)
     x = unit(rng, 3000, 32)
     with CaseIndex(path) as index:
@@ -91,28 +154,26 @@ def test_search_matches_brute_force(generated):
 
 
 @pytest.mark.parametrize(
-    "where, sql, params",
+    "where, wanted",
     [
-        ("ViewPosition=PA", "json_extract(metadata, '$.ViewPosition') = ?", ("PA",)),
-        ({"ViewPosition": "PA"}, "json_extract(metadata, '$.ViewPosition') = ?", ("PA",)),
-        ("score.pleural_effusion>0.95", "json_extract(scores, '$.pleural_effusion') > ?", (0.95,)),
+        ("ViewPosition=PA", lambda c: c["metadata"]["ViewPosition"] == "PA"),
+        ({"ViewPosition": "PA"}, lambda c: c["metadata"]["ViewPosition"] == "PA"),
+        ("score.pleural_effusion>0.95", lambda c: c["scores"]["pleural_effusion"] > 0.95),
         (
             ["ViewPosition=AP", "score.pleural_effusion>=0.5, bucket=3"],
-            "json_extract(metadata, '$.ViewPosition') = 'AP' AND json_extract(scores, '$.pleural_effusion') >= 0.5"
-            " AND json_extract(metadata, '$.bucket') = 3",
-            (),
+            lambda c: c["metadata"]["ViewPosition"] == "AP" and c["scores"]["pleural_effusion"] >= 0.5 and c["metadata"]["bucket"] == 3,
         ),
-        ("modality=image, ViewPosition!=PA", "json_extract(metadata, '$.ViewPosition') != 'PA'", ()),
+        ("modality=image, ViewPosition!=PA", lambda c: c["modality"] == "image" and c["metadata"]["ViewPosition"] != "PA"),
     ],
 )
-def test_where_filters_before_ranking(generated, where, sql, params):
+def test_where_filters_before_ranking(generated, where, wanted):
     path, _ = generated
     rng = np.random.default_rng(2)
     with CaseIndex(path, readonly=True) as index:
         for q in unit(rng, 5, 32):
             for k in (1, 3, 10):  # k small with a selective filter still gets k matches
                 hits = index.search_vector(q, k=k, where=where)
-                assert [h.id for h in hits] == brute(path, q, k, sql, params)
+                assert [h.id for h in hits] == brute(path, q, k, wanted)
                 assert len(hits) == k
 
 
@@ -146,10 +207,10 @@ def test_wrong_dimension_is_one_line_error(generated):
             index.add_vectors(np.ones((2, 32), np.float32), modality="image", fingerprint="other@2")
 
 
-def test_duplicates_skipped_and_remove(tmp_path):
+def test_duplicates_skipped_and_remove(target):
     rng = np.random.default_rng(3)
     x = unit(rng, 50, 16)
-    with CaseIndex(tmp_path / "ix") as index:
+    with CaseIndex(target) as index:
         first = index.add_vectors(x[:30], modality="audio", fingerprint="a@1")
         again = index.add_vectors(x, [{"path": f"p{i}"} for i in range(50)], modality="audio")
         assert len(first.added) == 30 and len(again.added) == 20
@@ -160,24 +221,35 @@ def test_duplicates_skipped_and_remove(tmp_path):
         assert len(index) == 48
         hits = index.search_vector(x[0], k=48)
         assert first.added[0] not in {h.id for h in hits} and len(hits) == 48
-    with CaseIndex(tmp_path / "ix") as index:  # the removal is on disk, in both files
+    with CaseIndex(target) as index:  # the removal is stored (on disk: in both files)
         assert len(index) == 48 and index.stats()["spaces"][0]["count"] == 48
-        assert [h.id for h in index.search_vector(x[5], k=5)] == brute(tmp_path / "ix", x[5], 5)
+        assert [h.id for h in index.search_vector(x[5], k=5)] == brute(target, x[5], 5)
 
 
 # -- the approximate index -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def approximate(tmp_path_factory):
-    path = tmp_path_factory.mktemp("approximate") / "index"
+def _approximate_index(path, n: int):
     rng = np.random.default_rng(4)
-    x = unit(rng, 50_000, 64)
+    x = unit(rng, n, 64)
     rows = [{"metadata": {"half": i % 2, "rare": int(i % 1000 == 0)}} for i in range(len(x))]
     with CaseIndex(path, approx_threshold=10_000) as index:
         index.add_vectors(x, rows, modality="image", fingerprint="approx@1", batch_size=25_000)
-        assert index.stats()["spaces"][0]["index_type"].startswith("IDMap2,PQ32x4fs,RFlat")
+        kind = index.stats()["spaces"][0]["index_type"]
+        assert kind.startswith("HNSW") if is_pg(path) else kind.startswith("IDMap2,PQ32x4fs,RFlat")
     return path, x
+
+
+@pytest.fixture(scope="module")
+def approximate(tmp_path_factory):
+    """50,000 vectors in an approximate space of an index folder (FAISS-specific tests use it)."""
+    return _approximate_index(tmp_path_factory.mktemp("approximate") / "index", 50_000)
+
+
+@pytest.fixture(scope="module")
+def approximate_pg(request):
+    """20,000 vectors in an HNSW space of a PostgreSQL index (fewer: building HNSW costs more)."""
+    return _approximate_index(new_index_target(request, "postgresql", None), 20_000)
 
 
 def _recall(index, path, queries, k=10, where=None, sql="1") -> float:
@@ -187,16 +259,17 @@ def _recall(index, path, queries, k=10, where=None, sql="1") -> float:
     return found / (k * len(queries))
 
 
-def test_approximate_recall_and_exact_switch(approximate):
-    path, _ = approximate
+@pytest.mark.parametrize("built", ["approximate", "approximate_pg"])
+def test_approximate_recall_and_exact_switch(request, built):
+    path, _ = request.getfixturevalue(built)
     queries = unit(np.random.default_rng(5), 100, 64)
     with CaseIndex(path, readonly=True) as index:
         assert _recall(index, path, queries) >= 0.95
         for q in queries[:10]:
             assert [h.id for h in index.search_vector(q, k=10, exact=True)] == brute(path, q, 10)
         # A wide filter over-fetches and drops what it excludes; a narrow one is searched exactly.
-        assert _recall(index, path, queries[:40], where="half=1", sql="json_extract(metadata, '$.half') = 1") >= 0.95
-        assert _recall(index, path, queries[:10], where="rare=1", sql="json_extract(metadata, '$.rare') = 1") == 1.0
+        assert _recall(index, path, queries[:40], where="half=1", sql=lambda c: c["metadata"]["half"] == 1) >= 0.95
+        assert _recall(index, path, queries[:10], where="rare=1", sql=lambda c: c["metadata"]["rare"] == 1) == 1.0
 
 
 def test_remove_from_approximate_index_keeps_tombstones_out_of_results(approximate, tmp_path, caplog):
@@ -225,9 +298,9 @@ def test_remove_from_approximate_index_keeps_tombstones_out_of_results(approxima
 # -- real files, tiny models -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory, tiny_clap_dir, tiny_clip_dir, audio_clips, dicom_files, image_files):
-    path = tmp_path_factory.mktemp("real") / "index"
+@pytest.fixture(scope="module", params=STORES)
+def real(request, tmp_path_factory, tiny_clap_dir, tiny_clip_dir, audio_clips, dicom_files, image_files):
+    path = new_index_target(request, request.param, tmp_path_factory.mktemp("real") / "index")
     audio = [audio_clips[n] for n in ("speech", "noisy_0db", "telephone", "clipped", "noise", "flac")]
     images = [dicom_files[n] for n in ("phi", "mono2", "ct", "rgb", "multiframe")] + [
         image_files[n] for n in ("gray8.png", "rgb.png", "photo.jpg")
@@ -255,7 +328,7 @@ def test_text_query_matches_brute_force_per_space(real):
     for modality, text in (("audio", "speech with a crying child in the background"), ("image", "left pleural effusion")):
         q = index.encoder(modality).embed_text([text])[0]
         hits = index.search_text(text, k=4, modality=modality)
-        assert_matches_brute(hits, path, q, 4, "modality = ?", (modality,))
+        assert_matches_brute(hits, path, q, 4, lambda c, m=modality: c["modality"] == m)
         assert all(h.modality == modality for h in hits)
     # Over both spaces the per-space lists interleave by rank.
     both = index.search_text("a person speaking", k=6)
@@ -271,7 +344,7 @@ def test_example_query_finds_itself(real):
         modality = hits[0].modality
         assert all(h.modality == modality for h in hits)
         q = index.encoder(modality).embed([_load(example, index, modality)])[0]
-        assert_matches_brute(hits, path, q, 3, "modality = ?", (modality,))
+        assert_matches_brute(hits, path, q, 3, lambda c, m=modality: c["modality"] == m)
     hits = index.search_example(images[1].read_bytes(), k=1)  # bytes work too
     assert hits[0].path == str(images[1])
 

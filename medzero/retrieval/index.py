@@ -60,17 +60,17 @@ from ..core.ingest import Pipeline, iter_expand
 from ..core.modality import modality_names
 from ..core.results import Hit
 from ..core.vectors import l2_normalise
+from .backend import CaseStore, is_url, open_store
 from .ingest import AddReport, CaseIngest, check_source
-from .locking import WriteLock
-from .spaces import Space, SpaceSet, space_key
-from .store import Store, parse_where
+from .location import StoreLocation
+from .spaces import space_key
+from .store import SpaceRow, parse_where
 from .writer import IndexWriter
 
 __all__ = ["CaseIndex", "AddReport", "IndexWriter", "space_key"]
 
 _logger = logging.getLogger(__name__)
 
-DB_NAME = "cases.sqlite"
 Where = "str | Sequence[str] | Mapping[str, Any] | None"
 
 
@@ -78,7 +78,11 @@ class CaseIndex:
     """A directory of cases searchable by text or example.
 
     Args:
-        path: the index directory (created on first write).
+        path: the index directory (created on first write), or a PostgreSQL URL
+            (``postgresql://user@host/db``: the store of :mod:`medzero.retrieval.pg`, which many
+            processes may write at once; needs ``medzero[postgres]``).
+        store: where the cases live when ``path`` does not say: ``"local"`` (the default, the
+            folder ``path``) or a PostgreSQL URL (``path`` is then ignored and may be ``None``).
         audio_model, image_model: the encoder for each modality. ``None``: the model the index was
             built with (remembered per space), else the default model.
         models: the same for any modality, ``{modality: reference}``.
@@ -93,8 +97,9 @@ class CaseIndex:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: "str | os.PathLike | None" = None,
         *,
+        store: str | None = None,
         audio_model: str | None = None,
         image_model: str | None = None,
         models: Mapping[str, str | None] | None = None,
@@ -104,31 +109,32 @@ class CaseIndex:
         approx_threshold: int = 100_000,
         checkpoint_s: float = 60.0,
     ):
-        self.path = Path(path)
         self.readonly = readonly
         self.device = device
         self.backend = _backends.checked(backend, device)
         self._models = {"audio": audio_model, "image": image_model, **{k: v for k, v in dict(models or {}).items() if v}}
         self._encoders: dict[str, Any] = {}
-        self._store: Store | None = None
-        if readonly and not (self.path / DB_NAME).exists():
-            raise CaseIndexError(f"{self.path} is not a case index (no {DB_NAME}); add cases to it first")
-        if not readonly:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise CaseIndexError(f"cannot create the index directory {self.path}: {exc.strerror}") from None
-        self._lock = WriteLock(self.path)
-        self._store = Store(str(self.path / DB_NAME), readonly=readonly)
-        self._spaces = SpaceSet(
-            self.path, self._store, self._lock, readonly=readonly, approx_threshold=approx_threshold, checkpoint_s=checkpoint_s
-        )
-        self._ingest = CaseIngest(self._spaces, self.encoder, self._model_ref)
-        self._spaces.sync(opening=True)
+        self._backend: CaseStore | None = None
+        target = _target(path, store)
+        options: dict[str, Any] = {"readonly": readonly, "approx_threshold": approx_threshold}
+        if not is_url(target):
+            options["checkpoint_s"] = checkpoint_s
+        self._backend = open_store(target, options)
+        #: The index folder, or the database URL with any password redacted.
+        self.path = getattr(self._backend, "path", None) or self._backend.name
+        #: Where the index lives, for another process to open it (a Ray actor); prints as ``path``.
+        self.location = StoreLocation.of(target, str(self.path))
+        self._spaces = getattr(self._backend, "spaces", None)  # the local store's consistency core (benchmarks read it)
+        self._ingest = CaseIngest(self._backend, self.encoder, self._model_ref)
 
     @property
     def approx_threshold(self) -> int:
-        return self._spaces.approx_threshold
+        return self._backend.approx_threshold
+
+    @property
+    def store(self) -> str:
+        """``"local"`` (an index folder) or ``"postgresql"``."""
+        return "local" if hasattr(self._backend, "path") else "postgresql"
 
     # -- context -----------------------------------------------------------------------------------
     def __enter__(self) -> "CaseIndex":
@@ -138,23 +144,13 @@ class CaseIndex:
         self.close()
 
     def close(self) -> None:
-        if self._store is None:
-            return
-        if self._spaces.dirty and not self.readonly:
-            try:
-                with self._writing():  # catches up with any other writer first, so we save committed state
-                    self._spaces.save(force=True, tail_ok=True)
-            except CaseIndexError:
-                pass  # another writer holds the lock and will save; the database has everything
-        self._store.close()
-        self._store = None
-        self._lock.release()
+        if self._backend is not None:
+            self._backend.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
-            if self._store is not None:
-                self._store.close()
-            self._lock.release()
+            if self._backend is not None:
+                getattr(self._backend, "abandon", self._backend.close)()
         except Exception:
             pass
 
@@ -162,23 +158,19 @@ class CaseIndex:
         return self._db().count()
 
     def __repr__(self) -> str:
-        return f"CaseIndex({str(self.path)!r}, spaces={len(self._spaces.spaces)})"
+        spaces = len(self._backend.space_rows()) if self._backend is not None else 0
+        return f"CaseIndex({str(self.path)!r}, spaces={spaces})"
 
-    def _db(self) -> Store:
-        if self._store is None:
+    def _db(self) -> CaseStore:
+        if self._backend is None:
             raise CaseIndexError(f"index {self.path} is closed")
-        return self._store
+        return self._backend
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """Hold the write lock for one operation; the outermost hold first clears temporaries a
-        killed writer left and follows other writers' commits."""
-        if self.readonly:
-            raise CaseIndexError(f"index {self.path} is open read-only")
-        with self._lock.hold() as outermost:
-            if outermost:
-                self._spaces.remove_stale_temporaries()
-                self._refresh()
+        """Hold what one write operation needs (the local store's write lock; a database's
+        transactions need nothing held between them)."""
+        with self._db().writing():
             yield
 
     @contextmanager
@@ -188,23 +180,22 @@ class CaseIndex:
         commits here. A second writer, in this process or another, gets the one-line
         :class:`CaseIndexError` naming the holder; a read-only index refuses."""
         with self._writing():
-            writer = IndexWriter(self._spaces, self._model_ref, self._encoders)
+            writer = IndexWriter(self._db(), self._model_ref, self._encoders)
             try:
                 yield writer
             finally:
                 writer.close()
 
     def _refresh(self) -> None:
-        self._db()
-        self._spaces.refresh()
+        self._db().refresh()
 
     # -- models ----------------------------------------------------------------------------------------
     def _model_ref(self, modality: str) -> str | None:
         if self._models.get(modality) is not None:
             return self._models[modality]
-        space = self._spaces.for_modality(modality)
+        space = self._db().for_modality(modality)
         if space is not None:
-            return space.row.model_ref
+            return space.model_ref
         try:
             return _encoders.default_model(modality)
         except MedzeroError:
@@ -214,7 +205,7 @@ class CaseIndex:
         """The encoder this session uses for ``modality``; raises when it is not the index's model."""
         if modality not in self._encoders:
             encoder = _encoders.create(self._model_ref(modality), modality=modality, device=self.device, backend=self.backend)
-            self._spaces.check_fingerprint(modality, encoder.fingerprint)
+            self._db().check_fingerprint(modality, encoder.fingerprint)
             self._encoders[modality] = encoder
         return self._encoders[modality]
 
@@ -245,7 +236,7 @@ class CaseIndex:
         sources = iter_expand(sources, absolute=True)
         with self._writing():
             report = self._ingest.add(sources, task, batch_size=max(1, int(batch_size)), progress=progress)
-            self._spaces.save(force=True, tail_ok=True)
+            self._db().save(force=True, tail_ok=True)
         return report
 
     def add_vectors(
@@ -274,13 +265,14 @@ class CaseIndex:
         if rows is not None and len(rows) != len(vectors):
             raise CaseIndexError(f"{len(vectors)} vectors but {len(rows)} rows")
         report = AddReport()
+        store = self._db()
         with self._writing():
-            existing = self._spaces.for_modality(modality)
+            existing = store.for_modality(modality)
             if fingerprint is None:
                 if existing is None:
                     raise CaseIndexError(f"index {self.path} has no {modality} space yet; give the vectors' encoder fingerprint")
-                fingerprint = existing.row.fingerprint
-            space_row = self._spaces.row_for(modality, fingerprint, vectors.shape[1], model_ref)
+                fingerprint = existing.fingerprint
+            space_row = store.row_for(modality, fingerprint, vectors.shape[1], model_ref)
             batch_size = max(1, int(batch_size))
             buffer = np.empty((min(batch_size, len(vectors)), vectors.shape[1]), dtype=np.float32)  # reused: fresh pages cost
             for start in range(0, len(vectors), batch_size):
@@ -290,7 +282,7 @@ class CaseIndex:
                     raise CaseIndexError(f"vectors {start}..{start + batch_size - 1} include a zero or non-finite vector") from None
                 fields = [rows[start + j] for j in range(len(chunk))] if rows is not None else [{}] * len(chunk)
                 shas = [str(f.get("sha256") or hashlib.sha256(v).hexdigest()) for f, v in zip(fields, chunk)]
-                known = self._spaces.known_sha(space_row.space, shas)
+                known = store.known_sha(space_row.space, shas)
                 batch, keep = [], []
                 for j, (f, sha) in enumerate(zip(fields, shas)):
                     path = str(f.get("path") or f"vector:{start + j}")
@@ -305,10 +297,10 @@ class CaseIndex:
                     batch.append((space_row, case))
                 if batch:
                     vectors_kept = chunk if len(keep) == len(chunk) else chunk[keep]
-                    report.added.extend(self._spaces.insert(batch, vectors=vectors_kept))
+                    report.record(batch, store.insert(batch, vectors=vectors_kept))
                 if progress is not None:
                     progress(len(chunk))
-            self._spaces.save(force=True, tail_ok=True)
+            store.save(force=True, tail_ok=True)
         return report
 
     # -- removing ------------------------------------------------------------------------------------------
@@ -319,7 +311,7 @@ class CaseIndex:
         with self._writing():
             found = self._db().resolve(ids_or_paths)
             if found:
-                self._spaces.delete(found)
+                self._db().delete(found)
         return [i for i, _ in found]
 
     # -- searching ------------------------------------------------------------------------------------------
@@ -342,7 +334,7 @@ class CaseIndex:
             raise BadInputError("the query text is empty")
         modality, conditions = self._query(modality, where)
         spaces = self._spaces_of(modality)
-        per_space = [(s, l2_normalise(self.encoder(s.row.modality).embed_text([text]), strict=True)) for s in spaces]
+        per_space = [(s, l2_normalise(self.encoder(s.modality).embed_text([text]), strict=True)) for s in spaces]
         return self._search(per_space, k, conditions, exact)
 
     def search_example(self, source: Any, k: int = 5, *, modality: str | None = None, where: Where = None, exact: bool = False) -> list[Hit]:
@@ -356,7 +348,7 @@ class CaseIndex:
         modality, conditions = self._query(modality, where)
         if modality is not None and example.modality != modality:
             raise BadInputError(f"{example.name} is {'an image' if example.modality == 'image' else example.modality}, not {modality}")
-        space = self._spaces.for_modality(example.modality)
+        space = self._db().for_modality(example.modality)
         encoder = self.encoder(example.modality)
         prepared = Pipeline(lambda _m: encoder).prepare(example)
         if prepared.error is not None:
@@ -378,10 +370,10 @@ class CaseIndex:
         if not spaces:
             return []
         space = spaces[0]
-        if vector.shape[1] != space.row.dim:
+        if vector.shape[1] != space.dim:
             raise CaseIndexError(
-                f"the query vector has {vector.shape[1]} dimensions; the {space.row.modality} space of {self.path} "
-                f"({space.row.fingerprint}) holds {space.row.dim}-dimensional vectors"
+                f"the query vector has {vector.shape[1]} dimensions; the {space.modality} space of {self.path} "
+                f"({space.fingerprint}) holds {space.dim}-dimensional vectors"
             )
         try:
             query = l2_normalise(vector, strict=True)
@@ -399,33 +391,46 @@ class CaseIndex:
                 modality = str(value[1] if isinstance(value, tuple) else value)
         return modality, conditions
 
-    def _spaces_of(self, modality: str | None) -> list[Space]:
-        return [s for s in self._spaces.spaces.values() if modality in (None, s.row.modality)]
+    def _spaces_of(self, modality: str | None) -> list[SpaceRow]:
+        return [s for s in self._db().space_rows() if modality in (None, s.modality)]
 
-    def _search(self, per_space: list[tuple[Space, np.ndarray]], k: int, conditions: list, exact: bool) -> list[Hit]:
+    def _search(self, per_space: list[tuple[SpaceRow, np.ndarray]], k: int, conditions: list, exact: bool) -> list[Hit]:
         if k <= 0:
             return []
-        results = [self._spaces.search(space, vector, k, conditions, exact) for space, vector in per_space]
+        results = [self._db().search(space, vector, k, conditions, exact) for space, vector in per_space]
         return _interleave([r for r in results if r], k)
 
     # -- information --------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Per space: fingerprint, modality, dim, count, index type, FAISS file size; and totals."""
-        self._refresh()
-        spaces = self._spaces.stats()
-        db_bytes = sum(p.stat().st_size for p in self.path.glob(DB_NAME + "*") if p.is_file())
-        return {
-            "path": str(self.path),
-            "cases": self._db().count(),
-            "spaces": spaces,
-            "database_bytes": db_bytes,
-            "faiss_bytes": sum(s["file_bytes"] for s in spaces),
-            "approx_threshold": self.approx_threshold,
-        }
+        """Per space: fingerprint, modality, dim, count, index type and sizes; and totals.
+        ``path`` is the folder, or the database URL with any password redacted."""
+        return self._db().stats()
+
+    # -- copying ------------------------------------------------------------------------------------------------
+    def copy_to(self, dst: "str | os.PathLike | CaseIndex", *, batch_size: int = 2000, progress: Callable[[int], None] | None = None) -> AddReport:
+        """Copy every case of this index to ``dst`` (a folder, a PostgreSQL URL or an open
+        :class:`CaseIndex`): vectors and rows as they are (nothing is embedded again), each space
+        with its model fingerprint, one transaction per batch. Cases ``dst`` already holds are
+        skipped as duplicates, so a copy that was stopped is finished by running it again. The
+        copies get ``dst``'s own ids. See :func:`medzero.retrieval.copying.copy_index`."""
+        from .copying import copy_index
+
+        return copy_index(self, dst, batch_size=batch_size, progress=progress)
 
 
 #: The optional fields of a row given to :meth:`CaseIndex.add_vectors` that a case stores.
 _CASE_FIELDS = ("metadata", "task", "scores", "duration_s", "width", "height")
+
+
+def _target(path: "str | os.PathLike | None", store: str | None) -> "str | os.PathLike":
+    """What to open: a URL given as ``store`` or as ``path``, else the folder ``path``."""
+    if store is not None and str(store).strip().lower() not in ("", "local"):
+        if not is_url(store):
+            raise CaseIndexError(f"store must be 'local' or a postgresql:// URL, not {str(store).split('://')[0]!r}")
+        return str(store)
+    if path is None:
+        raise CaseIndexError("give the index folder, or a postgresql:// URL as path or store=")
+    return path if is_url(path) else Path(path)
 
 
 def _normalised(vectors: np.ndarray, buffer: np.ndarray, step: int = 4096) -> np.ndarray:

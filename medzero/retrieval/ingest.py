@@ -13,7 +13,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -23,8 +23,11 @@ from ..core.modality import get_modality
 from ..tasks.schema import Task, load_task
 from ..tasks.scoring import TaskHead, build_head
 from ..core.vectors import l2_normalise
-from .spaces import SpaceSet, space_key
+from .spaces import space_key
 from .store import SpaceRow
+
+if TYPE_CHECKING:
+    from .backend import CaseStore
 
 __all__ = ["AddReport", "CaseIngest"]
 
@@ -38,6 +41,15 @@ class AddReport:
     added: list[int] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def record(self, rows: "list[tuple[SpaceRow, dict[str, Any]]]", ids: "list[int | None]") -> None:
+        """Note what one insert did: per row its new id, or ``None`` when the store refused it as
+        content another writer committed to the space meanwhile (then it is a duplicate)."""
+        for (_, case), case_id in zip(rows, ids):
+            if case_id is None:
+                self.duplicates.append(str(case["path"]))
+            else:
+                self.added.append(case_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {"added": self.added, "duplicates": self.duplicates, "errors": [{"path": p, "error": e} for p, e in self.errors]}
@@ -55,7 +67,7 @@ class CaseIngest:
     """Turns batches of sources into committed cases (call with the index's write lock held).
 
     Args:
-        spaces: the consistency core the rows go to.
+        spaces: the store the rows go to (:class:`~.backend.CaseStore`: local or PostgreSQL).
         encoder: ``encoder(modality)``, the index's encoder for a modality (fingerprint-checked).
         model_ref: ``model_ref(modality)``, the model reference a new space remembers.
         workers: threads that read, hash and decode.
@@ -63,7 +75,7 @@ class CaseIngest:
 
     def __init__(
         self,
-        spaces: SpaceSet,
+        spaces: "CaseStore",
         encoder: Callable[[str], Any],
         model_ref: Callable[[str], str | None],
         *,
@@ -183,7 +195,7 @@ class CaseIngest:
                     )
                 )
         if rows:
-            report.added.extend(self.spaces.insert(rows))
+            report.record(rows, self.spaces.insert(rows))
 
 
 def check_source(source: Any) -> Source:

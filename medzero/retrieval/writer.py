@@ -7,6 +7,8 @@ true until the engine commits. Commits take the path :meth:`CaseIndex.add` takes
 (:meth:`SpaceSet.insert <medzero.retrieval.spaces.SpaceSet.insert>`): vector files written and
 fsynced, one SQLite transaction, then FAISS. The ray engine's driver is its user
 (``medzero/distributed/_index.py``); nothing outside this package reads the index's internals.
+Over a PostgreSQL index (:mod:`.pg`) no lock is held: other processes may commit meanwhile, and
+the database's ``UNIQUE (space, sha256)`` keeps them from duplicating a case.
 
     with index.writer() as writer:
         row = writer.space_row("image", encoder.fingerprint, encoder.dim, writer.model_ref("image"))
@@ -16,13 +18,16 @@ fsynced, one SQLite transaction, then FAISS. The ray engine's driver is its user
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..core.errors import CaseIndexError
-from .spaces import SpaceSet, space_key
+from .spaces import space_key
 from .store import SpaceRow
+
+if TYPE_CHECKING:
+    from .backend import CaseStore
 
 __all__ = ["IndexWriter"]
 
@@ -30,7 +35,7 @@ __all__ = ["IndexWriter"]
 class IndexWriter:
     """Commits to one case index while its write lock is held (valid inside ``with index.writer()`` only)."""
 
-    def __init__(self, spaces: SpaceSet, model_ref: Callable[[str], str | None], encoders: Mapping[str, Any]):
+    def __init__(self, spaces: "CaseStore", model_ref: Callable[[str], str | None], encoders: Mapping[str, Any]):
         self._spaces = spaces
         self._model_ref = model_ref
         self._encoders = encoders
@@ -38,7 +43,7 @@ class IndexWriter:
 
     def _check(self) -> SpaceSet:
         if not self._open:
-            raise CaseIndexError(f"the writer of index {self._spaces.directory} was used after its with block ended")
+            raise CaseIndexError(f"the writer of index {self._spaces.name} was used after its with block ended")
         return self._spaces
 
     def close(self) -> None:
@@ -75,7 +80,7 @@ class IndexWriter:
         index holds are skipped before they are decoded. Keys a caller gave :meth:`CaseIndex.add_vectors`
         that are not a sha256 are left out (no file hashes to them)."""
         found = []
-        for sha in self._check().store.shas(space_key(fingerprint)):
+        for sha in self._check().shas(space_key(fingerprint)):
             try:
                 found.append(bytes.fromhex(sha))
             except ValueError:
@@ -97,8 +102,10 @@ class IndexWriter:
         dimension), and optionally ``metadata``, ``task``, ``scores``, ``duration_s``, ``width``
         and ``height``. Vector files are written and fsynced first, then the database commits,
         then the vectors join the FAISS indexes (saved at the index's checkpoints), so a process
-        killed at any point leaves an index that opens consistent."""
-        return self._check().insert(cases)
+        killed at any point leaves an index that opens consistent. In a PostgreSQL index, where
+        many processes write at once, a case whose content another writer committed to the space
+        after :meth:`known_sha256` answered is refused by the database and left out of the ids."""
+        return [i for i in self._check().insert(cases) if i is not None]
 
     def save(self) -> None:
         """Write every FAISS file that lags the database now (what an add does when it ends), so the
