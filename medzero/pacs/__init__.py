@@ -8,6 +8,8 @@
   structured report back.
 - :mod:`medzero.pacs.sr`: :func:`build_sr`, a TID 1500 Comprehensive 3D SR of the results that
   says it is a research result.
+- :mod:`medzero.pacs.sc`: :func:`build_sc`, a label's heatmap overlay as a Secondary Capture of the
+  study ("not for diagnosis" burned in), for viewers that cannot show an SR.
 
 Needs the ``pacs`` extra (dicomweb-client, pynetdicom, highdicom): ``pip install 'medzero[pacs]'``.
 Names load lazily, so ``import medzero.pacs`` is cheap and a missing extra fails with one line on use.
@@ -27,6 +29,7 @@ __all__ = [
     "Credentials",
     "build_sr",
     "send_sr",
+    "build_sc",
     "Listener",
     "listen",
     "require_pacs",
@@ -51,6 +54,7 @@ _EXPORTS = {
     "Credentials": "medzero.pacs.dicomweb",
     "build_sr": "medzero.pacs.sr",
     "send_sr": "medzero.pacs.sr",
+    "build_sc": "medzero.pacs.sc",
     "Listener": "medzero.pacs.scp",
     "listen": "medzero.pacs.scp",
 }

@@ -82,8 +82,12 @@ def apply_dicomweb_options(paths, query: str | None, credentials: str | None) ->
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--backend", type=click.Choice(backends.BACKENDS), envvar=backends.ENV, help=backends.OPTION_HELP)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--explain", is_flag=True,
+    help="With --send-to: also send, per image, Secondary Captures of the top 3 labels' heatmaps (about 50 model passes an image).",
+)
 @click.option("--study-idle", "study_idle_s", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Report a study after this many seconds without a new image, even if its association stays open.")
-def listen_command(ae_title, port, host, task, allow, send_to, credentials, index, results_db, image_model, device, backend, batch_size, study_idle_s):
+def listen_command(ae_title, port, host, task, allow, send_to, credentials, index, results_db, image_model, device, backend, batch_size, explain, study_idle_s):
     """Receive images by DICOM C-STORE, triage each one, and optionally send an SR back (a research tool)."""
     from .scp import Listener
 
@@ -94,7 +98,7 @@ def listen_command(ae_title, port, host, task, allow, send_to, credentials, inde
         listener = Listener(
             ae_title, port, task, host=host, image_model=image_model, device=device, batch_size=batch_size,
             allow=allowed, index=index, send_to=send_to, credentials=credentials, results_db=results_db,
-            study_idle_s=study_idle_s,
+            study_idle_s=study_idle_s, explain=explain,
         )
     except MedzeroError as exc:
         click.echo(f"medzero: error: {exc}", err=True)

@@ -10,6 +10,7 @@
                                  ├─► CaseIndex.add (optional)
                                  └─► per study, when its association ends (or it has been idle):
                                      build_sr ──C-STORE / STOW-RS──► the destination (optional)
+                                     build_sc (explain: heatmap Secondary Captures) ──► the same
 
 The handler only parses and checks a dataset (it must decode as DICOM, carry well-formed UIDs, an
 image's native pixel data must be as long as its header says, and each compressed frame must be
@@ -108,6 +109,7 @@ class _Group:
 
     calling_ae: str
     items: list = field(default_factory=list)  # (row id, Result, Dataset)
+    pictures: dict = field(default_factory=dict)  # SOP Instance UID -> {label: overlay PNG} (explain)
     last: float = field(default_factory=time.monotonic)
 
 
@@ -128,6 +130,8 @@ class Listener:
         results_db: the SQLite file of PHI-safe results (``None``: none kept).
         study_idle_s: an open association's study is reported after this long without a new image.
         queue_size: images waiting for the model before C-STORE answers 0xA700.
+        explain: with ``send_to``, also send heatmap Secondary Captures (:mod:`medzero.pacs.sc`) of
+            each image's top 3 labels, in one new series per study, after the SR.
     """
 
     def __init__(
@@ -147,6 +151,7 @@ class Listener:
         results_db: "str | os.PathLike | None" = "medzero-results.sqlite",
         study_idle_s: float = 30.0,
         queue_size: int = 64,
+        explain: bool = False,
     ):
         require_pacs("pynetdicom", "highdicom")
         if not ae_title or len(ae_title) > 16:
@@ -168,6 +173,7 @@ class Listener:
         self.credentials = credentials
         self.results_db = os.fspath(results_db) if results_db is not None else None
         self.study_idle_s = float(study_idle_s)
+        self.explain = bool(explain) and self.destination is not None  # pictures only where they are sent
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(queue_size)))
         self._groups: "OrderedDict[tuple[int, str], _Group]" = OrderedDict()
         self._open_assocs: set[int] = set()
@@ -444,12 +450,13 @@ class Listener:
         self._flush_idle()
 
     def _classify(self, received: list[_Received]) -> None:
-        results = self._classifier.classify_batch([_named(item) for item in received])
+        results = self._classifier.classify_batch([_named(item) for item in received], explain=self.explain)
         if self._index is not None:
             self._add_to_index([item for item, result in zip(received, results) if result.error is None])
         for item, result in zip(received, results):
             ds = item.dataset
             row = self._record(item, result)
+            pictures = self._pictures(item, result)
             item.data = b""
             if result.error is not None:
                 uid, error = str(ds.SOPInstanceUID), one_line(result.error, 240)
@@ -458,8 +465,44 @@ class Listener:
             key = (item.key, str(ds.StudyInstanceUID))
             group = self._groups.setdefault(key, _Group(item.calling_ae))
             group.items.append((row, result, ds))
+            if pictures:
+                group.pictures[str(ds.SOPInstanceUID)] = pictures
             group.last = time.monotonic()
             self._groups.move_to_end(key)
+
+    def _pictures(self, item: _Received, result) -> dict[str, bytes]:
+        """The overlay PNGs of an explained image, drawn while its pixels are still here."""
+        if not self.explain or result.error is not None or not result.explanations:
+            return {}
+        from ..image.explain import overlay_pngs
+
+        try:
+            return overlay_pngs(result, _named(item))
+        except MedzeroError as exc:
+            _logger.error("no heatmap pictures for %s: %s", item.dataset.SOPInstanceUID, one_line(exc, 200))
+            return {}
+
+    def _send_pictures(self, study: str, group: _Group) -> None:
+        """Secondary Captures of each image's top labels' overlays, one new series per study, sent
+        where the SR went; a failure is one log line (the SR is already sent)."""
+        from pydicom.uid import generate_uid
+
+        from .sc import build_sc, sc_items
+        from .sr import send_sr
+
+        series, number, sent = generate_uid(), 0, 0
+        for _, result, ds in group.items:
+            for label, png in sc_items(result, group.pictures.get(str(ds.SOPInstanceUID), {})):
+                number += 1
+                try:
+                    sc = build_sc(png, ds, label=label, method=result.explanations[label]["method"], model=result.model,
+                                  series_instance_uid=series, instance_number=number)
+                    send_sr(sc, self.destination, ae_title=self.ae_title, credentials=self.credentials, what="Secondary Capture")
+                    sent += 1
+                except MedzeroError as exc:
+                    _logger.error("study %s: a heatmap Secondary Capture was not sent: %s", study, one_line(exc, 200))
+        if sent:
+            _logger.info("study %s: %d heatmap Secondary Capture(s) sent to %s", study, sent, self.destination)
 
     def _add_to_index(self, received: list[_Received]) -> None:
         """Index the images that classified (the index embeds them again, with the task's scores)."""
@@ -529,6 +572,8 @@ class Listener:
                 "study %s from %s: %d image(s) triaged (%s); SR %s sent to %s",
                 study, group.calling_ae, len(group.items), counts, sr_uid, self.destination,
             )
+            if group.pictures:
+                self._send_pictures(study, group)
         if self._db is not None:
             rows = [row for row, _, _ in group.items if row is not None]
             with self._db:

@@ -244,8 +244,10 @@ def send_sr(
     ae_title: str = "MEDZERO",
     credentials: "str | os.PathLike | Credentials | None" = None,
     timeout: float = 30.0,
+    what: str = "SR",
 ) -> None:
-    """Send ``sr`` by C-STORE or STOW-RS; a failure raises a one-line :class:`MedzeroError`."""
+    """Send ``sr`` (or any instance: a Secondary Capture, ``what="Secondary Capture"``) by C-STORE
+    or STOW-RS; a failure raises a one-line :class:`MedzeroError` that calls it ``what``."""
     target = parse_destination(destination) if isinstance(destination, str) else destination
     if target.kind == "stow":
         from .dicomweb import http_error, make_client, parse_dicomweb_url
@@ -255,7 +257,7 @@ def send_sr(
         try:
             client.store_instances([sr])
         except Exception as exc:  # noqa: BLE001 - any failure is one line
-            raise http_error(exc, "storing the SR (STOW-RS)", parsed.base_url) from None
+            raise http_error(exc, f"storing the {what} (STOW-RS)", parsed.base_url) from None
         return
     require_pacs("pynetdicom")
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -267,19 +269,19 @@ def send_sr(
     try:
         assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
     except Exception as exc:  # noqa: BLE001
-        raise MedzeroError(f"cannot send the SR to {target}: {one_line(exc, 120)}") from None
+        raise MedzeroError(f"cannot send the {what} to {target}: {one_line(exc, 120)}") from None
     if not assoc.is_established:
         why = "rejected the association" if assoc.is_rejected else "cannot be reached" if not assoc.is_aborted else "aborted the association"
-        raise MedzeroError(f"cannot send the SR: {target} {why}")
+        raise MedzeroError(f"cannot send the {what}: {target} {why}")
     try:
         status = assoc.send_c_store(sr)
     except Exception as exc:  # noqa: BLE001
-        raise MedzeroError(f"cannot send the SR to {target}: {one_line(exc, 120)}") from None
+        raise MedzeroError(f"cannot send the {what} to {target}: {one_line(exc, 120)}") from None
     finally:
         assoc.release()
     code = getattr(status, "Status", None)
     if code is None:
-        raise MedzeroError(f"cannot send the SR to {target}: no response (timeout or aborted association)")
+        raise MedzeroError(f"cannot send the {what} to {target}: no response (timeout or aborted association)")
     if code not in (0x0000, 0xB000, 0xB006, 0xB007):
-        raise MedzeroError(f"{target} refused the SR: C-STORE status 0x{code:04X}")
+        raise MedzeroError(f"{target} refused the {what}: C-STORE status 0x{code:04X}")
 
