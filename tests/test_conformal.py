@@ -209,7 +209,7 @@ def test_eval_counts_uncertain_apart_from_not_applicable(voice_manifest, tiny_cl
                                            for level in v["labels"]]
     assert "uncertain (" in res.stdout and "in scope, not sure" in res.stdout
     html = out.with_suffix(".html").read_text()
-    assert ">uncertain</th>" in html and "abstained: out of scope" in html
+    assert ">uncertain</th>" in html and "in scope, not sure, unlike not_applicable: out of scope" in html
 
 
 def test_conformal_alpha_must_be_a_rate(voice_manifest, tiny_clap_dir, tmp_path):

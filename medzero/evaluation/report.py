@@ -169,10 +169,11 @@ def verdict_counts(v: dict[str, Any]) -> str:
     """``11 judged, 2 not_applicable (15.4% abstained)``: of the ``n`` rows with a human verdict,
     how many the agreement is over and how many medzero abstained on."""
     judged, abstained, rate = v.get("n_judged", v["n"]), v.get("n_abstained", 0), v.get("abstention_rate")
-    unsure = (f", {v['n_uncertain']} uncertain ({v['uncertain_rate'] * 100:.1f}%: in scope, not sure)"
+    unsure = (f"; {v['n_uncertain']} uncertain ({v['uncertain_rate'] * 100:.1f}%: in scope, not sure, unlike "
+              f"{v.get('abstained_as', 'not_applicable')}: out of scope)"
               if v.get("n_uncertain") else "")
     return (f"{judged} judged, {abstained} {v.get('abstained_as', 'not_applicable')}"
-            f" ({'–' if rate is None else f'{rate * 100:.1f}%'} abstained: out of scope){unsure}")
+            f" ({'–' if rate is None else f'{rate * 100:.1f}%'} abstained){unsure}")
 
 
 def verdict_confusion(v: dict[str, Any]) -> tuple[list[str], list[list[int]]]:
