@@ -335,3 +335,22 @@ def test_hostile_metadata_and_filters(pg_url):
         assert {h.path for h in index.search_vector(x[0], k=4, where="path>3")} == set()
         assert index.remove(["/c/quote'; DROP TABLE cases; --"]) and len(index) == 3
         assert index.remove([2**70]) == []
+
+
+def test_connection_lost_is_a_one_line_error(pg_url):
+    """The server ends the index's connection (a restart, a failover): the next call says so in
+    one line, and a new CaseIndex works."""
+    x, _ = add_some(pg_url)
+    index = CaseIndex(pg_url, readonly=True)
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(CaseIndexError) as err:
+            index.search_vector(x[0], k=3)
+        assert str(err.value).startswith("index postgresql://postgres:***@") and "\n" not in str(err.value)
+    finally:
+        index.close()
+    with CaseIndex(pg_url, readonly=True) as again:
+        assert again.search_vector(x[0], k=1)[0].path == "/c/0-0"

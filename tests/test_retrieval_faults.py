@@ -16,7 +16,7 @@ import pytest
 
 from medzero import CaseIndexError
 from medzero.retrieval import CaseIndex
-from test_retrieval import brute, db_vectors, unit
+from test_retrieval import STORES, brute, db_vectors, is_pg, new_index_target, unit
 
 N, DIM, BATCH = 40_000, 32, 500
 
@@ -127,13 +127,23 @@ def test_sigkill_mid_add_keeps_committed_batches(tmp_path, caplog):
         assert top.path == "/cases/123.wav" and top.score == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.fixture
-def small(tmp_path):
-    path = tmp_path / "index"
+def _small(path):
     x = unit(np.random.default_rng(9), 400, 24)
     with CaseIndex(path) as index:
         index.add_vectors(x, [{"path": f"c{i}"} for i in range(len(x))], modality="image", fingerprint="img@1", batch_size=100)
     return path, x
+
+
+@pytest.fixture
+def small(tmp_path):
+    """400 cases in an index folder (for the faults of FAISS files, SQLite and the write lock)."""
+    return _small(tmp_path / "index")
+
+
+@pytest.fixture(params=STORES)
+def small_any(request, tmp_path):
+    """400 cases in each store (for faults that are not about how a store keeps them)."""
+    return _small(new_index_target(request, request.param, tmp_path / "index"))
 
 
 def test_faiss_file_deleted_is_rebuilt_on_open(small, caplog):
@@ -201,8 +211,8 @@ def test_two_writers_in_one_process(small):
     second.close()
 
 
-def test_reader_follows_another_writer(small):
-    path, x = small
+def test_reader_follows_another_writer(small_any):
+    path, x = small_any
     with CaseIndex(path, readonly=True) as reader, CaseIndex(path) as writer:
         assert len(reader.search_vector(x[0], k=500)) == 400
         new = unit(np.random.default_rng(12), 3, 24)
@@ -212,13 +222,14 @@ def test_reader_follows_another_writer(small):
         assert "c0" not in {h.path for h in reader.search_vector(x[0], k=10)}
 
 
-def test_readonly_refuses_writes(small):
-    path, x = small
+def test_readonly_refuses_writes(small_any, request, tmp_path):
+    path, x = small_any
     with CaseIndex(path, readonly=True) as index:
         with pytest.raises(CaseIndexError, match="read-only"):
             index.remove(["c1"])
+    nothing = new_index_target(request, "postgresql" if is_pg(path) else "local", tmp_path / "nothing-here")
     with pytest.raises(CaseIndexError, match="not a case index"):
-        CaseIndex(path.parent / "nothing-here", readonly=True)
+        CaseIndex(nothing, readonly=True)
 
 
 # -- SIGKILL at each step of an append, and at random points ----------------------------------------------
