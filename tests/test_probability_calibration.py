@@ -245,6 +245,9 @@ def test_calibrate_platt_then_classify_and_eval_show_probabilities(voice_manifes
     assert out["probabilities"]["background_noise"] == pytest.approx(ref.predict_proba(s[:1, None])[0, 1], abs=1e-6)
     assert set(out["probabilities"]) == {"background_noise", "speech_present"}
     assert out["uncertain"] == [] and out["conformal"] is None
+    res = _cli(["classify", str(rows[0].file), "--task", "voice_quality", "--audio-model", model, "--device", "cpu",
+                "--calibration", site])
+    assert res.exit_code == 0 and "(p " in res.stdout and "platt probabilities" in res.stdout  # the table shows both
 
     report_path = tmp_path / "eval" / "report.json"
     res = _cli(["eval", voice_manifest, "--task", "voice_quality", "--audio-model", model, "--calibration", site,

@@ -191,7 +191,8 @@ def render(results, fmt: str, lang: str) -> str:
             continue
         names = {k: v.get(lang, k) for k, v in r.label_names.items()}
         if r.judged:
-            top = ", ".join(f"{names.get(k, k)} {v:.2f}" for k, v in r.top(3))
+            top = ", ".join(f"{names.get(k, k)} {v:.2f}" + (f" (p {r.probabilities[k]:.2f})" if k in r.probabilities else "")
+                            for k, v in r.top(3))  # raw score, and the site overlay's calibrated probability
         else:  # a top score of an input the task does not judge would read as a finding
             top = NOT_JUDGED[lang]
         reasons = "; ".join(reason.text(lang) for reason in r.reasons)
