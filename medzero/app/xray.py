@@ -85,6 +85,17 @@ def _window_label(window: str, fmt: str) -> str:
     return f"{tr(window, _PRESET_ZH.get(window, window))} (C {center:g} / W {width:g} HU)"
 
 
+def _heatmaps(clf: medzero.Classifier, result: medzero.Result, data: bytes, name: str) -> dict[str, bytes]:
+    """The overlay PNG of each finding (``Result.explanations`` drawn on the upload); none for an
+    image the task does not judge."""
+    if not result.judged:
+        return {}
+    with st.spinner(tr("Drawing a heatmap per finding…", "正在为每项发现绘制热图……")):
+        explained = clf.classify(common.named_buffer(data, name), explain=True)
+        result.explanations = explained.explanations
+        return medzero.explanation_overlays(result, common.named_buffer(data, name), lang=common.lang())
+
+
 tasks = common.tasks_for("image")
 ordered = sorted(tasks, key=lambda t: (not t.name.startswith("chest_xray"), t.name != _DEFAULT_TASK, t.name))
 by_name = {t.name: t for t in ordered}
@@ -122,15 +133,23 @@ if upload is not None:
 choice = st.selectbox(tr("Task", "任务"), names, index=names.index(_DEFAULT_TASK) if _DEFAULT_TASK in names else 0,
                       format_func={n: common.task_label(by_name[n]) for n in names}.get, key="xray_task")
 calibration = common.calibration_control(choice, key="xray")
+explain = st.checkbox(
+    tr("Heatmap per finding (slower: about 50 model passes)", "每项发现的热图（较慢：约 50 次模型计算）"), key="xray_explain",
+    help=tr("Shows which region of the image moved each finding's score (occlusion: each region hidden in turn). "
+            "It explains the model, it does not localise disease.",
+            "显示图像的哪个区域影响了每项发现的评分（遮挡法：依次遮住每个区域）。它解释的是模型，并不定位病灶。"),
+)
 clicked = st.button(tr("Classify", "分类"), type="primary", disabled=upload is None or not model_ready, key="xray_classify")
-request = (getattr(upload, "file_id", None), choice, calibration)
+request = (getattr(upload, "file_id", None), choice, calibration, explain)
 
 if clicked and upload is not None:
     st.session_state.pop("xray_result", None)
     try:
         clf = common.classifier(choice, calibration=calibration)
         result = common.classify_upload(clf, "image", upload.getvalue(), upload.name)
+        pictures = _heatmaps(clf, result, upload.getvalue(), upload.name) if explain else {}
         st.session_state["xray_result"] = (request, result, clf.task_for("image"))
+        st.session_state["xray_heatmaps"] = pictures
     except medzero.MedzeroError as exc:
         st.error(tr(f"**Could not classify {upload.name}.** ", f"**无法分类 {upload.name}。** ") + common.app_message(exc), icon=":material/error:")
 
@@ -155,3 +174,16 @@ if stored is not None and stored[0] == request and upload is not None:
                     "各标签的概率之和为 1；高亮的行达到或超过阈值。")
         )
     st.altair_chart(common.score_chart(frame), width="stretch")
+    pictures = st.session_state.get("xray_heatmaps") or {}
+    if pictures:
+        st.subheader(tr("Heatmaps", "热图"))
+        ranked = [label for label, _ in result.top() if label in pictures]
+        names = {label: (result.label_names.get(label) or {}).get(common.lang()) or label for label in ranked}
+        shown = st.selectbox(tr("Finding", "发现"), ranked, format_func=lambda label: f"{names[label]} · {result.scores[label]:.2f}",
+                             key="xray_heatmap_label")
+        st.image(pictures[shown], width="stretch", caption=tr(
+            "Brighter: hiding that region lowered this finding's score more. The model's evidence, not a lesion outline; "
+            "research use only, not for diagnosis.",
+            "越亮：遮住该区域后这项发现的评分下降越多。这是模型的依据，不是病灶轮廓；仅供研究，不用于诊断。"))
+    elif explain and not result.judged:
+        st.caption(tr("No heatmaps: the task does not judge this image.", "没有热图：该任务不判读这张图像。"))
