@@ -129,6 +129,11 @@ class ClapEncoder:
     # -- features -----------------------------------------------------------------------------
     def features(self, waveform: np.ndarray) -> np.ndarray:
         """The model input for one mono clip at ``sample_rate``: (4, frames, mels) with fusion, else (1, ...)."""
+        return self._features(waveform)[0]
+
+    def _features(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`features`, and the whole clip's log-mel when the fusion computed one (a clip
+        longer than the input), which the timeline's windows are cut from (:meth:`window_inputs`)."""
         fe = self.feature_extractor
         x = np.asarray(waveform)
         if x.ndim != 1 or x.size == 0:
@@ -138,13 +143,18 @@ class ClapEncoder:
         if x.shape[0] > self.max_samples:
             if not self.fusion:
                 start = (x.shape[0] - self.max_samples) // 2  # centre crop, not a random one
-                return fe._np_extract_fbank_features(x[start : start + self.max_samples], fe.mel_filters_slaney)[None]
+                return fe._np_extract_fbank_features(x[start : start + self.max_samples], fe.mel_filters_slaney)[None], None
             mel = fe._np_extract_fbank_features(x, fe.mel_filters)
             chunk_frames = self.max_samples // fe.hop_length + 1
             total_frames = mel.shape[0]
             if chunk_frames == total_frames:
-                return np.stack([mel, mel, mel, mel], axis=0)
-            return self._fixed_fusion(mel, total_frames, chunk_frames)
+                return np.stack([mel, mel, mel, mel], axis=0), mel
+            return self._fixed_fusion(mel, total_frames, chunk_frames), mel
+        return self._short_features(x), None
+
+    def _short_features(self, x: np.ndarray) -> np.ndarray:
+        """A clip of at most one model input: repeat-padded to it, as the extractor pads."""
+        fe = self.feature_extractor
         if x.shape[0] < self.max_samples:
             if fe.padding == "repeatpad":
                 x = np.tile(x, self.max_samples // x.shape[0])
@@ -175,7 +185,38 @@ class ClapEncoder:
         rate = getattr(item, "sample_rate", self.sample_rate)
         if rate != self.sample_rate:
             raise BadInputError(f"audio at {rate} Hz given to a {self.sample_rate} Hz model; resample it first")
-        return ClapInput(self.features(getattr(item, "samples", item)).astype(np.float32))
+        features, mel = self._features(getattr(item, "samples", item))
+        return ClapInput(features.astype(np.float32), mel)
+
+    def window_inputs(self, samples: np.ndarray, starts: Sequence[int], width: int, whole: Any = None) -> list["ClapInput"]:
+        """The model inputs of the windows ``samples[s : s + width]``, equal to :meth:`prepare_input`
+        of each window to float32 rounding.
+
+        With fusion, a window exactly one model input long and starting on a mel frame, the whole
+        clip's log-mel (``whole``, what :meth:`prepare_input` of the clip returned) already holds
+        the window's frames: they are cut from it, and only the frames whose FFT reaches past the
+        window's ends (two at each end, which see the window's own reflected padding) are computed
+        again. Overlapping windows thus cost no FFT twice (a window's mel costs about 30 ms on 2
+        cores, 3.6 s for the 119 windows of a 10-minute recording). Any other window is computed whole.
+        """
+        fe = self.feature_extractor
+        mel = getattr(whole, "mel", None)
+        hop, n = int(fe.hop_length), int(fe.fft_window_size)
+        cut = (mel is not None and self.fusion and width == self.max_samples and width % hop == 0
+               and mel.shape[0] == 1 + len(samples) // hop)
+        out = []
+        for start in starts:
+            window = samples[start : start + width]
+            if not cut or start % hop or len(window) != width:
+                out.append(self.prepare_input(window))
+                continue
+            frames = mel[start // hop : start // hop + width // hop + 1].copy()
+            head = -(-(n // 2) // hop)  # frames whose FFT starts before the window
+            tail = width // hop + 1 - ((width - n // 2) // hop + 1)  # frames whose FFT ends after it
+            frames[:head] = fe._np_extract_fbank_features(window[: (head + 1) * hop + n], fe.mel_filters)[:head]
+            frames[-tail:] = fe._np_extract_fbank_features(window[width - hop * (tail + n // hop + 2) :], fe.mel_filters)[-tail:]
+            out.append(ClapInput(np.stack([frames, frames, frames, frames], axis=0)))
+        return out
 
     def embed(self, items: Sequence[Any]) -> np.ndarray:
         """(n, dim) normalised embeddings for mono waveforms at ``sample_rate`` (arrays, AudioClips, or
@@ -233,12 +274,15 @@ class ClapEncoder:
 
 
 class ClapInput:
-    """One clip's model input (its log-mel features), made ahead by :meth:`ClapEncoder.prepare_input`."""
+    """One clip's model input (its log-mel features), made ahead by :meth:`ClapEncoder.prepare_input`;
+    for a clip longer than the model input with fusion, also its whole log-mel (``mel``), which
+    the timeline cuts its windows from."""
 
-    __slots__ = ("features",)
+    __slots__ = ("features", "mel")
 
-    def __init__(self, features: np.ndarray):
+    def __init__(self, features: np.ndarray, mel: np.ndarray | None = None):
         self.features = features
+        self.mel = mel
 
 
 # -- without loading: where the files are, packing, recognising a folder --------------------------
