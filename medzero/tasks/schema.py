@@ -62,6 +62,7 @@ __all__ = [
     "Verdict",
     "Gate",
     "AppliesTo",
+    "TimelineSettings",
     "Task",
     "load_task",
     "list_tasks",
@@ -290,6 +291,14 @@ def _parse_applies_to(block: dict, modality: Any) -> dict:
     return {**{k: v for k, v in block.items() if k in _COMMON_KEYS}, "checks": checks}
 
 
+class TimelineSettings(_Strict):
+    """``timeline:`` of a task: how the windows of a long recording are scored."""
+
+    #: Windows in which the VAD heard no speech are not scored (marked skipped in the timeline): on
+    #: for a task that judges the voice, off (the default) where silence itself matters.
+    skip_without_speech: bool = False
+
+
 class Task(_Strict):
     name: str = Field(min_length=1)
     modality: str
@@ -304,6 +313,9 @@ class Task(_Strict):
     verdicts: list[Verdict] = Field(default_factory=lambda: list(DEFAULT_VERDICTS))
     #: What the task can judge; ``None``: every input of its modality.
     applies_to: AppliesTo | None = None
+    #: How a long recording's timeline windows are scored; ``None``: every window (left out of
+    #: dumps then, so the canonical JSON, and the hash overlays record, of other tasks is unchanged).
+    timeline: TimelineSettings | None = Field(default=None, exclude_if=lambda value: value is None)
     #: Where the task came from (a file path, ``builtin:NAME`` or ``ad-hoc``); not part of the YAML.
     source: str = "ad-hoc"
 
