@@ -245,9 +245,15 @@ def test_calibrate_platt_then_classify_and_eval_show_probabilities(voice_manifes
     assert out["probabilities"]["background_noise"] == pytest.approx(ref.predict_proba(s[:1, None])[0, 1], abs=1e-6)
     assert set(out["probabilities"]) == {"background_noise", "speech_present"}
     assert out["uncertain"] == [] and out["conformal"] is None
+    # the table: the top labels' raw scores, each with its calibrated probability (a map for every label here)
+    every = yaml.safe_load(site.read_text())
+    every["probability"]["labels"] = {lb.id: {"map": {"a": 1.0, "b": 0.0}} for lb in medzero.load_task("voice_quality").labels}
+    site_all = tmp_path / "site_all.yaml"
+    site_all.write_text(yaml.safe_dump(every))
     res = _cli(["classify", str(rows[0].file), "--task", "voice_quality", "--audio-model", model, "--device", "cpu",
-                "--calibration", site])
-    assert res.exit_code == 0 and "(p " in res.stdout and "platt probabilities" in res.stdout  # the table shows both
+                "--calibration", site_all])
+    top = plain[0].top(1)[0][1]
+    assert res.exit_code == 0 and f"{top:.2f} (p {1 / (1 + np.exp(-top)):.2f})" in res.stdout and "platt probabilities" in res.stdout
 
     report_path = tmp_path / "eval" / "report.json"
     res = _cli(["eval", voice_manifest, "--task", "voice_quality", "--audio-model", model, "--calibration", site,
