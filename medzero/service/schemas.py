@@ -53,6 +53,7 @@ class ReasonModel(_Model):
     kind: str = Field(
         description='"label" or "metric": a score or measurement on the wrong side of its limit; '
         '"applicability": the input is outside what the task judges (verdict `not_applicable`); '
+        '"uncertain": a label a conformal rule is not sure about (verdict `uncertain`); '
         '"note": how the verdict was reached (e.g. signal-only), with no verdict of its own'
     )
     id: str
@@ -115,6 +116,16 @@ class UncalibratedModel(_Model):
     summary: str
 
 
+class ConformalModel(_Model):
+    """A site overlay's split-conformal rule, applied to one result."""
+
+    alpha: float = Field(description="The stated error rate")
+    coverage: float = Field(description="1 - alpha: how often the prediction set holds the true value")
+    decisions: dict[str, Literal["positive", "negative", "uncertain"]] = Field(
+        description="Per label the rule covers: decided present, decided absent, or not sure"
+    )
+
+
 class ResultModel(_Model):
     """One classified source (``Result.to_dict()``). ``error`` is set, and the scores empty, when it failed."""
 
@@ -123,7 +134,7 @@ class ResultModel(_Model):
     task: str
     model: str = Field(description="Fingerprint of the encoder that embedded the source; empty for a signal-only verdict")
     scores: dict[str, float] = Field(description="Each label's score; empty for a signal-only verdict or an error")
-    verdict: Optional[str] = Field(description="A verdict id of the task (or the top label), `not_applicable`, or null on error")
+    verdict: Optional[str] = Field(description="A verdict id of the task (or the top label), `not_applicable`, `uncertain`, or null on error")
     verdict_name: Optional[Localized]
     summary: Optional[Localized]
     reasons: list[ReasonModel]
@@ -153,6 +164,17 @@ class ResultModel(_Model):
     calibration: Optional[Annotated[Union[CalibratedModel, UncalibratedModel], Field(discriminator="status")]] = Field(
         description="Where the thresholds came from; null on error"
     )
+    probabilities: dict[str, float] = Field(
+        default_factory=dict,
+        description="Calibrated probabilities from the site overlay's probability maps (platt, isotonic or temperature), "
+        "beside the raw `scores`; empty without maps",
+    )
+    uncertain: list[str] = Field(
+        default_factory=list,
+        description="Labels the overlay's conformal rule is not sure about; the verdict is `uncertain` (in scope, not sure: "
+        "unlike `not_applicable`, out of scope) when one of them could make it worse",
+    )
+    conformal: Optional[ConformalModel] = Field(default=None, description="The overlay's conformal rule as applied; null without one")
     error: Optional[str]
 
 
