@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -218,3 +219,33 @@ def test_conformal_alpha_must_be_a_rate(voice_manifest, tiny_clap_dir, tmp_path)
     res = _cli(["calibrate", voice_manifest, "--task", "voice_quality", "--method", "platt", "--method", "isotonic",
                 "-o", tmp_path / "x.yaml"])
     assert res.exit_code == 2 and "at most one threshold rule" in res.output
+
+
+def test_rest_results_carry_probabilities_and_uncertain_labels(tmp_path, audio_clips, tiny_clap_dir, tiny_hf_clip_dir):
+    """A real `medzero serve` on loopback with an overlay in its calibration directory: the response
+    model keeps (and types) the probabilities, the uncertain labels and the conformal rule."""
+    from test_service import TOKEN, start_server, stop_server
+
+    folder = tmp_path / "calibrations"
+    folder.mkdir()
+    overlay = yaml.safe_load(_overlay(tmp_path, 1.0).read_text())
+    overlay["probability"] = {"method": "platt", "labels": {"background_noise": {"map": {"a": 2.0, "b": -1.0}}}}
+    (folder / "ward-3.yaml").write_text(yaml.safe_dump(overlay))
+    (tmp_path / "keys.txt").write_text(TOKEN + "\n")
+    env = dict(os.environ, MEDZERO_AUDIO_MODEL=str(tiny_clap_dir), MEDZERO_IMAGE_MODEL=f"local-dir:{tiny_hf_clip_dir}",
+               MEDZERO_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("MEDZERO_API_KEYS", None)
+    server = start_server(tmp_path / "srv", ["--api-key-file", str(tmp_path / "keys.txt"), "--calibration-dir", str(folder)], env)
+    try:
+        with server.client() as client:
+            reply = client.post("/v1/classify", params={"task": "voice_quality", "calibration": "ward-3"},
+                                content=Path(audio_clips["speech"]).read_bytes())
+        assert reply.status_code == 200, reply.text
+        result = reply.json()["result"]
+    finally:
+        stop_server(server)
+    s = result["scores"]["background_noise"]
+    assert result["probabilities"] == {"background_noise": pytest.approx(1 / (1 + np.exp(-(2 * s - 1))), abs=1e-9)}
+    assert result["uncertain"] == ["background_noise"] and result["verdict"] == "uncertain"
+    assert result["conformal"] == {"alpha": 0.1, "coverage": 0.9, "decisions": {"background_noise": "uncertain"}}
+    assert result["reasons"][0]["kind"] == "uncertain"
