@@ -305,3 +305,22 @@ def test_temperature_for_a_multiclass_task_is_one_softmax(tmp_path, image_files,
     expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
     np.testing.assert_allclose([r.probabilities[k] for k in ("photo", "drawing", "xray")], expected, atol=1e-9)
     assert sum(r.probabilities.values()) == pytest.approx(1.0)
+
+
+def test_a_map_fitted_on_another_model_is_a_one_line_error_everywhere(tmp_path, voice_manifest, tiny_clap_dir):
+    """Probability maps are functions of one model's scores: classify fails each file in one line and
+    exits non-zero, eval stops in one line; an overlay of thresholds alone still only warns."""
+    model = str(tiny_clap_dir)
+    site = _overlay(tmp_path)  # fitted on tiny@sha256:abc, not on this checkpoint
+    clip = next((voice_manifest.parent / "clips").glob("speech.*"))
+    res = _cli(["classify", clip, "--task", "voice_quality", "--audio-model", model, "--device", "cpu", "--calibration", site,
+                "--format", "json"])
+    assert res.exit_code == 1
+    (out,) = json.loads(res.stdout)
+    assert "its probability maps and conformal rule were fitted on model tiny@sha256:abc" in out["error"]
+    assert "Traceback" not in res.output
+    res = _cli(["eval", voice_manifest, "--task", "voice_quality", "--audio-model", model, "--calibration", site,
+                "--bootstrap", 10])
+    assert res.exit_code == 1
+    err = res.stderr.strip().splitlines()
+    assert err[-1].startswith("medzero: error: ") and "recalibrate on this model" in err[-1] and "Traceback" not in res.output
