@@ -249,3 +249,14 @@ def test_rest_results_carry_probabilities_and_uncertain_labels(tmp_path, audio_c
     assert result["uncertain"] == ["background_noise"] and result["verdict"] == "uncertain"
     assert result["conformal"] == {"alpha": 0.1, "coverage": 0.9, "decisions": {"background_noise": "uncertain"}}
     assert result["reasons"][0]["kind"] == "uncertain"
+
+
+def test_too_few_rows_for_alpha_is_said_not_hidden(voice_manifest, tiny_clap_dir, tmp_path):
+    """14 rows cannot support alpha 0.01 (it needs ceil(15 * 0.99) = 15 rows): qhat is 1, every set holds
+    both values, and calibrate says so instead of writing a rule that silently never decides."""
+    site = tmp_path / "site.yaml"
+    res = _cli(["calibrate", voice_manifest, "--task", "voice_quality", "--audio-model", str(tiny_clap_dir),
+                "--conformal-alpha", 0.01, "--folds", 3, "-o", site])
+    assert res.exit_code == 0, res.output
+    assert "too few rows for this alpha: every label stays uncertain" in " ".join(res.stdout.split())
+    assert yaml.safe_load(site.read_text())["conformal"]["labels"]["background_noise"]["qhat"] == 1.0

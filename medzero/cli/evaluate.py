@@ -223,7 +223,13 @@ def _conformal_row(f) -> list[str]:
     interval = cv.get("interval")
     return [f.id, str(f.n), _f(f.qhat), _f(cv.get("coverage")), "–" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]",
             "–" if not cv else ("met" if cv["met"] else "NOT MET"), _f(cv.get("uncertain_rate")),
-            f.skipped or (f"{cv['folds']} folds" if cv else "too few rows for CV")]
+            f.skipped or _conformal_note(f, cv)]
+
+
+def _conformal_note(f, cv) -> str:
+    """Says when a rule can never decide: fewer rows than 1 / alpha - 1 make qhat 1, every set both values."""
+    trivial = "too few rows for this alpha: every label stays uncertain; " if f.qhat == 1.0 else ""
+    return trivial + (f"{cv['folds']} folds" if cv else "too few rows for CV")
 
 
 def _metric_row(f) -> list[str]:

@@ -10,6 +10,8 @@
 - :mod:`.manifest`: labelled CSV / JSONL manifests, checked against the task;
 - :mod:`.evaluate`: classify a manifest and compute the report (or from scores alone);
 - :mod:`.calibrate`: fitted thresholds with cross-validated estimates, written as an overlay;
+- :mod:`.probability`: probability maps (Platt, isotonic, temperature) and split-conformal rules,
+  cross-validated, for the overlay's ``probability`` and ``conformal`` blocks;
 - :mod:`.report`: self-contained HTML / Markdown with inline SVG plots.
 
 Reading and applying an overlay (``load_overlay``, ``apply_calibration``, ``check_model``,
@@ -22,6 +24,7 @@ from ..tasks.overlay import UNCALIBRATED, Calibration, CalibrationWarning, apply
 from .calibrate import calibrate, calibrate_scores, fit_threshold
 from .evaluate import EvalReport, evaluate, evaluate_scores
 from .manifest import Manifest, read_manifest
+from .probability import calibrate_conformal, calibrate_probabilities
 
 __all__ = [
     "EvalReport",
@@ -38,5 +41,7 @@ __all__ = [
     "calibrate_scores",
     "check_model",
     "fit_threshold",
+    "calibrate_probabilities",
+    "calibrate_conformal",
     "load_overlay",
 ]
