@@ -11,8 +11,7 @@
 """
 from __future__ import annotations
 
-from .copying import copy_index
-from .index import CaseIndex
+from .index import CaseIndex, copy_index
 from .ingest import AddReport
 from .spaces import space_key
 from .store import parse_where

@@ -61,13 +61,14 @@ from ..core.modality import modality_names
 from ..core.results import Hit
 from ..core.vectors import l2_normalise
 from .backend import CaseStore, is_url, open_store
+from .copying import copy_cases
 from .ingest import AddReport, CaseIngest, check_source
 from .location import StoreLocation
 from .spaces import space_key
 from .store import SpaceRow, parse_where
 from .writer import IndexWriter
 
-__all__ = ["CaseIndex", "AddReport", "IndexWriter", "space_key"]
+__all__ = ["CaseIndex", "AddReport", "IndexWriter", "copy_index", "space_key"]
 
 _logger = logging.getLogger(__name__)
 
@@ -412,14 +413,42 @@ class CaseIndex:
         :class:`CaseIndex`): vectors and rows as they are (nothing is embedded again), each space
         with its model fingerprint, one transaction per batch. Cases ``dst`` already holds are
         skipped as duplicates, so a copy that was stopped is finished by running it again. The
-        copies get ``dst``'s own ids. See :func:`medzero.retrieval.copying.copy_index`."""
-        from .copying import copy_index
-
+        copies get ``dst``'s own ids. See :func:`copy_index`."""
         return copy_index(self, dst, batch_size=batch_size, progress=progress)
 
 
 #: The optional fields of a row given to :meth:`CaseIndex.add_vectors` that a case stores.
 _CASE_FIELDS = ("metadata", "task", "scores", "duration_s", "width", "height")
+
+
+def copy_index(
+    src: "str | os.PathLike | CaseIndex",
+    dst: "str | os.PathLike | CaseIndex",
+    *,
+    batch_size: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> AddReport:
+    """Copy every case of ``src`` into ``dst`` (folders, PostgreSQL URLs or open indexes), both ways.
+
+    Vectors and rows go as they are (nothing is embedded again; see :mod:`.copying`), one
+    transaction of ``dst`` per ``batch_size`` cases. Returns an :class:`AddReport`: ``added``
+    holds the new ids in ``dst``, ``duplicates`` the paths of cases ``dst`` had already (so
+    running a stopped copy again finishes it). ``progress(n)`` gets the cases read per batch. A
+    space whose modality ``dst`` holds from another model raises the one-line
+    :class:`CaseIndexError` an add would, before anything is written.
+    """
+    source = src if isinstance(src, CaseIndex) else CaseIndex(src, readonly=True)
+    try:
+        target = dst if isinstance(dst, CaseIndex) else CaseIndex(dst)
+        try:
+            with target._writing():
+                return copy_cases(source._db(), target._db(), batch_size=max(1, int(batch_size)), progress=progress)
+        finally:
+            if target is not dst:
+                target.close()
+    finally:
+        if source is not src:
+            source.close()
 
 
 def _target(path: "str | os.PathLike | None", store: str | None) -> "str | os.PathLike":

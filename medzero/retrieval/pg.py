@@ -18,12 +18,13 @@ Tables (created by versioned migrations, :data:`MIGRATIONS`; ``medzero_schema`` 
   writers never duplicate a case; the one that lost reports it as a duplicate.
   Another process (a Ray actor) writes directly with its own ``CaseIndex(url)`` and
   :meth:`~medzero.retrieval.CaseIndex.writer`, or :meth:`PgStore.insert`.
-- **Search.** Each space has an HNSW index over inner product of its (unit) vectors, a partial
-  expression index ``(embedding::vector(dim)) WHERE space = ...`` so spaces of different
-  dimensions share one table. Up to ``approx_threshold`` cases a space is scanned exactly; above
-  it HNSW gives a candidate pool (``hnsw.ef_search``) that is re-ranked exactly, with pgvector's
-  iterative scan so a filtered search still finds ``k`` matches (and an exact scan when it does
-  not). ``exact=True`` always scans.
+- **Search.** Up to ``approx_threshold`` cases a space is scanned exactly. The commit that takes
+  it there builds its HNSW index (inner product of unit vectors; ``CREATE INDEX CONCURRENTLY``,
+  so other writers go on): a partial expression index ``cases_hnsw_<space>`` on
+  ``(embedding::vector(dim)) WHERE space = ...``, so spaces of different dimensions share one
+  table. HNSW then gives a candidate pool (``hnsw.ef_search`` = max(100, 4k)) that is re-ranked
+  exactly, with pgvector's iterative scan so a filtered search still finds ``k`` matches (and an
+  exact scan when it does not). ``exact=True`` always scans.
 - **Credentials** come from the URL, libpq's ``PG*`` environment and ``~/.pgpass``, or the file
   ``MEDZERO_PG_PASSWORD_FILE`` names (used when neither the URL nor ``PGPASSWORD`` has one). The
   store names itself by the URL with the password replaced by ``***`` (:func:`redact`) in
@@ -56,8 +57,9 @@ _logger = logging.getLogger(__name__)
 
 #: pgvector's HNSW index takes vectors of up to this many dimensions; larger spaces are scanned.
 HNSW_MAX_DIM = 2000
-#: Candidates HNSW hands the exact re-rank: at least this many, and ``POOL_FACTOR`` × k.
-MIN_POOL, POOL_FACTOR = 40, 4
+#: Candidates HNSW hands the exact re-rank (and its ``hnsw.ef_search``): at least this many, and
+#: ``POOL_FACTOR`` × k, at most pgvector's limit of 1000.
+MIN_POOL, POOL_FACTOR, MAX_POOL = 100, 4, 1000
 
 #: Each migration runs in one transaction, in order; ``medzero_schema`` records the versions done.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -293,12 +295,16 @@ class PgStore:
         self._rows: dict[str, SpaceRow] = {}
         self._counts: dict[str, int] = {}
         self._indexes: dict[str, str] = {}
+        self._ef_search = 0
+        self._building: set[str] = set()
         self.conn = connect(url, readonly=readonly)
         try:
             self._migrate() if not readonly else self._check_schema()
             from pgvector.psycopg import register_vector
 
             register_vector(self.conn)
+            # A filtered HNSW scan goes on past ef_search until it has enough rows (pgvector >= 0.8).
+            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', false)")
             self.refresh()
         except BaseException:
             self.conn.close()
@@ -391,12 +397,15 @@ class PgStore:
         """Re-read the spaces (and their case counts): other processes may have added some."""
         with self._sql("read the spaces") as conn:
             rows = conn.execute(
-                "SELECT space, fingerprint, modality, dim, model_ref, created_at, cases FROM spaces ORDER BY created_at, space"
+                "SELECT s.space, s.fingerprint, s.modality, s.dim, s.model_ref, s.created_at, s.cases,"
+                " (SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass('cases_hnsw_' || s.space))"
+                " FROM spaces s ORDER BY s.created_at, s.space"
             ).fetchall()
-            indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'cases' AND indexname LIKE 'cases_hnsw_%'").fetchall())
         self._rows = {r[0]: SpaceRow(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows}
         self._counts = {r[0]: int(r[6]) for r in rows}
-        self._indexes = {key: name for key in self._rows if (name := f"cases_hnsw_{key}") in indexes}
+        #: Spaces whose HNSW index is built and valid (one being built concurrently is not yet).
+        self._indexes = {r[0]: f"cases_hnsw_{r[0]}" for r in rows if r[7]}
+        self._building = {r[0] for r in rows if r[7] is False}
 
     def save(self, force: bool = False, *, tail_ok: bool = False) -> None:
         """Nothing to do: every commit is complete in the database."""
@@ -504,29 +513,39 @@ class PgStore:
     def _maybe_index(self, row: SpaceRow) -> None:
         """Build the space's HNSW index once it holds ``approx_threshold`` cases (after the commit
         that got it there). Built in one go it costs a fraction of keeping it up to date from the
-        first case, and smaller spaces are scanned exactly anyway. Another writer building it at
-        the same time is fine: one of the two does."""
+        first case, and smaller spaces are scanned exactly anyway. ``CONCURRENTLY``: other writers
+        go on adding meanwhile (the index takes their rows too), and searches scan exactly until it
+        is valid. When another writer is building it, this one leaves it to them; an invalid index
+        a killed builder left is dropped and built again."""
         import psycopg
         from psycopg import sql
 
         if row.space in self._indexes or row.dim > HNSW_MAX_DIM or self._counts.get(row.space, 0) < self.approx_threshold:
             return
-        name = f"cases_hnsw_{row.space}"
+        name = sql.Identifier(f"cases_hnsw_{row.space}")
         _logger.info("index %s: the %s space holds %d cases; building its HNSW index", self.name, row.modality, self._counts[row.space])
         with self._mutex:
+            conn = self._live()
             try:
-                with self._live().transaction():
-                    self.conn.execute("SELECT set_config('maintenance_work_mem', '512MB', true)")
-                    self.conn.execute(
-                        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON cases USING hnsw ((embedding::vector({})) vector_ip_ops) WHERE space = {}").format(
-                            sql.Identifier(name), sql.Literal(row.dim), sql.Literal(row.space)
-                        )
-                    )
-            except psycopg.errors.UniqueViolation:
-                pass  # another writer created it meanwhile
+                if row.space in self._building and not self._builder_alive(row.space):
+                    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
+                conn.execute("SELECT set_config('maintenance_work_mem', '512MB', false)")
+                conn.execute(
+                    sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON cases USING hnsw ((embedding::vector({})) vector_ip_ops)"
+                            " WHERE space = {}").format(name, sql.Literal(row.dim), sql.Literal(row.space))
+                )
+                conn.execute("RESET maintenance_work_mem")
             except psycopg.Error as exc:
                 raise CaseIndexError(f"index {self.name}: cannot build the HNSW index: {self._scrub(exc)}") from None
-        self._indexes[row.space] = name
+        self.refresh()
+
+    def _builder_alive(self, space: str) -> bool:
+        """Whether some session is running the CREATE INDEX of ``space``'s HNSW index now."""
+        found = self.conn.execute(
+            "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_class c ON c.oid = p.index_relid WHERE c.relname = %s",
+            (f"cases_hnsw_{space}",),
+        ).fetchone()[0]
+        return bool(found)
 
     @staticmethod
     def _stage_row(j: int, row: SpaceRow, case: dict[str, Any], vector: np.ndarray, now: str) -> tuple:
@@ -585,11 +604,12 @@ class PgStore:
 
     def _candidates(self, row: SpaceRow, query: np.ndarray, k: int, clause: str, params: list, approximate: bool) -> list[tuple]:
         columns = "id, path, modality, metadata, task, scores, embedding"
-        with self._sql("search") as conn, conn.transaction():
+        with self._sql("search") as conn:
             if approximate:
-                pool = max(MIN_POOL, POOL_FACTOR * k)
-                conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'strict_order', true)",
-                             (str(min(1000, pool)),))
+                pool = min(MAX_POOL, max(MIN_POOL, POOL_FACTOR * k))
+                if pool != self._ef_search:  # a session setting, set when it changes: one round trip less a query
+                    conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(pool),))
+                    self._ef_search = pool
                 order = f"embedding::vector({int(row.dim)}) <#> %b::vector({int(row.dim)})"
             else:
                 pool = k + 10  # a few more than k: the re-rank below settles near-ties as numpy does
