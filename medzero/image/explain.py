@@ -328,7 +328,7 @@ def overlay_image(image: Any, explanation: Explanation, *, title: str | None = N
     box = (round(x0 * fx), round(y0 * fy), round(x1 * fx), round(y1 * fy))
     heat = normalised(explanation.grid)
     bw, bh = max(1, box[2] - box[0]), max(1, box[3] - box[1])
-    smooth = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((bw, bh), Image.BILINEAR), dtype=np.float64) / 255
+    smooth = np.clip(np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((bw, bh), Image.BICUBIC), dtype=np.float64), 0, 1)
     colour = Image.fromarray(colourise(smooth))
     mask = Image.fromarray((np.clip(smooth * 1.5, 0, 1) * alpha * 255).astype(np.uint8))
     layer = Image.new("RGB", size)
