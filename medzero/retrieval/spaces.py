@@ -13,10 +13,16 @@ files: it takes vectors and rows, so it is tested alone with generated vectors.
   after an append while the cases added since stay under :data:`CHECKPOINT_SHARE` of it: ids only
   grow, so the newer cases are exactly those above the file's last id, and opening reads them
   from the vector file.
-- **Tails.** Cases appended to an approximate space go to a second, small index of the same
-  trained quantiser (:attr:`Space.tail`), searched with the one read from the FAISS file and
-  merged into it when the file is next written: appending to the large one would reallocate and
-  copy every vector it holds (2 GB for a million 512-d vectors), which cost more than the add.
+- **Tails.** Cases appended to an approximate space go to small indexes of the same trained
+  quantiser (:attr:`Space.tails`), searched with the one read from the FAISS file and merged into
+  it when the file is next written: appending to the large one would reallocate and copy every
+  vector it holds (2 GB for a million 512-d vectors), which cost more than the add.
+- **Encoding beside the transaction.** Product-quantising a batch is single-threaded in FAISS and
+  was half of an incremental add. A batch of :data:`PARALLEL_ENCODE` vectors or more for an
+  approximate space is encoded in a thread, into a tail part of its own (ids are predicted from
+  the table's sequence and checked), while the vector files are written and fsynced and the rows
+  inserted; the part joins the space only once the transaction commits, and is dropped if it
+  rolls back. Smaller batches are encoded after the commit, into the last part.
 - **Duplicates** are found in memory (:meth:`SpaceSet.known_sha`): a sorted array of the 64-bit sha
   keys of every row of a space's vector file (:class:`KnownShas`), read from its idx file on the
   first check in a process (16 bytes a case: ~10 ms for a million) and followed by the rows any
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +47,7 @@ from . import faiss_io
 from .locking import WriteLock
 from .store import SpaceRow, Store, sha_keys, utc_now
 
-__all__ = ["Space", "SpaceSet", "KnownShas", "space_key", "SMALL_SPACE", "CHECKPOINT_SHARE"]
+__all__ = ["Space", "SpaceSet", "KnownShas", "space_key", "SMALL_SPACE", "CHECKPOINT_SHARE", "PARALLEL_ENCODE", "MAX_TAILS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -48,6 +55,11 @@ _logger = logging.getLogger(__name__)
 SMALL_SPACE = 50_000
 #: A larger space defers rewriting its FAISS file until the cases added since reach this share of it.
 CHECKPOINT_SHARE = 0.25
+#: Appends of at least this many vectors to an approximate space are encoded in a thread while
+#: their transaction runs (below it, a thread costs more than it hides).
+PARALLEL_ENCODE = 4096
+#: At most this many tail parts per space (each searched separately); past it, appends go into the last.
+MAX_TAILS = 16
 
 
 def space_key(fingerprint: str) -> str:
@@ -59,11 +71,12 @@ def space_key(fingerprint: str) -> str:
 class Space:
     row: SpaceRow
     index: Any  # faiss.IndexIDMap2
-    #: Cases appended to an approximate space since its FAISS file was read or written, kept in an
-    #: index of the same trained quantiser (:func:`faiss_io.empty_like`) and searched with
+    #: Cases appended to an approximate space since its FAISS file was read or written, kept in
+    #: indexes of the same trained quantiser (:func:`faiss_io.empty_like`) and searched with
     #: ``index``: appending to the large index read from the file would reallocate and copy every
-    #: vector it stores. Merged into ``index`` when the file is next written.
-    tail: Any = None
+    #: vector it stores. A large batch is one part (encoded beside its transaction); small ones
+    #: go into the last part. Merged into ``index`` when the file is next written.
+    tails: list = field(default_factory=list)
     tombstones: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     dirty: bool = False
     #: Set by anything but an append (remove, repair, conversion): the next save may not be deferred.
@@ -74,8 +87,8 @@ class Space:
 
     @property
     def parts(self) -> list[Any]:
-        """The indexes to search: ``index``, and ``tail`` when it holds anything."""
-        return [self.index] if self.tail is None or self.tail.ntotal == 0 else [self.index, self.tail]
+        """The indexes to search: ``index``, and the tail parts that hold anything."""
+        return [self.index, *(tail for tail in self.tails if tail.ntotal)]
 
     @property
     def ntotal(self) -> int:
@@ -83,16 +96,54 @@ class Space:
 
     def append(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         if faiss_io.is_approximate(self.index):
-            if self.tail is None:
-                self.tail = faiss_io.empty_like(self.index)
-            faiss_io.add(self.tail, vectors, ids)
+            if not self.tails:
+                self.tails.append(faiss_io.empty_like(self.index))
+            faiss_io.add(self.tails[-1], vectors, ids)
         else:
             faiss_io.add(self.index, vectors, ids)
 
+    def can_encode_apart(self, count: int) -> bool:
+        """Whether ``count`` new vectors may be encoded beside their transaction, as a part of their own."""
+        return count >= PARALLEL_ENCODE and len(self.tails) < MAX_TAILS and faiss_io.is_approximate(self.index)
+
     def merge_tail(self) -> None:
-        if self.tail is not None:
-            faiss_io.add_from(self.index, self.tail)
-            self.tail = None
+        for tail in self.tails:
+            faiss_io.add_from(self.index, tail)
+        self.tails = []
+
+
+class Encoding:
+    """Vectors of an approximate space encoded in a thread, into an index of the space's quantiser.
+
+    FAISS releases the GIL while it encodes, so this runs on another core while the caller writes
+    and fsyncs the vector files and inserts the rows. ``vectors`` must not change until
+    :meth:`result` (or :meth:`abandon`) returns.
+    """
+
+    def __init__(self, space: Space, vectors: np.ndarray, ids: np.ndarray):
+        self.ids = ids
+        self.part = faiss_io.empty_like(space.index)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(vectors,), name="medzero-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self, vectors: np.ndarray) -> None:
+        try:
+            faiss_io.add(self.part, vectors, self.ids)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
+            self._error = exc
+
+    def result(self) -> Any:
+        """The encoded part; raises what the encoding raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.part
+
+    def abandon(self) -> None:
+        """Wait for the thread and drop its work (the transaction rolled back)."""
+        self._thread.join()
+        self.part = None
 
 
 class KnownShas:
@@ -203,14 +254,14 @@ class SpaceSet:
         db_ids = self.store.ids(row.space)
         index = space.index
         if index is None or index.d != row.dim:
-            space.index, space.tail = self._rebuild(row, db_ids), None
+            space.index, space.tails = self._rebuild(row, db_ids), []
             space.tombstones = np.zeros(0, dtype=np.int64)
             space.dirty = space.must_save = True
             return "FAISS file missing or unreadable" if index is None else f"dimension {index.d} instead of {row.dim}"
         f_ids = np.concatenate([faiss_io.ids_of(part) for part in space.parts])
         unique = np.unique(f_ids)
         if len(unique) != len(f_ids):
-            space.index, space.tail = self._rebuild(row, db_ids), None
+            space.index, space.tails = self._rebuild(row, db_ids), []
             space.tombstones = np.zeros(0, dtype=np.int64)
             space.dirty = space.must_save = True
             return "repeated ids"
@@ -366,9 +417,10 @@ class SpaceSet:
         by_space: dict[str, tuple[SpaceRow, list[int]]] = {}
         for j, (row, _) in enumerate(rows):
             by_space.setdefault(row.space, (row, []))[1].append(j)
-        added: list[tuple[SpaceRow, list[int], np.ndarray]] = []
+        added: list[tuple[SpaceRow, list[int], np.ndarray, Encoding | None]] = []
         store.begin()
         try:
+            next_id = store.next_id()
             for row, at in by_space.values():
                 if row.space not in self.spaces:
                     store.insert_space(row)
@@ -380,21 +432,45 @@ class SpaceSet:
                 part = np.ascontiguousarray(part, dtype=np.float32)
                 keys = [self._keys.get(c["sha256"]) for c in cases]
                 keys = None if None in keys else np.array(keys, dtype=np.uint64)
-                added.append((row, store.insert_cases(row, cases, part, keys=keys), part))
+                space = self.spaces.get(row.space)
+                encoding = None
+                if space is not None and space.can_encode_apart(len(at)):
+                    encoding = Encoding(space, part, np.arange(next_id, next_id + len(at), dtype=np.int64))
+                added.append((row, [], part, encoding))
+                ids = store.insert_cases(row, cases, part, keys=keys)
+                added[-1] = (row, ids, part, encoding)
+                if encoding is not None and (ids[0], ids[-1]) != (next_id, next_id + len(at) - 1):
+                    raise RuntimeError(f"case ids {ids[0]}..{ids[-1]} are not the predicted {next_id}..{next_id + len(at) - 1}")
+                next_id = ids[-1] + 1
             store.commit()
         except BaseException:
             store.rollback()
+            for *_, encoding in added:
+                if encoding is not None:
+                    encoding.abandon()
             raise
         self._version = store.data_version()
-        for row, ids, vectors in added:
+        for row, ids, vectors, encoding in added:
             if row.space not in self.spaces:
                 self.spaces[row.space] = Space(row, faiss_io.new_index(row.dim, approximate=False))
             space = self.spaces[row.space]
-            space.append(vectors, np.array(ids, dtype=np.int64))
+            self._attach(space, vectors, np.array(ids, dtype=np.int64), encoding)
             space.dirty = True
             self._maybe_convert(space)
         self.save(tail_ok=True)
-        return [i for _, ids, _ in added for i in ids]
+        return [i for _, ids, _, _ in added for i in ids]
+
+    @staticmethod
+    def _attach(space: Space, vectors: np.ndarray, ids: np.ndarray, encoding: Encoding | None) -> None:
+        """Committed vectors into the space's FAISS indexes: the part encoded beside the
+        transaction, or encoded now (also when that encoding failed)."""
+        if encoding is not None:
+            try:
+                space.tails.append(encoding.result())
+                return
+            except Exception as exc:  # noqa: BLE001 - the rows are committed: encode them here instead
+                _logger.debug("encoding beside the transaction failed (%s); encoding after it", type(exc).__name__)
+        space.append(vectors, ids)
 
     def delete(self, found: Sequence[tuple[int, str]]) -> None:
         """Delete ``(id, space)`` cases in one transaction, then from FAISS (or as tombstones), and save."""
