@@ -22,11 +22,17 @@ Backends: ``torch`` and the exported ones given with ``--backends`` (``onnx``, `
    its exit (imports, model load, decoding, scoring), the pipeline script against medzero per
    backend, interleaved, ``--repeats`` times; medians. medzero runs with warm caches (its export and
    label embeddings from an earlier run), as a clinic's second and later runs do.
-4. A 10-minute recording, in a fresh process per backend: load time (process start to first
-   result), wall time of the classification and peak RSS.
+4. A 10-minute recording with voice_quality, in a fresh process per run, three variants
+   interleaved: ``before`` (the code of ``--baseline``, a git worktree first on PYTHONPATH),
+   ``full`` (today's code, every timeline window scored: ``MEDZERO_TIMELINE=full``) and
+   ``medzero`` (today's default: the timeline's coarse pass and refinement). Prints process start
+   to result (the target), the classification's wall time, the windows scored, peak RSS, the
+   ratio to ``before``, and how each variant's result differs from ``before``'s (scores, verdict,
+   window scores, top segments).
 
     flock /tmp/bench.lock python bench/bench_audio.py [--clips 16] [--repeats 3] \\
-        [--backends onnx,openvino] [--int8] [--process-clips 16] [--long-minutes 10] [--skip-long]
+        [--backends onnx,openvino] [--int8] [--process-clips 16] [--long-minutes 10] [--skip-long] \\
+        [--parts throughput,process,long] [--long-backends onnx] [--long-repeats 1] [--baseline 8697b2b]
 """
 from __future__ import annotations
 
@@ -55,6 +61,8 @@ LABELS = [
     "silence",
 ]
 TEMPLATE = "This is a sound of {}."
+#: The last commit before issue 24's changes to the long recording: the 'before' of the long part.
+BASELINE = "8697b2b"
 
 
 def build_full_size_clap(directory: Path) -> Path:
@@ -266,7 +274,8 @@ def bench_process(model_dir: Path, clips: list[Path], backends: list[str], repea
 
 
 def long_child(model_dir: str, path: str, backend: str) -> None:
-    """Runs in a fresh process: load time counts from process start."""
+    """Runs in a fresh process: load time counts from process start. Prints what it measured and
+    what it found (scores, verdict, top segments, window scores) for the comparison of variants."""
     import psutil
 
     started = psutil.Process().create_time()
@@ -276,16 +285,29 @@ def long_child(model_dir: str, path: str, backend: str) -> None:
     t0 = time.time()
     result = clf.classify(path)
     done = time.time()
+    timeline = result.timeline
+    first = next(iter(timeline["scores"].values()))
     print(json.dumps({
         "load_to_first_result_s": done - started,
         "classify_s": done - t0,
-        "windows": len(result.timeline["start"]),
+        "windows": len(timeline["start"]),
+        "scored": sum(v is not None for v in first),
         "peak_rss_mb": peak_rss_mb(),
         "verdict": result.verdict,
+        "scores": result.scores,
+        "segments": [[s.label, s.start, s.end, s.score] for s in result.segments],
+        "timeline": {"start": timeline["start"], "scores": timeline["scores"]},
     }))
 
 
-def bench_long(model_dir: Path, work: Path, minutes: float, backend: str, warm: bool = True) -> dict:
+#: The variants of the long recording's run: (name, where medzero comes from, MEDZERO_TIMELINE).
+#: ``before`` is the code before issue 24 (a git worktree of ``--baseline``, first on PYTHONPATH),
+#: ``full`` today's code scoring every timeline window, ``medzero`` today's default.
+LONG_VARIANTS = (("before", "baseline", None), ("full", None, "full"), ("medzero", None, None))
+
+
+def make_long_recording(work: Path, minutes: float) -> Path:
+    """The bench's clip tiled to ``minutes`` with a little white noise (speech all through)."""
     import soundfile as sf
 
     path = work / "long.flac"
@@ -295,15 +317,102 @@ def bench_long(model_dir: Path, work: Path, minutes: float, backend: str, warm: 
         x = np.tile(speech, n // len(speech) + 1)[:n]
         x = x + np.random.default_rng(1).standard_normal(n).astype(np.float32) * 0.01
         sf.write(path, np.clip(x, -1, 1), rate)
+    return path
+
+
+def run_long(model_dir: Path, path: Path, backend: str, *, tree: Path | None = None, timeline: str | None = None,
+             warm: bool = False) -> dict:
+    """One fresh process classifying the long recording (after a warm-up run when ``warm``)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MEDZERO_TIMELINE", None)
+    if timeline:
+        env["MEDZERO_TIMELINE"] = timeline
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    command = [sys.executable, __file__, "--long-child", str(model_dir), str(path), backend]
     if warm:  # the export and the task's label embeddings, as after a first run
-        subprocess.run([sys.executable, __file__, "--long-child", str(model_dir), str(path), backend], check=True,
-                       capture_output=True, env=env)
-    out = subprocess.run(
-        [sys.executable, __file__, "--long-child", str(model_dir), str(path), backend],
-        check=True, capture_output=True, text=True, env=env,
-    ).stdout
-    return {"minutes": minutes, "backend": backend, **json.loads(out.strip().splitlines()[-1])}
+        subprocess.run(command, check=True, capture_output=True, env=env)
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_long(model_dir: Path, work: Path, minutes: float, backend: str, warm: bool = True) -> dict:
+    """Today's default on the long recording (kept for callers of the single-variant run)."""
+    return {"minutes": minutes, "backend": backend, **run_long(model_dir, make_long_recording(work, minutes), backend, warm=warm)}
+
+
+def baseline_tree(work: Path, ref: str) -> Path:
+    """A detached git worktree of ``ref`` (this checkout's repository), removed by the caller."""
+    repo = Path(__file__).resolve().parent.parent
+    tree = work / f"baseline-{ref[:12]}"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-f", str(tree), ref], check=True, capture_output=True)
+    # the editable install maps medzero.prompts to this checkout's prompts/: the tree's own tasks instead
+    if not (tree / "medzero" / "prompts").exists():
+        (tree / "medzero" / "prompts").symlink_to(tree / "prompts", target_is_directory=True)
+    return tree
+
+
+def compare_long(reference: dict, other: dict) -> dict:
+    """How ``other``'s long-recording result differs from ``reference``'s: whole-recording scores,
+    verdict, window scores on the windows both scored, and each label's top segment."""
+    def top(run):
+        found: dict[str, tuple] = {}
+        for label, start, _end, score in run["segments"]:
+            found.setdefault(label, (start, score))
+        return found
+
+    score_diff = max(abs(reference["scores"][k] - other["scores"][k]) for k in reference["scores"])
+    where = {s: i for i, s in enumerate(reference["timeline"]["start"])}
+    window_diff = 0.0
+    for label, values in other["timeline"]["scores"].items():
+        for k, start in enumerate(other["timeline"]["start"]):
+            i = where.get(start)
+            if i is not None and values[k] is not None and reference["timeline"]["scores"][label][i] is not None:
+                window_diff = max(window_diff, abs(values[k] - reference["timeline"]["scores"][label][i]))
+    a, b = top(reference), top(other)
+    same_top = sum(a[k][0] == b.get(k, (None,))[0] for k in a)
+    segments_a = {(x[0], x[1]) for x in reference["segments"]}
+    segments_b = {(x[0], x[1]) for x in other["segments"]}
+    return {"score_diff": score_diff, "window_diff": window_diff, "verdict_same": reference["verdict"] == other["verdict"],
+            "same_top": same_top, "labels": len(a), "same_segments": len(segments_a & segments_b), "segments": len(segments_a),
+            "top_gap": max((abs(a[k][1] - b[k][1]) for k in a if k in b), default=0.0)}
+
+
+def report_long(args: argparse.Namespace, model_dir: Path, work: Path, backends: list[str]) -> None:
+    """The long recording per backend: before, full pass and today's default, interleaved, in one run."""
+    path = make_long_recording(work, args.long_minutes)
+    tree = baseline_tree(work, args.baseline) if args.baseline else None
+    variants = [v for v in LONG_VARIANTS if v[1] is None or tree is not None]
+    long_backends = [b for b in args.long_backends.split(",") if b] or backends
+    repeats = max(1, args.long_repeats)
+    runs = {(b, name): [] for b in long_backends for name, _, _ in variants}
+    try:
+        for i in range(repeats):
+            for b in long_backends:
+                for name, where, mode in variants:
+                    runs[b, name].append(run_long(model_dir, path, b, tree=tree if where else None, timeline=mode, warm=i == 0))
+    finally:
+        if tree is not None:
+            repo = Path(__file__).resolve().parent.parent
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    print(f"{args.long_minutes:g}-minute recording, voice_quality, process start to result, fresh process per run "
+          f"(warm caches; medians of {repeats}, variants interleaved; before = {args.baseline or 'not run'}; {load_note()}):")
+    for b in long_backends:
+        base = median_of([r["load_to_first_result_s"] for r in runs[b, variants[0][0]]])
+        for name, _, _ in variants:
+            rs = runs[b, name]
+            first = median_of([r["load_to_first_result_s"] for r in rs])
+            wall = median_of([r["classify_s"] for r in rs])
+            print(f"  --backend {b:10s} {name:8s} start to result {first:5.1f} s ({base / first:4.2f}x {variants[0][0]}; goal < 10 s); "
+                  f"classification {wall:5.1f} s; {rs[0]['scored']} of {rs[0]['windows']} timeline windows scored; "
+                  f"peak RSS {max(r['peak_rss_mb'] for r in rs):.0f} MB; all runs {', '.join('%.1f' % r['load_to_first_result_s'] for r in rs)} s")
+        reference = runs[b, variants[0][0]][0]
+        for name, _, _ in variants[1:]:
+            c = compare_long(reference, runs[b, name][0])
+            print(f"    {name} against {variants[0][0]}: verdict {'same' if c['verdict_same'] else 'DIFFERENT'}; max |score diff| "
+                  f"{c['score_diff']:.1e} (whole recording), {c['window_diff']:.1e} (windows both scored); top segment the same "
+                  f"for {c['same_top']} of {c['labels']} labels (largest top-score gap {c['top_gap']:.1e}); "
+                  f"{c['same_segments']} of {c['segments']} segments the same", flush=True)
 
 
 def main() -> None:
@@ -316,6 +425,10 @@ def main() -> None:
     parser.add_argument("--long-minutes", type=float, default=10.0)
     parser.add_argument("--long-repeats", type=int, default=1, help="fresh-process runs of the long recording per backend (medians)")
     parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--long-backends", default="", help="backends of the long recording (default: all measured)")
+    parser.add_argument("--baseline", default=BASELINE,
+                        help=f"git commit whose code runs the long recording's 'before' (a worktree on PYTHONPATH; default "
+                             f"{BASELINE}, before issue 24; '' skips it)")
     parser.add_argument("--parts", default="throughput,process,long", help="which measurements to run (default all)")
     parser.add_argument("--long-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--process-child", nargs="+", help=argparse.SUPPRESS)
@@ -361,22 +474,7 @@ def main() -> None:
             print("  all runs (s): " + "; ".join(f"{k} {', '.join(f'{x:.1f}' for x in v)}" for k, v in p["all"].items()), flush=True)
 
         if not args.skip_long and "long" in parts:
-            runs: dict[str, list[dict]] = {b: [] for b in backends}
-            for i in range(max(1, args.long_repeats)):
-                for b in backends:
-                    runs[b].append(bench_long(model_dir, work, args.long_minutes, b, warm=i == 0))
-            print(f"{args.long_minutes:g}-minute recording, voice_quality, fresh process per run (warm caches; medians of "
-                  f"{max(1, args.long_repeats)}; {load_note()}):")
-            for b in backends:
-                first = [r["load_to_first_result_s"] for r in runs[b]]
-                wall = median_of([r["classify_s"] for r in runs[b]])
-                rss = max(r["peak_rss_mb"] for r in runs[b])
-                print(
-                    f"  --backend {b:10s} start to first result {median_of(first):5.1f} s; classification {wall:5.1f} s "
-                    f"({runs[b][0]['windows']} timeline windows; goal < 10 s); peak RSS {rss:.0f} MB; "
-                    f"all runs {', '.join(f'{x:.1f}' for x in first)} s",
-                    flush=True,
-                )
+            report_long(args, model_dir, work, backends)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
