@@ -354,3 +354,20 @@ def test_connection_lost_is_a_one_line_error(pg_url):
         index.close()
     with CaseIndex(pg_url, readonly=True) as again:
         assert again.search_vector(x[0], k=1)[0].path == "/c/0-0"
+
+
+def test_writer_api_from_two_processes_at_once(pg_url):
+    """What a Ray actor does: its own CaseIndex(url) and writer(), no lock between writers; a case
+    another writer committed after known_sha256 answered is left out of insert's ids."""
+    x = unit(np.random.default_rng(4), 6, 8)
+    with CaseIndex(pg_url) as a, CaseIndex(pg_url) as b:
+        with a.writer() as wa, b.writer() as wb:  # both at once: nothing is held
+            row = wa.space_row("audio", "a@1", 8, None)
+            cases = [{"path": f"/w/{i}", "sha256": f"{i:064x}", "vector": x[i]} for i in range(6)]
+            assert wa.known_sha256(row.space, [c["sha256"] for c in cases]) == set()
+            first = wa.insert([(row, c) for c in cases[:4]])
+            assert len(first) == 4
+            again = wb.insert([(wb.space_row("audio", "a@1", 8, None), c) for c in cases[2:]])
+            assert len(again) == 2  # cases 2 and 3 were committed by the other writer meanwhile
+            assert len(wb.digests("a@1")) == 6
+        assert len(b) == 6 and b.search_vector(x[5], k=1)[0].path == "/w/5"
