@@ -46,6 +46,7 @@ __all__ = [
     "fit_conformal",
     "nonconformity",
     "coverage_interval",
+    "coverage_figures",
     "log_loss",
     "calibrate_probabilities",
     "calibrate_conformal",
