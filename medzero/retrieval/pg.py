@@ -179,6 +179,7 @@ def connect(url: str, *, readonly: bool = False):
         conn = psycopg.connect(url, autocommit=True, connect_timeout=int(os.environ.get("PGCONNECT_TIMEOUT", "10")), **extra)
     except psycopg.Error as exc:
         raise CaseIndexError(f"cannot connect to {redact(url)}: {_scrub(exc, secrets)}") from None
+    conn.execute("SET client_min_messages = warning")  # no NOTICE per batch ("already exists, skipping")
     if readonly:
         conn.execute("SET default_transaction_read_only = on")
     return conn
@@ -291,7 +292,6 @@ class PgStore:
         self.approx_threshold = int(approx_threshold)
         self._secrets = _secrets(url)
         self._mutex = threading.RLock()
-        self._staged = False
         self._rows: dict[str, SpaceRow] = {}
         self._counts: dict[str, int] = {}
         self._indexes: dict[str, str] = {}
@@ -441,19 +441,25 @@ class PgStore:
             return row
         return SpaceRow(space_key(fingerprint), fingerprint, modality, int(dim), model_ref, utc_now())
 
-    def _ensure_space(self, row: SpaceRow) -> None:
-        """Create the space and its HNSW index unless another writer did; a race for the same
-        modality with another model ends in :meth:`check_fingerprint`'s error."""
-        with self._sql("create a space") as conn, conn.transaction():
-            conn.execute(
-                "INSERT INTO spaces (space, fingerprint, modality, dim, model_ref, created_at) VALUES (%s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT DO NOTHING",
-                (row.space, row.fingerprint, row.modality, row.dim, row.model_ref, row.created_at),
-            )
-        self.refresh()
-        self.row_for(row.modality, row.fingerprint, row.dim, row.model_ref)
-        if row.space not in self._rows:
+    def _ensure_space(self, conn, row: SpaceRow) -> None:
+        """Create the space in the open transaction unless another writer did (as in the local
+        store, it exists only if the cases that made it commit). A writer that creates the same
+        modality at once waits on the unique index until this one ends; if it used another model
+        it then gets :meth:`check_fingerprint`'s error and its transaction rolls back."""
+        conn.execute(
+            "INSERT INTO spaces (space, fingerprint, modality, dim, model_ref, created_at) VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (row.space, row.fingerprint, row.modality, row.dim, row.model_ref, row.created_at),
+        )
+        found = conn.execute("SELECT space, fingerprint, dim, model_ref FROM spaces WHERE modality = %s", (row.modality,)).fetchone()
+        if found is None or found[0] != row.space:
+            winner = SpaceRow(found[0], found[1], row.modality, int(found[2]), found[3], "") if found else None
+            if winner is not None and winner.fingerprint != row.fingerprint:
+                self._rows[winner.space] = winner
+                self.check_fingerprint(row.modality, row.fingerprint)
             raise CaseIndexError(f"index {self.name}: the space {row.fingerprint} could not be created (another space has its key)")
+        if int(found[2]) != row.dim:
+            raise CaseIndexError(f"index {self.name} holds {found[2]}-dimensional {row.modality} vectors; these have {row.dim} dimensions")
 
     # -- cases -----------------------------------------------------------------------------------------------
     def known_sha(self, key: str, shas: Sequence[str]) -> set[str]:
@@ -474,14 +480,12 @@ class PgStore:
         the space already held that content (committed by another writer meanwhile)."""
         if not len(rows):
             return []
-        for row in {r.space: r for r, _ in rows}.values():
-            if row.space not in self._rows:
-                self._ensure_space(row)
+        new_spaces = [row for row in {r.space: r for r, _ in rows}.values() if row.space not in self._rows]
         now = utc_now()
         with self._sql("add cases") as conn, conn.transaction():
-            if not self._staged:
-                conn.execute(_STAGE)
-                self._staged = True
+            for row in new_spaces:
+                self._ensure_space(conn, row)
+            conn.execute(_STAGE)  # once per session (IF NOT EXISTS); rows go at commit
             with conn.cursor() as cur:
                 with cur.copy(
                     "COPY medzero_stage (ord, space, path, sha256, modality, fingerprint, metadata, task, scores,"
@@ -501,6 +505,8 @@ class PgStore:
                     added[space] = added.get(space, 0) + 1
                 for space, n in sorted(added.items()):
                     cur.execute("UPDATE spaces SET cases = cases + %s WHERE space = %s", (n, space))
+        if new_spaces:
+            self.refresh()
         ids = {(space, sha): int(i) for i, space, sha in found}
         out: list[int | None] = []
         for row, case in rows:  # a content twice in one batch: the first copy has the id
