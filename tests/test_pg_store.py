@@ -371,3 +371,43 @@ def test_writer_api_from_two_processes_at_once(pg_url):
             assert len(again) == 2  # cases 2 and 3 were committed by the other writer meanwhile
             assert len(wb.digests("a@1")) == 6
         assert len(b) == 6 and b.search_vector(x[5], k=1)[0].path == "/w/5"
+
+
+def test_copy_killed_with_sigkill_is_finished_by_running_it_again(pg_url, tmp_path):
+    """`medzero index copy` killed between its transactions keeps the batches it committed; the
+    same command run again copies only the rest: every case once."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from test_hostile_image import medzero_command
+
+    src = tmp_path / "src"
+    x = unit(np.random.default_rng(11), 8_000, 16)
+    with CaseIndex(src) as index:
+        index.add_vectors(x, modality="audio", fingerprint="a@1", batch_size=8_000)
+    command = [*medzero_command(), "index", "copy", str(src), pg_url, "--batch-size", "50"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def copied() -> int:
+        try:
+            with psycopg.connect(pg_url) as conn:
+                return conn.execute("SELECT count(*) FROM cases").fetchone()[0]
+        except psycopg.Error:
+            return 0  # the tables are not there yet
+
+    deadline = time.monotonic() + 60
+    while copied() < 500:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = copied()
+    assert 500 <= partial < 8_000 and partial % 50 == 0  # whole batches only
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"copied {8_000 - partial} case(s), skipped {partial} already there; 8000 case(s)" in again.stdout
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT sha256) FROM cases").fetchone() == (8_000, 8_000)
