@@ -188,6 +188,10 @@ def test_calibrate_conformal_then_eval_reports_coverage(voice_manifest, tiny_cla
     assert c["uncertain_rate"] == pytest.approx(decided.count("uncertain") / 14)
     md = out.with_suffix(".md").read_text()
     assert "## Conformal abstention" in md and "## Calibrated probabilities" in md
+    # evaluated on the very rows it was fitted on: said, in the JSON, the text and the report
+    assert c["rows"] == "the overlay's own fitting rows (apparent, optimistic)"
+    assert "the calibrated figures and the coverage are apparent (optimistic)" in md
+    assert "note: These are the rows the overlay was fitted on" in res.stdout
 
 
 
@@ -197,7 +201,9 @@ def test_eval_counts_uncertain_apart_from_not_applicable(voice_manifest, tiny_cl
     res = _cli(["eval", voice_manifest, "--task", "voice_quality", "--audio-model", model, "--calibration", site,
                 "--bootstrap", 20, "-o", out])
     assert res.exit_code == 0, res.output
-    v = json.loads(out.read_text())["verdicts"]
+    report = json.loads(out.read_text())
+    v = report["verdicts"]
+    assert report["labels"]["background_noise"]["conformal"]["rows"] == "held out from the overlay's fit"
     rows = read_manifest(voice_manifest, medzero.load_task("voice_quality")).rows
     clf = medzero.Classifier("voice_quality", audio_model=model, device="cpu", calibration=site)
     predicted = [r.verdict for r in clf.classify_batch([str(r.file) for r in rows])]

@@ -71,7 +71,7 @@ def eval_command(manifest, task, labels, multilabel, calibration, models, device
     probabilities; with a conformal rule: its empirical coverage on these rows, met or not."""
     from ..evaluation.evaluate import evaluate
     from ..evaluation.report import (
-        CONFORMAL_COLUMNS, PROBABILITY_COLUMNS, SUMMARY_COLUMNS, conformal_rows, probability_rows, render_html, render_markdown,
+        CONFORMAL_COLUMNS, PROBABILITY_COLUMNS, SUMMARY_COLUMNS, apparent_note, conformal_rows, probability_rows, render_html, render_markdown,
         summary_rows, verdict_confusion, verdict_counts,
     )
 
@@ -95,6 +95,8 @@ def eval_command(manifest, task, labels, multilabel, calibration, models, device
             f"{data['calibration'].get('summary') or data['calibration']['status']}"]
     text.append(render_table(SUMMARY_COLUMNS, summary_rows(data)))
     prob, conf = probability_rows(data), conformal_rows(data)
+    if (prob or conf) and apparent_note(data):
+        text.append(f"note: {apparent_note(data)}")
     if prob:
         text.append("calibrated probabilities (raw = the model's scores; ECE over 10 equal-width bins):")
         text.append(render_table(PROBABILITY_COLUMNS, prob))

@@ -350,7 +350,10 @@ def evaluate(
     for lid, block in report.labels.items():
         block["threshold_source"] = cal.labels[lid].source if cal and lid in cal.labels else "task file"
     if cal is not None:
+        same = bool(cal.data_sha256) and cal.data_sha256 == table.data_hash
         for lid, extra in calibration_figures(cal, scored.truth(), scored.scores()).items():
+            for block in extra.values():  # figures on the rows the overlay was fitted on are not held-out figures
+                block["rows"] = "the overlay's own fitting rows (apparent, optimistic)" if same else "held out from the overlay's fit"
             report.labels[lid].update(extra)
     report.rows = {"manifest": len(table), "scored": len(scored.results), "failed": len(scored.errors)}
     report.errors = scored.errors

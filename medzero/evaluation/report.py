@@ -13,7 +13,7 @@ import html
 from typing import Any, Iterable, Sequence
 
 __all__ = ["render_html", "render_markdown", "roc_svg", "reliability_svg", "summary_rows", "verdict_counts", "verdict_confusion",
-           "PROBABILITY_COLUMNS", "CONFORMAL_COLUMNS", "probability_rows", "conformal_rows"]
+           "PROBABILITY_COLUMNS", "CONFORMAL_COLUMNS", "probability_rows", "conformal_rows", "apparent_note"]
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -222,6 +222,14 @@ def probability_rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def apparent_note(data: dict[str, Any]) -> str:
+    """A warning when the calibrated figures come from the rows the overlay was fitted on, else ``""``."""
+    fitted_on = any((b.get(k) or {}).get("rows", "").startswith("the overlay's own") for b in data["labels"].values()
+                    for k in ("probability", "conformal"))
+    return ("These are the rows the overlay was fitted on: the calibrated figures and the coverage are apparent (optimistic); "
+            "evaluate on held-out rows, or read the cross-validated figures the overlay records.") if fitted_on else ""
+
+
 def conformal_rows(data: dict[str, Any]) -> list[list[str]]:
     """Per label with an overlay conformal rule: empirical coverage, its interval, and whether it meets 1 − alpha."""
     rows = []
@@ -354,6 +362,8 @@ def _calibration_html(data: dict[str, Any]) -> list[str]:
         return f"<table><tr>{head}</tr>{body}</table>"
 
     prob = probability_rows(data)
+    if (prob or conformal_rows(data)) and apparent_note(data):
+        out.append(f'<p class="warn">{e(apparent_note(data))}</p>')
     if prob:
         out.append(f"<h2>Calibrated probabilities</h2><p>{e(_PROBABILITY_NOTE)}</p>" + table(PROBABILITY_COLUMNS, prob))
         out.append('<div class="cards">')
@@ -396,6 +406,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     for lid, b in data["labels"].items():
         out.append(_img(reliability_svg(b, xmlns=True), f"reliability {lid}"))
     prob, conf = probability_rows(data), conformal_rows(data)
+    if (prob or conf) and apparent_note(data):
+        out += ["", f"**{apparent_note(data)}**"]
     if prob:
         out += ["", "## Calibrated probabilities", "", _PROBABILITY_NOTE, "", "| " + " | ".join(PROBABILITY_COLUMNS) + " |",
                 "|---" * len(PROBABILITY_COLUMNS) + "|", *("| " + " | ".join(r) + " |" for r in prob)]

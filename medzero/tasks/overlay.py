@@ -104,6 +104,8 @@ class Calibration:
     #: Per-label split-conformal rule (format 2), or None.
     conformal: ConformalRule | None = None
     format: int = 1
+    #: The data hash of the manifest it was fitted on (``manifest.data_sha256``), to tell held-out rows from those.
+    data_sha256: str | None = None
 
     def summary(self) -> str:
         limits = sum(len(sides) for sides in self.metrics.values())
@@ -241,7 +243,14 @@ def load_overlay(path: "str | os.PathLike") -> Calibration:
         probability=parse_probability(str(path), raw.get("probability")),
         conformal=parse_conformal(str(path), raw.get("conformal")),
         format=version,
+        data_sha256=_fitted_rows(raw.get("manifest")),
     )
+
+
+def _fitted_rows(manifest: Any) -> str | None:
+    """The ``manifest.data_sha256`` an overlay records, or None."""
+    value = manifest.get("data_sha256") if isinstance(manifest, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _number(value: Any) -> float | None:
