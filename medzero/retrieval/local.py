@@ -160,6 +160,7 @@ class LocalStore:
         db_bytes = sum(p.stat().st_size for p in self.path.glob(DB_NAME + "*") if p.is_file())
         return {
             "path": str(self.path),
+            "store": "local",
             "cases": self.db().count(),
             "spaces": spaces,
             "database_bytes": db_bytes,
