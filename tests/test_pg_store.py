@@ -411,3 +411,12 @@ def test_copy_killed_with_sigkill_is_finished_by_running_it_again(pg_url, tmp_pa
     assert f"copied {8_000 - partial} case(s), skipped {partial} already there; 8000 case(s)" in again.stdout
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT sha256) FROM cases").fetchone() == (8_000, 8_000)
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:s3cret@127.0.0.1:1/x", "postgresql://u:s3cret@[bad/x", "postgres://u@127.0.0.1:1/x?password=s3cret"])
+def test_unreachable_or_malformed_url_is_one_line(url, monkeypatch):
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "nonsense")
+    with pytest.raises(CaseIndexError) as err:
+        CaseIndex(url, readonly=True)
+    message = str(err.value)
+    assert message.startswith("cannot connect to postgres") and "\n" not in message and "s3cret" not in message

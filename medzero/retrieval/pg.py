@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
@@ -142,10 +143,15 @@ def _secrets(url: str) -> list[str]:
     from urllib.parse import unquote
 
     found = []
-    parts = urlsplit(url)
-    if parts.password:
-        found += [parts.password, unquote(parts.password)]
-    found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+    try:
+        parts = urlsplit(url)
+        password, query = parts.password, parts.query
+    except ValueError:  # malformed (say an unclosed "[" host): take what sits where a password would
+        match = re.match(r"^[A-Za-z][\w+.-]*://[^/@:]*:([^/@]*)@", url)
+        password, query = (match.group(1) if match else None), url.partition("?")[2]
+    if password:
+        found += [password, unquote(password)]
+    found += [v for k, v in parse_qsl(query) if k.lower() == "password"]
     return [s for s in found if s]
 
 
@@ -176,13 +182,19 @@ def connect(url: str, *, readonly: bool = False):
             extra["password"] = password
             secrets.append(password)
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=int(os.environ.get("PGCONNECT_TIMEOUT", "10")), **extra)
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=_connect_timeout(), **extra)
     except psycopg.Error as exc:
         raise CaseIndexError(f"cannot connect to {redact(url)}: {_scrub(exc, secrets)}") from None
     conn.execute("SET client_min_messages = warning")  # no NOTICE per batch ("already exists, skipping")
     if readonly:
         conn.execute("SET default_transaction_read_only = on")
     return conn
+
+
+def _connect_timeout() -> int:
+    """Seconds to wait for the server: ``PGCONNECT_TIMEOUT`` (libpq's variable), else 10."""
+    text = os.environ.get("PGCONNECT_TIMEOUT", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else 10
 
 
 def _scrub(error: BaseException | str, secrets: Sequence[str]) -> str:
