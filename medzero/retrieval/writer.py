@@ -41,7 +41,7 @@ class IndexWriter:
         self._encoders = encoders
         self._open = True
 
-    def _check(self) -> SpaceSet:
+    def _check(self) -> "CaseStore":
         if not self._open:
             raise CaseIndexError(f"the writer of index {self._spaces.name} was used after its with block ended")
         return self._spaces
