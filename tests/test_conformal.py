@@ -15,6 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 import medzero
+from medzero.core.modality import get_modality
 from medzero.evaluation import read_manifest
 from medzero.evaluation.calibrate import stratified_folds
 from medzero.evaluation.probability import calibrate_conformal, coverage_figures, coverage_interval, fit_conformal, nonconformity
@@ -113,6 +114,9 @@ def test_uncertain_label_makes_the_verdict_abstain_only_when_it_could_change_it(
     assert speech.verdict == "uncertain" and speech.verdict_name == {"en": "Uncertain", "zh": "不确定"}
     assert speech.applicable and speech.reasons[0].kind == "uncertain" and "not sure at the 90% level" in speech.summary()
     assert speech.to_dict()["uncertain"] == ["background_noise"] and speech.to_dict()["verdict"] == "uncertain"
+    before = speech.to_dict()  # applying the overlay again (eval does, on a calibrated classifier's results) changes nothing
+    unsure.calibration.annotate(speech, unsure.task_for("audio"), get_modality("audio").metric_info)
+    assert speech.to_dict() == before
     # review (narrow band) could become re-record if the noise were there: abstains too
     assert sure["amr"].verdict == "review" and not_sure["amr"].verdict == "uncertain"
     # clipping already makes it re-record: the uncertain label cannot change that, so it does not abstain

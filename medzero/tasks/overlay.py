@@ -156,10 +156,13 @@ class Calibration:
             worst = {lid: (polarity[lid] == "bad", rule.cut(lid, polarity[lid] == "bad")) for lid in result.uncertain}
             alternative, _ = evaluate(task, result.scores, result.metrics, metric_info, decided={**decided, **worst})
             if task.verdict_rank(alternative) > task.verdict_rank(verdict):
-                reasons = [self._uncertain_reason(task, lid, result.scores[lid]) for lid in result.uncertain
-                           if polarity[lid] != "info"] + reasons
+                sets = {lb.id: lb.verdict or task.worst_verdict() for lb in task.labels}
+                could = [lid for lid in result.uncertain  # the labels that, present, would make the verdict worse
+                         if polarity[lid] != "info" and task.verdict_rank(sets[lid]) > task.verdict_rank(verdict)]
+                reasons = [self._uncertain_reason(task, lid, result.scores[lid]) for lid in could] + reasons
                 verdict = UNCERTAIN.id
-        result.verdict, result.reasons = verdict, reasons
+        kept = [r for r in result.reasons if r.kind not in ("label", "metric", "uncertain")]  # notes a postprocess added stay
+        result.verdict, result.reasons = verdict, reasons + kept
         shown = UNCERTAIN if verdict == UNCERTAIN.id else (task.verdict(verdict) if task.verdicts and verdict else None)
         if shown is not None:
             result.verdict_name = {"en": shown.display("en"), "zh": shown.display("zh")}
