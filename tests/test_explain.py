@@ -65,15 +65,13 @@ def hide_cells(path: Path, explanation: Explanation, cells: list[int]) -> np.nda
     return pixels
 
 
-@pytest.mark.parametrize("method", ["auto", "occlusion"])
+@pytest.mark.parametrize("method", ["auto", "occlusion", "gradient"])
 def test_deletion_hiding_the_top_region_lowers_the_score_more_than_random_regions(tiny_clip_dir, chest_png, method):
     """For each label: hide the 10% of cells its map ranks highest (in the original image, where
     ``region`` says the model input sits) and classify again; the score falls further than when as
     many random cells are hidden (mean over 12 random draws). Averaged over the labels.
 
-    Ranking the cells lowest-first instead fails this test. The gradient method is not held to it:
-    on this tiny random ViT its ranking does not beat random cells reliably (lowest-first passes
-    too), which is one reason occlusion is the default (bench/bench_explain.py)."""
+    Ranking the cells lowest-first instead fails this test, for either method."""
     clf = classifier(tiny_clip_dir)
     result = clf.classify(chest_png, explain=method)
     assert set(result.explanations) == set(LABELS)
@@ -83,6 +81,7 @@ def test_deletion_hiding_the_top_region_lowers_the_score_more_than_random_region
         explanation = Explanation.from_dict(label, result.explanations[label])
         assert explanation.method == ("occlusion" if method == "auto" else method)
         grid = explanation.grid
+        assert grid.shape == ((4, 4) if method == "gradient" else (7, 7))  # the ViT's patch grid; occlusion's cells
         k = max(1, grid.size // 10)
         top = list(np.argsort(-grid.ravel(), kind="stable")[:k])
         base = result.scores[label]
@@ -239,3 +238,18 @@ def test_cli_explain_with_gradient_on_onnx_fails_in_one_line(tiny_clip_dir, ches
     err = capsys.readouterr().err
     assert code == 1 and "torch backend" in err and "Traceback" not in err
     assert not list((tmp_path / "maps").glob("*.png"))
+
+
+def test_gradient_on_a_timm_vit_tower_gives_its_patch_grid(tiny_hf_clip_dir, chest_png):
+    """The BiomedCLIP layout (timm ViT image tower, BERT text tower): the gradient map sits on the
+    ViT's own patch grid, finite, non-negative, not all zero; occlusion on its 7×7 cells."""
+    import timm
+
+    clf = medzero.Classifier(labels=LABELS, image_model=f"local-dir:{tiny_hf_clip_dir}", backend="torch")
+    maps = clf.classify(chest_png, explain="gradient").explanations
+    grid_size = tuple(clf.encoder("image").model.visual.trunk.patch_embed.grid_size)
+    for label in LABELS:
+        grid = np.asarray(maps[label]["grid"])
+        assert grid.shape == grid_size and np.isfinite(grid).all() and (grid >= 0).all() and grid.max() > 0
+    assert np.asarray(clf.classify(chest_png, explain="occlusion").explanations["pneumonia"]["grid"]).shape == (7, 7)
+    assert timm  # the tower is timm's

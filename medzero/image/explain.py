@@ -9,9 +9,11 @@ negative prompts), so a map says what moved *that score*, not the raw image-text
   image tower in batches, and a cell's value is how far each label's score dropped. Needs only
   ``encoder.encode``, so it runs on every backend (torch, ONNX Runtime, OpenVINO); one pass gives
   every label's map. Cost: ``grid²`` + 1 image-tower passes per image.
-- ``gradient``: gradient-weighted patch tokens (Grad-CAM on a ViT): the patch tokens entering the
-  last transformer block, each weighted by the gradient of the label's task score with respect to
-  it (``relu(Σ_d ∂score/∂t_d · t_d)``), on the ViT's own patch grid (14×14 for ViT-B/16). The
+- ``gradient``: gradient-weighted patch tokens (Grad-CAM-like, on a ViT): the patch tokens entering
+  the last transformer block, each patch's deviation from the average patch weighted by the
+  gradient of the label's task score (``relu(Σ_d ∂score/∂t_d · (t_d − t̄_d))``: to first order, how
+  far the score would fall were the patch replaced by the average one, the token-space twin of
+  occlusion), on the ViT's own patch grid (14×14 for ViT-B/16). The
   score is the image-text similarity through the task's softmax, so this is the similarity's
   gradient on each patch. Needs the torch model (``open_clip`` ViT or timm ViT tower): no ONNX
   export has gradients. Cost: one forward and backward pass per label.
@@ -234,7 +236,7 @@ def _vit_blocks(visual: Any) -> tuple[Any, tuple[int, int]]:
 
 
 def _gradient(encoder: Any, head: "TaskHead", x: Any, wanted: list[int], batch: int) -> tuple[np.ndarray, dict[int, np.ndarray], dict]:
-    """Grad-CAM on the patch tokens entering the last block, per label, on the ViT's patch grid."""
+    """Gradient × (token − mean token) on the patch tokens entering the last block, per label, on the ViT's patch grid."""
     import torch
 
     model = getattr(encoder, "torch_model", None) or getattr(encoder, "model", None)
@@ -278,7 +280,10 @@ def _gradient(encoder: Any, head: "TaskHead", x: Any, wanted: list[int], batch: 
                 tokens_t, grads = tokens.detach().transpose(0, 1), tokens.grad.transpose(0, 1)
             else:
                 tokens_t, grads = tokens.detach(), tokens.grad
-            cam = torch.relu((grads * tokens_t).sum(dim=-1))[:, -gh * gw :]
+            patches, grads = tokens_t[:, -gh * gw :], grads[:, -gh * gw :]
+            # A patch against the average patch, to first order: where the tokens' common part is
+            # large (random or untrained towers), plain gradient × token has one sign everywhere.
+            cam = torch.relu((grads * (patches - patches.mean(dim=1, keepdim=True))).sum(dim=-1))
             for k, i in enumerate(chunk):
                 maps[i] = cam[k].reshape(gh, gw).double().cpu().numpy()
     finally:
