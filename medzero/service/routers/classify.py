@@ -150,7 +150,8 @@ async def explain(
         raise ApiError(503, "busy", "another explanation is running; try again shortly", {"Retry-After": "5"})
     try:
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(state.decode, _explain_one, classifier, upload.files[0],
+        # the loop's default pool, not the decode threads: an explanation must not hold up others' uploads
+        job = loop.run_in_executor(None, _explain_one, classifier, upload.files[0],
                                    options.upload_name("upload"), method, options.lang)
         try:
             result, pictures = await asyncio.wait_for(asyncio.shield(job), config.timeout_s)
