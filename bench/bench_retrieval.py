@@ -16,13 +16,21 @@ What is measured (all in one run, on random unit vectors, the worst case for an 
    against ``full rebuild``: what opening an index whose FAISS file is lost costs
    (``SpaceSet._rebuild``), i.e. reading the ``n + add`` stored vectors back from the vector file,
    training the quantiser on its sample and encoding them all (the FAISS save, common to both, is
-   not counted in the rebuild). Both run on a warm page cache (the files were just written).
+   not counted in the rebuild). Both run on a warm page cache (the files were just written), in a
+   child process of their own whose peak RSS is the add's (the ``--add`` input, memory-mapped from
+   a .npy file, included). The vectors are generated and fed 100,000 at a time, so the
+   benchmark's own memory stays bounded. ``--baseline DIR`` runs the add and the rebuild a second
+   time with ``DIR`` (a worktree of an earlier commit) on the same index state (the database and
+   FAISS file restored between runs), interleaved ``--add-repeats`` times, and prints before ->
+   after: both ratios come from the same run.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
 import shutil
 import sys
 import tempfile
@@ -31,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, os.environ.get("MEDZERO_BENCH_TREE") or str(Path(__file__).resolve().parents[1]))  # the tree measured
 
 from medzero.retrieval import CaseIndex  # noqa: E402
 from medzero.retrieval import faiss_io  # noqa: E402
@@ -55,6 +63,61 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
+def add_child(path: str, extra: str, threshold: int) -> dict:
+    """Runs in a fresh process (with ``MEDZERO_BENCH_TREE`` naming the medzero measured): open the
+    index, add the vectors of ``extra`` (a .npy file, memory-mapped), then rebuild the space from
+    the stored vectors as a lost FAISS file would; times and the add's peak RSS."""
+    vectors = np.load(extra, mmap_mode="r")
+    t = time.perf_counter()
+    with CaseIndex(path, approx_threshold=threshold) as index:
+        open_s = time.perf_counter() - t
+        with open("/proc/self/clear_refs", "w") as f:  # peak RSS from here on: the add's
+            f.write("5")
+        t = time.perf_counter()
+        report = index.add_vectors(vectors, modality="image", batch_size=50_000)
+        add_s = time.perf_counter() - t
+        add_peak = _vm_hwm_gb()
+        assert len(report.added) == len(vectors)
+    with CaseIndex(path, readonly=True, approx_threshold=threshold) as index:
+        space = next(iter(index._spaces.spaces.values()))
+        t = time.perf_counter()
+        rebuilt = index._spaces._rebuild(space.row)  # what a lost FAISS file costs on open
+        rebuild_s = time.perf_counter() - t
+        assert faiss_io.is_approximate(rebuilt)
+        ntotal = rebuilt.ntotal
+    return {"open_s": open_s, "add_s": add_s, "add_peak_gb": add_peak, "rebuild_s": rebuild_s, "ntotal": ntotal,
+            "medzero": str(Path(sys.modules["medzero"].__file__).parents[1])}
+
+
+def _vm_hwm_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024 / 1024
+    return float("nan")
+
+
+def snapshot(path: Path) -> Path:
+    """What an add changes that a restore must put back: the database (copied) and the FAISS
+    files (hard links: a save replaces the file by rename, the link keeps the old one). The
+    vector and idx files need nothing: rows past the committed count are overwritten."""
+    keep = path.parent / "snapshot"
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir()
+    shutil.copy2(path / "cases.sqlite", keep / "cases.sqlite")
+    for f in path.glob("space-*.faiss"):
+        os.link(f, keep / f.name)
+    return keep
+
+
+def restore(path: Path, keep: Path) -> None:
+    for f in [*path.glob("cases.sqlite*"), *path.glob("space-*.faiss")]:
+        f.unlink()
+    shutil.copy2(keep / "cases.sqlite", path / "cases.sqlite")
+    for f in keep.glob("space-*.faiss"):
+        os.link(f, path / f.name)
+    os.sync()  # the previous run's dirty pages written back before the next is timed
+
+
 def pct(values: list[float]) -> tuple[float, float]:
     a = np.array(values) * 1000
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
@@ -71,31 +134,40 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", type=int, default=5, help="64-query batches timed")
     ap.add_argument("--dir", default=None, help="where to build the index (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--baseline", default=None, help="a medzero tree (a worktree of an earlier commit) whose add and rebuild run too, for before -> after")
+    ap.add_argument("--add-repeats", type=int, default=1, help="interleaved runs of the add and rebuild per tree (medians)")
+    ap.add_argument("--add-child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--latent", type=int, default=0,
                     help="0: isotropic random unit vectors (worst case); e.g. 32: low intrinsic dimension, like real embeddings")
     args = ap.parse_args(argv)
+    if args.add_child:
+        print(json.dumps(add_child(args.add_child[0], args.add_child[1], int(args.add_child[2]))))
+        return
 
     import faiss
 
     rng = np.random.default_rng(0)
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; n={args.n:,} dim={args.dim} add={args.add:,} "
           f"data={'isotropic' if not args.latent else f'latent {args.latent}-d + noise'}")
-    t = time.perf_counter()
-    base, extra = unit(rng, args.n, args.dim, latent=args.latent), unit(rng, args.add, args.dim, latent=args.latent)
-    queries = unit(rng, max(args.queries, 64 * args.batches), args.dim, latent=args.latent)
-    print(f"generated vectors in {time.perf_counter() - t:.1f} s; peak RSS {peak_rss_gb():.2f} GB")
-
     root = Path(args.dir or tempfile.mkdtemp(prefix="medzero-bench-"))
     path = root / "index"
     shutil.rmtree(path, ignore_errors=True)
     try:
-        # 1. base build through the product path
-        t = time.perf_counter()
+        # 1. base build through the product path, fed 100,000 generated vectors at a time (the
+        # same stream as generating all of them at once: unit() draws in chunks of 100,000)
+        t, generate_s = time.perf_counter(), 0.0
         with CaseIndex(path, approx_threshold=min(100_000, args.n)) as index:
-            index.add_vectors(base, modality="image", fingerprint="bench@1", batch_size=50_000)
-        base_s = time.perf_counter() - t
-        print(f"base build (CaseIndex.add_vectors: vector file + SQLite + approximate index + save): {base_s:.1f} s; "
-              f"peak RSS {peak_rss_gb():.2f} GB")
+            for start in range(0, args.n, 100_000):
+                g = time.perf_counter()
+                chunk = unit(rng, min(100_000, args.n - start), args.dim, latent=args.latent)
+                generate_s += time.perf_counter() - g
+                index.add_vectors(chunk, modality="image", fingerprint="bench@1", batch_size=50_000)
+            del chunk
+        base_s = time.perf_counter() - t - generate_s
+        extra = unit(rng, args.add, args.dim, latent=args.latent)
+        queries = unit(rng, max(args.queries, 64 * args.batches), args.dim, latent=args.latent)
+        print(f"base build (CaseIndex.add_vectors: vector file + SQLite + approximate index + save): {base_s:.1f} s "
+              f"(vectors generated in {generate_s:.1f} s besides); peak RSS {peak_rss_gb():.2f} GB")
 
         with CaseIndex(path, readonly=True) as index:
             stats = index.stats()
@@ -135,27 +207,35 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  approx  p50 {ba50:8.1f} ms  p99 {ba99:8.1f} ms  ({ba50 / 64:.2f} ms/query) -> {be50 / ba50:.1f}x faster; "
               f"recall@10 {np.mean(batch_recall):.3f}")
 
-        # 3. incremental add vs full rebuild
-        t = time.perf_counter()
-        with CaseIndex(path, approx_threshold=min(100_000, args.n)) as index:
-            open_s = time.perf_counter() - t
-            t = time.perf_counter()
-            report = index.add_vectors(extra, modality="image", batch_size=50_000)
-            add_s = time.perf_counter() - t
-            assert len(report.added) == args.add and len(index) == args.n + args.add
-        print(f"incremental add of {args.add:,} (CaseIndex.add_vectors: duplicate check + vector file + SQLite + PQ encode): {add_s:.2f} s "
-              f"(open + verify {open_s:.2f} s)")
-        del base
-        with CaseIndex(path, readonly=True, approx_threshold=min(100_000, args.n)) as index:
-            space = next(iter(index._spaces.spaces.values()))
-            t = time.perf_counter()
-            rebuilt = index._spaces._rebuild(space.row)  # what a lost FAISS file costs on open
-            rebuild_s = time.perf_counter() - t
-            assert rebuilt.ntotal == args.n + args.add and faiss_io.is_approximate(rebuilt)
-            del rebuilt
-        print(f"full rebuild from the stored vectors, {args.n + args.add:,} vectors (vector file read + train + encode): {rebuild_s:.2f} s")
-        print(f"  incremental add = {100 * add_s / rebuild_s:.1f}% of a full rebuild (target < 10%)")
-        print(f"peak RSS {peak_rss_gb():.2f} GB")
+        # 3. incremental add vs full rebuild, each tree in a child process on the same index state
+        np.save(root / "extra.npy", extra)
+        del extra
+        trees = {"before": str(Path(args.baseline).resolve()), "after": str(Path(__file__).resolve().parents[1])} if args.baseline else {"": None}
+        keep = snapshot(path)
+        runs: dict[str, list[dict]] = {tree: [] for tree in trees}
+        for _ in range(max(1, args.add_repeats)):
+            for tree, source in trees.items():
+                restore(path, keep)
+                env = dict(os.environ, MEDZERO_BENCH_TREE=source) if source else None
+                out = subprocess.run([sys.executable, __file__, "--add-child", str(path), str(root / "extra.npy"), str(min(100_000, args.n))],
+                                     check=True, capture_output=True, text=True, env=env).stdout
+                runs[tree].append(json.loads(out.strip().splitlines()[-1]))
+                assert runs[tree][-1]["ntotal"] == args.n + args.add
+        ratios = {}
+        for tree, rs in runs.items():
+            add_s, rebuild_s = float(np.median([r["add_s"] for r in rs])), float(np.median([r["rebuild_s"] for r in rs]))
+            ratios[tree] = add_s / rebuild_s
+            label = f"{tree} ({rs[0]['medzero']}) " if tree else ""
+            adds, rebuilds = ", ".join(f"{r['add_s']:.2f}" for r in rs), ", ".join(f"{r['rebuild_s']:.2f}" for r in rs)
+            print(f"{label}incremental add of {args.add:,} (CaseIndex.add_vectors: duplicate check + vector file + SQLite + PQ encode): "
+                  f"{add_s:.2f} s [{adds}] (open + verify {float(np.median([r['open_s'] for r in rs])):.2f} s); "
+                  f"peak RSS of the add {max(r['add_peak_gb'] for r in rs):.2f} GB")
+            print(f"  full rebuild from the stored vectors, {args.n + args.add:,} vectors (vector file read + train + encode): {rebuild_s:.2f} s [{rebuilds}]")
+            print(f"  incremental add = {100 * ratios[tree]:.1f}% of a full rebuild (target < 10%)")
+        if args.baseline:
+            b, a = (float(np.median([r["add_s"] for r in runs[t]])) for t in ("before", "after"))
+            print(f"after / before: the add {b / a:.2f}x faster; share of a rebuild {100 * ratios['before']:.1f}% -> {100 * ratios['after']:.1f}%")
+        print(f"peak RSS of this process (base build, searches) {peak_rss_gb():.2f} GB")
     finally:
         if not args.keep and args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
