@@ -21,8 +21,8 @@ negative prompts), so a map says what moved *that score*, not the raw image-text
 Default (``method="auto"``): **occlusion**, chosen by measurement. ``bench/bench_explain.py --n 6``
 (full-size random-weight ViT-B/16, torch, 2-core CPU, 4 labels; hide the 5 of 49 cells a map ranks
 highest against 16 random sets of 5): occlusion's top cells lowered the label's score by 0.0088
-more than random cells (z 3.9, 24 of 24 image-label pairs), the gradient map's by 0.0015 (z 0.7,
-20 of 24); occlusion took 13.9 s an image, the gradient 3.3 s (its cost grows with the labels, a
+more than random cells (z 3.9; 24 of 24 image-label pairs), the gradient map's by 0.0015 (z 0.5;
+10 of 24); occlusion took 6.8 s an image, the gradient 1.9 s (its cost grows with the labels, a
 backward pass each; occlusion's does not). The test favours occlusion somewhat (it hides the very
 cells occlusion scored one by one), but occlusion also runs on every backend, including ONNX
 Runtime, which has no gradients. The gradient method stays available (``method="gradient"``) on
