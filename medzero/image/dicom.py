@@ -449,8 +449,11 @@ def _plan(uid: Any, ds: Any, g: _Geometry, frame: bytes | None, reduce_to: int |
         fit = min(g.rows, g.columns) // reduce_to
         if str(uid) in _DRAFT_SYNTAXES and g.bits_allocated == 8 and g.bits_stored <= 8 and fit >= 2:
             via, scale = "draft", max(s for s in (1, 2, 4, 8) if s <= fit)
-        elif str(uid) in _REDUCE_SYNTAXES and g.bits_allocated <= 16 and fit >= 2:
-            via, scale = "reduce", 2 ** min(int(math.log2(fit)), 5)
+        elif str(uid) in _REDUCE_SYNTAXES and g.bits_allocated <= 16 and fit >= 4:
+            # One level fewer than would fit, the last halving by block averages: the wavelet's
+            # low-pass rings at sharp edges (up to 68/255 in the model's input at two levels,
+            # 21 at one level + 2×2 averages, against a full decode; see tests/test_reduced_decode.py).
+            via, scale = "reduce", 2 ** min(int(math.log2(fit)) - 1, 5)
     height, width = math.ceil(g.rows / scale), math.ceil(g.columns / scale)
     itemsize = 1 if g.bits_allocated <= 8 else g.bits_allocated // 8
     channels = 3 if g.samples == 3 or str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR" else 1

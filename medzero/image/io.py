@@ -242,8 +242,8 @@ def _decode_smaller(im: Any, fmt: str, reduce_to: int | None) -> tuple[int, int]
     fit = min(im.size) // reduce_to if reduce_to else 0
     if fit >= 2 and fmt == "jpeg":
         im.draft(im.mode, (reduce_to, reduce_to))  # sets im.size to the reduced size
-    elif fit >= 2 and fmt == "jpeg2000" and isinstance(getattr(type(im), "reduce", None), property):
-        levels = min(int(math.log2(fit)), 5)
+    elif fit >= 4 and fmt == "jpeg2000" and isinstance(getattr(type(im), "reduce", None), property):
+        levels = min(int(math.log2(fit)) - 1, 5)  # one level fewer: block averages ring less than the wavelet
         im.reduce = levels
         power = 1 << levels  # the size Pillow's load() will give (Jpeg2KImageFile.load)
         return int((im.size[0] + (power >> 1)) / power), int((im.size[1] + (power >> 1)) / power)
