@@ -79,8 +79,12 @@ def test_a_secondary_capture_without_a_study_is_a_one_line_error(tiny_clip_dir):
         build_sc(b"", source, label="x", method="occlusion", model="m")
 
 
-def test_the_listener_sends_heatmap_captures_where_it_sends_the_sr(orthanc, tiny_clip_dir, tmp_path):  # noqa: F811
+def test_the_listener_sends_heatmap_captures_where_it_sends_the_sr(orthanc, tiny_clip_dir, tmp_path, caplog):  # noqa: F811
+    import logging
+
     from medzero.pacs.scp import Listener
+
+    caplog.set_level(logging.DEBUG)
 
     cr_path = chest_cr(tmp_path / "chest.dcm")
     cr = pydicom.dcmread(cr_path, stop_before_pixels=True)
@@ -99,3 +103,6 @@ def test_the_listener_sends_heatmap_captures_where_it_sends_the_sr(orthanc, tiny
     top3 = [label for label, _ in local.top(3)]
     described = sorted(str(p.DerivationDescription) for p in pictures)
     assert all(any(f"'{label}'" in text for text in described) for label in top3), described
+    assert "heatmap Secondary Capture(s) sent" in caplog.text
+    for value in CR_PHI.values():  # the captures carry the patient module back to the PACS; the log does not
+        assert value not in caplog.text

@@ -37,7 +37,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -49,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..tasks.scoring import TaskHead
 
 __all__ = [
-    "Explanation", "explain_image", "input_region", "overlay_png", "overlay_pngs", "overlay_image", "safe_name", "METHODS",
+    "Explanation", "explain_image", "input_region", "overlay_png", "overlay_pngs", "overlay_image", "METHODS",
     "DEFAULT_METHOD",
 ]
 
@@ -392,12 +391,3 @@ def _to_pil(image: Any) -> Any:
     if array.dtype != np.uint8:
         array = np.clip(array, 0, 255).astype(np.uint8)
     return Image.fromarray(array)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(text: str, limit: int = 60) -> str:
-    """``text`` as a file-name part: ASCII letters, digits, ``._-``; never empty, never hidden."""
-    name = _UNSAFE.sub("_", str(text)).strip("._") or "x"
-    return name[:limit]
