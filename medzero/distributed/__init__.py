@@ -13,10 +13,14 @@ and the results stream back to the driver. Scores equal the local engine's.
     ds = classifier.classify_dataset(ray.data.read_binary_files("s3://bucket/cxr/", include_paths=True), engine=ray_engine)
     with CaseIndex("cases/") as index:
         index.add(["/archive/2024/"], engine=ray_engine)   # the driver stays the one writer
+    with CaseIndex("postgresql://medzero@db/cases") as index:
+        index.add(["/archive/2024/"], engine=ray_engine)   # each actor inserts its own batches
 
 The classifier and the case index are given a :class:`RayEngine` (or the name ``"ray"``, which
-``medzero/__init__.py`` declares to :mod:`medzero.core.engines`) and never import this package;
-the driver commits through the index's public writer (``CaseIndex.writer()``).
+``medzero/__init__.py`` declares to :mod:`medzero.core.engines`) and never import this package.
+Into an index folder the driver commits through the index's public writer (``CaseIndex.writer()``);
+into a PostgreSQL index, which takes many writers, the actors insert directly, each over its own
+connection opened from ``CaseIndex.location`` (credentials never printed).
 
 Ray is an optional extra (``pip install 'medzero[ray]'``); without it these raise a one-line
 :class:`~medzero.MedzeroError` naming it. Nothing here imports Ray until it is used.

@@ -1,18 +1,23 @@
-"""The case index on the ray engine: vectors computed in the cluster, committed by the one writer.
+"""The case index on the ray engine: vectors computed in the cluster, written by whoever may write.
 
 ::
 
-    driver        list files; take the write lock; probe the models; check them against the index;
-                  send the sha256s the index holds to the tasks
+    driver        list files; probe the models; check them against the index; send the sha256s
+                  the index holds to the tasks
     Ray tasks     Source.of (sniff) → read once → sha256 → skip known → Pipeline.prepare
     actor pool    Pipeline.embed → l2_normalise (+ the task's scores)
-    driver        each streamed batch committed through CaseIndex.writer() (IndexWriter.insert), as
-                  CaseIndex.add commits: vector files fsynced, one SQLite transaction, then FAISS
-                  (the crash-safe path)
+      index folder (one writer): the driver holds the write lock for the run and commits each
+                  streamed batch through CaseIndex.writer() (IndexWriter.insert), as CaseIndex.add
+                  commits: vector files fsynced, one SQLite transaction, then FAISS
+      PostgreSQL (many writers): each actor opens its own connection (CaseIndex.location, whose
+                  repr hides the password) and inserts its batch in one transaction; the
+                  database's UNIQUE (space, sha256) refuses what another writer committed first;
+                  the driver only collects the actors' report rows
 
 Every row that comes back is one file: ``ok`` (a vector), ``duplicate``, ``error`` (the local
 engine's message) or ``fatal`` (the index holds another model's vectors for the file's modality:
-the same :class:`CaseIndexError` the local engine raises).
+the same :class:`CaseIndexError` the local engine raises); from a writing actor, ``added`` (with
+its id) in place of ``ok``.
 """
 from __future__ import annotations
 
@@ -208,18 +213,22 @@ def add_with_ray(
 ) -> RayAddReport:
     """``CaseIndex.add`` with the reading, decoding and embedding done on a Ray cluster.
 
-    The one-writer rule holds: the driver takes the index's write lock for the whole run, and
-    commits the vectors the cluster computed as they stream back, each batch of ``batch_size``
-    files in one transaction through the path :meth:`CaseIndex.add` commits by (vector files
-    fsynced, then SQLite, then FAISS; :meth:`CaseIndex.writer`). A driver killed mid-way leaves every committed batch and an
-    index that opens consistent; running the same add again skips the files already indexed
-    before they are decoded or embedded (the cluster gets the sha256s the index holds), so only
-    the missing ones are computed. Returns the local engine's report, plus ``embedded``: how many
-    files the cluster embedded.
-    """
-    ray = require_ray()
-    from ray.data import ActorPoolStrategy
+    Who writes depends on the store. An index folder has one writer: the driver takes the
+    index's write lock for the whole run and commits the vectors the cluster computed as they
+    stream back, each batch of ``batch_size`` files in one transaction through the path
+    :meth:`CaseIndex.add` commits by (vector files fsynced, then SQLite, then FAISS;
+    :meth:`CaseIndex.writer`). A PostgreSQL index takes many writers: each embedding actor opens
+    its own connection (:attr:`CaseIndex.location`) and inserts its batches itself, one
+    transaction each, while other servers and jobs write too; the database refuses a second copy
+    of a file in a space, and the driver only collects the actors' reports.
 
+    Either way a killed run leaves every committed batch and an index that opens consistent;
+    running the same add again skips the files already indexed before they are decoded or
+    embedded (the cluster gets the sha256s the index holds), so only the missing ones are
+    computed. Returns the local engine's report, plus ``embedded``: how many files the cluster
+    embedded.
+    """
+    require_ray()
     options = options or RayOptions()
     batch_size = max(1, int(batch_size))
     report = RayAddReport()
@@ -228,42 +237,158 @@ def add_with_ray(
         return report
     task_obj = load_task(task) if task is not None else None
     connect(options.address)
-    with index.writer() as writer:  # one writer for the whole run, and the sha256s we skip stay true
-        refs = {m: writer.model_ref(m) for m in modality_names()}
-        backend = getattr(index, "backend", None)
-        facts = describe(functools.partial(_create_on, refs, "cpu", backend), list(refs), writer.loaded_encoders())
-        facts = {m: _checked(writer, f, refs[m]) for m, f in facts.items()}
-        known = {m: ray.put(writer.digests(f.fingerprint)) for m, f in facts.items() if f.error is None}
-        size, gpus, cpus = _actors(options, index.device, backend)
-        _logger.info("ray engine: %d actor(s) with %g GPU and %g CPU each, batches of %d", size, gpus, cpus, batch_size)
-        cases = (
-            _dataset(files, batch_size)
-            .map_batches(_decode_for_index, batch_format="pyarrow", batch_size=batch_size, fn_kwargs={"facts": facts, "known": known}, **_DECODE_ARGS)
-            .map_batches(
-                _IndexActor, batch_format="pyarrow", batch_size=batch_size, compute=ActorPoolStrategy(size=size),
-                fn_constructor_kwargs={"refs": refs, "device": index.device, "backend": backend, "task": task_obj}, **_remote_args(gpus, cpus),
-            )
-        )
-        seen = 0
-        for table in cases.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-            _commit(writer, table.to_pylist(), refs, report)
-            seen += table.num_rows
-            if progress is not None:
-                progress(table.num_rows)
-        writer.save()
-        if progress is not None and seen < len(files):
-            progress(len(files) - seen)
+    location = getattr(index, "location", None)
+    if location is not None and location.many_writers:
+        with index.writer() as writer:  # holds nothing on a database; the facts and sha256s of the run's start
+            plan = _plan(index, writer, files, options, batch_size)
+        rows = _embedded(plan, batch_size, _WritingActor, {"location": location, "task": task_obj})
+        for table in rows.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+            _collect(table.to_pylist(), report)
+            _progressed(progress, table.num_rows)
+    else:
+        with index.writer() as writer:  # one writer for the whole run, and the sha256s we skip stay true
+            plan = _plan(index, writer, files, options, batch_size)
+            rows = _embedded(plan, batch_size, _IndexActor, {"task": task_obj})
+            for table in rows.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+                _commit(writer, table.to_pylist(), plan.refs, report)
+                _progressed(progress, table.num_rows)
+            writer.save()
+    seen = len(report.added) + len(report.duplicates) + len(report.errors)
+    if progress is not None and seen < len(files):
+        progress(len(files) - seen)  # files in folders that are not studies
     return report
 
 
-def _commit(writer: "IndexWriter", rows: list[dict[str, Any]], refs: Mapping[str, str | None], report: RayAddReport) -> None:
-    """One streamed batch into the index, through the path ``CaseIndex.add`` commits by
-    (:meth:`IndexWriter.insert <medzero.retrieval.IndexWriter.insert>`): vector files written and
-    fsynced, then one SQLite transaction for the whole batch, then FAISS, saved at the index's
-    checkpoints. Files the index already holds (or that came twice) are duplicates, checked here
-    too, since the cluster's tasks only knew the cases of the run's start."""
-    groups: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
+@dataclass
+class _Plan:
+    """What the driver settles before the cluster starts: the files as a dataset decoded in Ray
+    tasks, each modality's model reference, and the actor pool's shape."""
+
+    decoded: Any
+    refs: dict[str, str | None]
+    device: str
+    backend: str | None
+    size: int
+    gpus: float
+    cpus: float
+
+
+def _plan(index: "CaseIndex", writer: "IndexWriter", files: list, options: RayOptions, batch_size: int) -> _Plan:
+    """Probe the models, check them against the index (the local engine's errors), send the
+    sha256s the index holds to the decode tasks, and size the actor pool."""
+    ray = require_ray()
+    refs = {m: writer.model_ref(m) for m in modality_names()}
+    backend = getattr(index, "backend", None)
+    facts = describe(functools.partial(_create_on, refs, "cpu", backend), list(refs), writer.loaded_encoders())
+    facts = {m: _checked(writer, f, refs[m]) for m, f in facts.items()}
+    known = {m: ray.put(writer.digests(f.fingerprint)) for m, f in facts.items() if f.error is None}
+    size, gpus, cpus = _actors(options, index.device, backend)
+    _logger.info("ray engine: %d actor(s) with %g GPU and %g CPU each, batches of %d", size, gpus, cpus, batch_size)
+    decoded = _dataset(files, batch_size).map_batches(
+        _decode_for_index, batch_format="pyarrow", batch_size=batch_size, fn_kwargs={"facts": facts, "known": known}, **_DECODE_ARGS
+    )
+    return _Plan(decoded, refs, index.device, backend, size, gpus, cpus)
+
+
+def _embedded(plan: _Plan, batch_size: int, actor: type, kwargs: Mapping[str, Any]) -> Any:
+    """The decoded files through a pool of ``actor``: embedded (and, for a :class:`_WritingActor`, written)."""
+    from ray.data import ActorPoolStrategy
+
+    return plan.decoded.map_batches(
+        actor, batch_format="pyarrow", batch_size=batch_size, compute=ActorPoolStrategy(size=plan.size),
+        fn_constructor_kwargs={"refs": plan.refs, "device": plan.device, "backend": plan.backend, **kwargs},
+        **_remote_args(plan.gpus, plan.cpus),
+    )
+
+
+def _progressed(progress: Callable[[int], None] | None, n: int) -> None:
+    if progress is not None:
+        progress(n)
+
+
+class _StoreWriter:
+    """An actor's own connection to a many-writer store, with the three calls :func:`_commit` makes
+    (:class:`~medzero.retrieval.IndexWriter`'s names). ``insert`` answers per case: its new id,
+    or ``None`` where another writer committed the same content to the space first."""
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    def space_row(self, modality: str, fingerprint: str, dim: int, model_ref: str | None):
+        return self.store.row_for(modality, fingerprint, dim, model_ref)
+
+    def known_sha256(self, space: str, shas: list[str]) -> set[str]:
+        return self.store.known_sha(space, shas)
+
+    def insert(self, cases: list) -> list[int | None]:
+        return self.store.insert(cases)
+
+
+class _WritingActor(_IndexActor):
+    """An :class:`_IndexActor` that also writes: each batch it embeds goes into the index in one
+    transaction over a connection of its own, and what comes back is one report row per file
+    (``added`` with its id, ``duplicate``, ``error`` or ``fatal``), no vectors."""
+
+    def __init__(self, location: Any, refs: Mapping[str, str | None], device: str, backend: str | None, task: Task | None):
+        super().__init__(refs, device, backend, task)
+        self.refs = dict(refs)
+        self.location = location
+        self.writer: _StoreWriter | None = None
+
+    def _writer(self) -> _StoreWriter:
+        if self.writer is None:  # opened on the first batch: an actor that gets none holds no connection
+            self.writer = _StoreWriter(self.location.open_store())
+        return self.writer
+
+    def __call__(self, batch: "pa.Table") -> "pa.Table":
+        import pyarrow as pa
+
+        rows = super().__call__(batch).to_pylist()
+        done: dict[int, tuple[str, int | None]] = {}
+        if not any(r["status"] == "fatal" for r in rows):  # a fatal row: the whole run stops, nothing is written
+            try:
+                done = _commit(self._writer(), rows, self.refs, RayAddReport())
+            except MedzeroError as exc:  # the store refused (connection, rights, another model): one line for the driver
+                rows = [{**r, "status": "fatal", "error": str(exc)} for r in rows]
+        out: dict[str, list[Any]] = {name: [] for name, _ in _WRITTEN}
+        for i, row in enumerate(rows):
+            status, case_id = done.get(i, (row["status"], None))
+            values = {"order": row["order"], "path": row["path"], "status": status, "error": row["error"], "id": case_id,
+                      "embedded": row["status"] == "ok"}
+            for name, _ in _WRITTEN:
+                out[name].append(values[name])
+        return pa.table(out, schema=_schema(_WRITTEN))
+
+
+#: What a writing actor sends back per file: its outcome, and the new case's id.
+_WRITTEN = (("order", "int64"), ("path", "string"), ("status", "string"), ("error", "string"), ("id", "int64"), ("embedded", "bool_"))
+
+
+def _collect(rows: list[dict[str, Any]], report: RayAddReport) -> None:
+    """The actors' report rows into the run's report (a ``fatal`` row ends the run, as in the local engine)."""
     for row in rows:
+        status = row["status"]
+        if status == "fatal":
+            raise CaseIndexError(row["error"])
+        report.embedded += bool(row["embedded"])
+        if status == "added":
+            report.added.append(int(row["id"]))
+        elif status == "duplicate":
+            report.duplicates.append(row["path"])
+        elif status == "error":
+            report.errors.append((row["path"], row["error"]))
+
+
+def _commit(writer: Any, rows: list[dict[str, Any]], refs: Mapping[str, str | None], report: RayAddReport) -> dict[int, tuple[str, int | None]]:
+    """One streamed batch into the index in one transaction (``IndexWriter.insert``, or an actor's
+    :class:`_StoreWriter`), noted in ``report``; returns, by position in ``rows``, what became of
+    each embedded row: ``("added", id)`` or ``("duplicate", None)``.
+
+    Files the index already holds (or that came twice) are duplicates, checked here too, since
+    the cluster's tasks only knew the cases of the run's start; over a database the insert itself
+    refuses what another writer committed since (a ``None`` id: a duplicate too)."""
+    groups: dict[str, tuple[Any, list[tuple[int, dict[str, Any]]]]] = {}
+    for i, row in enumerate(rows):
         if row["status"] == "fatal":
             raise CaseIndexError(row["error"])
         if row["status"] == "duplicate":
@@ -274,13 +399,15 @@ def _commit(writer: "IndexWriter", rows: list[dict[str, Any]], refs: Mapping[str
             report.embedded += 1
             vector = np.frombuffer(row["vector"], dtype=np.float32)
             space_row = writer.space_row(row["modality"], row["fingerprint"], len(vector), refs.get(row["modality"]))
-            groups.setdefault(space_row.space, (space_row, []))[1].append({**row, "vector": vector})
-    inserts = []
+            groups.setdefault(space_row.space, (space_row, []))[1].append((i, {**row, "vector": vector}))
+    done: dict[int, tuple[str, int | None]] = {}
+    inserts, positions = [], []
     for key, (space_row, group) in groups.items():
-        known = writer.known_sha256(key, [r["sha256"] for r in group])
-        for r in group:
+        known = writer.known_sha256(key, [r["sha256"] for _, r in group])
+        for i, r in group:
             if r["sha256"] in known:
                 report.duplicates.append(r["path"])
+                done[i] = ("duplicate", None)
                 continue
             known.add(r["sha256"])
             case = dict(
@@ -289,5 +416,12 @@ def _commit(writer: "IndexWriter", rows: list[dict[str, Any]], refs: Mapping[str
                 duration_s=r["duration_s"], width=r["width"], height=r["height"],
             )
             inserts.append((space_row, case))
+            positions.append(i)
     if inserts:
-        report.added.extend(writer.insert(inserts))
+        # per case an id, or None where another writer committed the content first (IndexWriter
+        # leaves those out, and its local store, with one writer, never has any)
+        ids = list(writer.insert(inserts))
+        report.record(inserts, ids)
+        for i, case_id in zip(positions, ids):
+            done[i] = ("added", case_id) if case_id is not None else ("duplicate", None)
+    return done

@@ -42,8 +42,9 @@ class RayEngine:
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
     ) -> RayAddReport:
-        """:func:`add_with_ray`: read, decode and embed on the cluster; this process commits
-        through ``index.writer()``, holding the index's one write lock for the run."""
+        """:func:`add_with_ray`: read, decode and embed on the cluster; into an index folder this
+        process commits through ``index.writer()``, holding the index's one write lock for the run;
+        into a PostgreSQL index the actors insert their batches themselves."""
         return add_with_ray(index, sources, task, batch_size=batch_size, options=self.options, progress=progress)
 
     def classify_dataset(self, classifier: "Classifier", dataset: "ray.data.Dataset", *, batch_size: int | None = None) -> "ray.data.Dataset":

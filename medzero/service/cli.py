@@ -62,6 +62,17 @@ def _require_serve_extra() -> None:
         )
 
 
+def _index_stores(values: tuple[str, ...]) -> dict[str, str]:
+    """``--index-store NAME=URL`` options as ``{name: url}``."""
+    out = {}
+    for value in values:
+        name, sep, url = value.partition("=")
+        if not sep or not name.strip() or not url.strip():
+            raise ValueError("--index-store takes NAME=postgresql://...")
+        out[name.strip()] = url.strip()
+    return out
+
+
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -74,6 +85,7 @@ def _require_serve_extra() -> None:
 @click.option("--backend", type=click.Choice(backends.BACKENDS), envvar=backends.ENV, help=backends.OPTION_HELP)
 @click.option("--preload", default="audio,image", show_default=True, help="Modalities whose models load at start (/readyz waits for them); 'none' for neither.")
 @click.option("--index-root", type=click.Path(file_okay=False), help="Directory holding the case indexes served as /v1/index/{name}.")
+@click.option("--index-store", "index_stores", multiple=True, metavar="NAME=URL", help="Serve the PostgreSQL case index at URL as /v1/index/NAME (repeatable; many servers may write it). Password from PGPASSWORD, MEDZERO_PG_PASSWORD_FILE or ~/.pgpass; files kept under --index-root/NAME.")
 @click.option("--calibration-dir", type=click.Path(exists=True, file_okay=False), help="Site overlays from `medzero calibrate` (NAME.yaml), chosen per request with calibration=NAME.")
 @click.option("--max-upload-mb", default=64.0, show_default=True, type=click.FloatRange(min=0.001), help="Largest single-file request.")
 @click.option("--max-batch-mb", default=256.0, show_default=True, type=click.FloatRange(min=0.001), help="Largest batch or add request.")
@@ -88,7 +100,7 @@ def _require_serve_extra() -> None:
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow this origin by CORS (repeatable; default: CORS off).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def serve_command(host, port, workers, api_key_file, insecure_no_auth, audio_model, image_model, device, backend, preload, index_root,
-                  calibration_dir, max_upload_mb, max_batch_mb, max_batch_files, max_batch, batch_window_ms, queue_size, timeout_s,
+                  index_stores, calibration_dir, max_upload_mb, max_batch_mb, max_batch_files, max_batch, batch_window_ms, queue_size, timeout_s,
                   max_inflight_mb, header_timeout_s, body_timeout_s, cors_origins, log_level):
     """Serve classification and case search over HTTP (FastAPI + uvicorn).
 
@@ -131,6 +143,7 @@ def serve_command(host, port, workers, api_key_file, insecure_no_auth, audio_mod
             max_upload_bytes=int(max_upload_mb * _MIB), max_batch_bytes=int(max_batch_mb * _MIB),
             max_batch_files=max_batch_files, max_batch=max_batch, batch_window_ms=batch_window_ms,
             queue_size=queue_size, timeout_s=timeout_s, index_root=index_root, calibration_dir=calibration_dir,
+            index_stores=_index_stores(index_stores),
             cors_origins=tuple(cors_origins), max_inflight_bytes=int(max_inflight_mb * _MIB),
             header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +18,8 @@ __all__ = ["ServiceConfig", "input_limits", "CONFIG_ENV", "MIB"]
 
 #: Where ``--workers N`` passes the configuration (JSON; key hashes only) to each worker process.
 CONFIG_ENV = "MEDZERO_SERVICE_CONFIG"
+#: A case index's name (``state.NAME_PATTERN``; repeated here, as state imports this module).
+_INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MIB = 1 << 20
 
 
@@ -43,6 +46,9 @@ class ServiceConfig:
         max_inflight_bytes: the most bytes held across all open requests, bodies and decoded uploads;
             a request that would pass it gets 503 with ``Retry-After``. No one request may be larger.
         index_root: the directory whose subfolders are the case indexes ``{name}``; ``None``: no case search.
+        index_stores: case indexes kept in PostgreSQL, ``{name: "postgresql://..."}`` (``--index-store
+            NAME=URL``), served as ``{name}`` beside the folders; the files added to one are kept under
+            ``index_root/{name}/uploads``. Many servers may write one such index at once.
         calibration_dir: a directory of site overlays written by ``medzero calibrate``; ``NAME.yaml`` in it is
             the request option ``calibration=NAME``. ``None``: no calibration overlays.
         cors_origins: origins allowed by CORS; empty: CORS off.
@@ -67,6 +73,7 @@ class ServiceConfig:
     max_header_bytes: int = 64 * 1024
     max_inflight_bytes: int = 1024 * MIB
     index_root: Optional[str] = None
+    index_stores: dict[str, str] = dataclasses.field(default_factory=dict)
     calibration_dir: Optional[str] = None
     cors_origins: tuple[str, ...] = ()
     max_configurations: int = 32
@@ -84,6 +91,14 @@ class ServiceConfig:
             raise ValueError("the batch window cannot be negative and timeouts must be positive")
         if self.index_root is not None:
             self.index_root = str(Path(self.index_root).resolve())
+        self.index_stores = dict(self.index_stores)
+        for name, url in self.index_stores.items():
+            if not _INDEX_NAME.fullmatch(name):
+                raise ValueError(f"--index-store: {name!r} is not an index name (1-64 letters, digits, '-' or '_')")
+            if not url.lower().startswith(("postgresql://", "postgres://")):
+                raise ValueError(f"--index-store {name}=...: give a postgresql:// URL")
+        if self.index_stores and self.index_root is None:
+            raise ValueError("--index-store needs --index-root: the folder where the files added to an index are kept")
         if self.calibration_dir is not None:
             self.calibration_dir = str(Path(self.calibration_dir).resolve())
 

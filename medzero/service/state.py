@@ -260,15 +260,16 @@ class ServiceState:
         path = root / name
         if path.is_symlink() or (path.exists() and path.resolve().parent != root.resolve()):
             raise ApiError(404, "not_found", f"no case index named {name!r}")
-        if must_exist and not (path / "cases.sqlite").is_file():
+        if must_exist and name not in self.config.index_stores and not (path / "cases.sqlite").is_file():
             raise ApiError(404, "not_found", f"no case index named {name!r}")
         return path
 
     def open_index(self, name: str, path: Path):
         index = self.indexes.get(name)
         if index is None:
-            index = medzero.CaseIndex(path, audio_model=self.config.audio_model, image_model=self.config.image_model,
-                                      device=self.config.device)
+            # a PostgreSQL index (--index-store) is written by other servers too; its uploads stay under path
+            index = medzero.CaseIndex(self.config.index_stores.get(name, path), audio_model=self.config.audio_model,
+                                      image_model=self.config.image_model, device=self.config.device)
             self.indexes[name] = index
             while len(self.indexes) > 8:
                 _, old = self.indexes.popitem(last=False)
