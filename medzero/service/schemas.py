@@ -175,6 +175,11 @@ class ResultModel(_Model):
         "unlike `not_applicable`, out of scope) when one of them could make it worse",
     )
     conformal: Optional[ConformalModel] = Field(default=None, description="The overlay's conformal rule as applied; null without one")
+    explanations: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per label, the image heatmap (method, grid, region of the original image) when one was asked for "
+        "(`POST /v1/explain`, which adds each overlay's PNG); empty otherwise",
+    )
     error: Optional[str]
 
 
