@@ -272,3 +272,18 @@ def test_a_ray_actor_that_cannot_connect_shows_no_password(cluster, studies, pg_
     assert "\n" not in message and "password authentication failed" in message
     assert wrong not in message and PG_PASSWORD not in message and "***" in message
     assert wrong not in caplog.text and wrong not in _ray_logs(cluster)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--index-store", "cases"], "--index-store takes NAME=postgresql://..."),
+    (["--index-store", "cases=/srv/indexes/cases", "--index-root", "."], "give a postgresql:// URL"),
+    (["--index-store", "../up=postgresql://db/cases", "--index-root", "."], "is not an index name"),
+    (["--index-store", "cases=postgresql://db/cases"], "--index-store needs --index-root"),
+])
+def test_a_bad_index_store_option_is_one_line(args, message):
+    from click.testing import CliRunner
+
+    from medzero.service.cli import serve_command
+
+    result = CliRunner().invoke(serve_command, ["--insecure-no-auth", "--preload", "none", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
