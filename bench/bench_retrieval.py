@@ -386,6 +386,8 @@ def store_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--write-n", type=int, default=8_000, help="vectors written in each throughput run")
     ap.add_argument("--writers", default="1,2,4", help="concurrent PostgreSQL writer processes to time")
     ap.add_argument("--batch-size", type=int, default=1_000, help="rows per transaction in the throughput runs")
+    ap.add_argument("--latent", type=int, default=0,
+                    help="0: isotropic random unit vectors (worst case for HNSW); e.g. 32: low intrinsic dimension, like real embeddings")
     ap.add_argument("--pg-url", default=None, help="an existing server (its databases medzero_bench_*  are created and dropped)")
     ap.add_argument("--dir", default=None, help="where the local index and the server's data go (default: a temporary directory)")
     args = ap.parse_args(argv)
@@ -399,10 +401,11 @@ def store_main(argv: list[str] | None = None) -> None:
 
         with psycopg.connect(admin_url) as conn:
             server = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
-        print(f"faiss {faiss.__version__}; PostgreSQL {server}; n={args.n:,} dim={args.dim} k={args.k}; {os.cpu_count()} CPUs")
+        print(f"faiss {faiss.__version__}; PostgreSQL {server}; n={args.n:,} dim={args.dim} k={args.k}; {os.cpu_count()} CPUs; "
+              f"data={'isotropic' if not args.latent else f'latent {args.latent}-d + noise'}")
         rng = np.random.default_rng(0)
-        base = unit(rng, args.n, args.dim)
-        queries = unit(rng, args.queries, args.dim)
+        base = unit(rng, args.n, args.dim, latent=args.latent)
+        queries = unit(rng, args.queries, args.dim, latent=args.latent)
         truth = exact_ids(base, queries, args.k)
 
         # 1. the same vectors into each store
