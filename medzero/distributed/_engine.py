@@ -99,12 +99,18 @@ class RayOptions:
     cpus_per_actor: float = 1.0
 
 
+#: Settings that stay on this machine: the cache folder is per machine, and an index URL (which
+#: may carry a password) would be shown by Ray's dashboard among the runtime environment's
+#: variables; actors get the index as ``CaseIndex.location``, which never prints the password.
+_LOCAL_ONLY = frozenset({"MEDZERO_CACHE_DIR", "MEDZERO_INDEX_STORE", "MEDZERO_SERVICE_CONFIG"})
+
+
 def connect(address: str | None = None) -> bool:
     """Join (or start) a Ray cluster unless this process already has; True when this call did.
 
     The ``MEDZERO_*`` settings that change results (models, revisions, input limits) and
-    ``HF_HUB_OFFLINE`` travel to the workers of a cluster this call joins; a Ray started here
-    inherits the whole environment.
+    ``HF_HUB_OFFLINE`` travel to the workers of a cluster this call joins (not the cache folder,
+    nor an index URL: :data:`_LOCAL_ONLY`); a Ray started here inherits the whole environment.
     """
     ray = require_ray()
     if ray.is_initialized():
@@ -112,7 +118,7 @@ def connect(address: str | None = None) -> bool:
     joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
     env = {
         k: v for k, v in os.environ.items()
-        if (k.startswith("MEDZERO_") and k != "MEDZERO_CACHE_DIR") or k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        if (k.startswith("MEDZERO_") and k not in _LOCAL_ONLY) or k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     }
     try:
         ray.init(address=address, runtime_env={"env_vars": env} if joining and env else None, logging_level=logging.WARNING)
