@@ -92,6 +92,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             embedding   vector NOT NULL,
             UNIQUE (space, sha256)
         )""",
+        # Vectors stay in the row (a 512-d one is just over TOAST's 2 kB target): exact scans read
+        # no TOAST table, and the planner's cost of a scan is what it costs.
+        "ALTER TABLE cases ALTER COLUMN embedding SET STORAGE MAIN",
         "CREATE INDEX cases_path ON cases (path)",
         "CREATE INDEX cases_space ON cases (space, id)",
     ),
@@ -271,6 +274,13 @@ def _json_values(value: Any) -> list[Any]:
     return [value]
 
 
+def _literal(key: str) -> str:
+    """A space key (12 hex digits, :func:`space_key`) as an SQL string literal; anything else is refused."""
+    if not re.fullmatch(r"[0-9a-f]{1,64}", key):
+        raise CaseIndexError(f"{key!r} is not a space key")
+    return f"'{key}'"
+
+
 def _jsonable(value: Any) -> Any:
     """A value PostgreSQL's jsonb takes: no NUL characters, no NaN or infinity (null instead)."""
     if isinstance(value, str):
@@ -307,7 +317,6 @@ class PgStore:
         self._rows: dict[str, SpaceRow] = {}
         self._counts: dict[str, int] = {}
         self._indexes: dict[str, str] = {}
-        self._ef_search = 0
         self._building: set[str] = set()
         self.conn = connect(url, readonly=readonly)
         try:
@@ -553,6 +562,7 @@ class PgStore:
                             " WHERE space = {}").format(name, sql.Literal(row.dim), sql.Literal(row.space))
                 )
                 conn.execute("RESET maintenance_work_mem")
+                conn.execute("ANALYZE cases")  # planner statistics that know the space is large: HNSW over a sort
             except psycopg.Error as exc:
                 raise CaseIndexError(f"index {self.name}: cannot build the HNSW index: {self._scrub(exc)}") from None
         self.refresh()
@@ -622,18 +632,31 @@ class PgStore:
 
     def _candidates(self, row: SpaceRow, query: np.ndarray, k: int, clause: str, params: list, approximate: bool) -> list[tuple]:
         columns = "id, path, modality, metadata, task, scores, embedding"
-        with self._sql("search") as conn:
+        with self._sql("search") as conn, conn.transaction():
             if approximate:
                 pool = min(MAX_POOL, max(MIN_POOL, POOL_FACTOR * k))
-                if pool != self._ef_search:  # a session setting, set when it changes: one round trip less a query
-                    conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(pool),))
-                    self._ef_search = pool
-                order = f"embedding::vector({int(row.dim)}) <#> %b::vector({int(row.dim)})"
+                # The HNSW index, not a scan the planner misjudges as cheaper (it cannot see what
+                # computing each distance costs); these settings last for this transaction only.
+                conn.execute(
+                    "SELECT set_config('hnsw.ef_search', %s, true), set_config('enable_seqscan', 'off', true),"
+                    " set_config('enable_bitmapscan', 'off', true)", (str(pool),),
+                )
             else:
-                pool = k + 10  # a few more than k: the re-rank below settles near-ties as numpy does
-                order = "embedding <#> %b"
-            sql_text = f"SELECT {columns} FROM cases WHERE space = %s AND ({clause}) ORDER BY {order} LIMIT %s"
-            return conn.execute(sql_text, [row.space, *params, query, pool], binary=True).fetchall()
+                pool = 0
+            # The space key is written into the statement, not bound: the planner can then prove the
+            # partial HNSW index applies also in the generic plan psycopg's prepared statements get.
+            space, dim = _literal(row.space), int(row.dim)
+            keep = k + 10  # a few more than k: the re-rank below settles near-ties as numpy does
+            if approximate:
+                # HNSW hands over `pool` candidates; they are ordered by their exact distance in
+                # the database and only the best `keep` travel, with their vectors.
+                sql_text = (
+                    f"SELECT {columns} FROM (SELECT {columns}, embedding::vector({dim}) <#> %b::vector({dim}) AS distance"
+                    f" FROM cases WHERE space = {space} AND ({clause}) ORDER BY distance LIMIT %s) AS pool ORDER BY distance LIMIT %s"
+                )
+                return conn.execute(sql_text, [query, *params, pool, keep], binary=True).fetchall()
+            sql_text = f"SELECT {columns} FROM cases WHERE space = {space} AND ({clause}) ORDER BY embedding <#> %b LIMIT %s"
+            return conn.execute(sql_text, [*params, query, keep], binary=True).fetchall()
 
     @staticmethod
     def _rank(found: list[tuple], query: np.ndarray, k: int) -> list[Hit]:
