@@ -420,3 +420,27 @@ def test_unreachable_or_malformed_url_is_one_line(url, monkeypatch):
         CaseIndex(url, readonly=True)
     message = str(err.value)
     assert message.startswith("cannot connect to postgres") and "\n" not in message and "s3cret" not in message
+
+
+def test_approximate_search_uses_the_hnsw_index(pg_url):
+    """Above approx_threshold a search walks the space's HNSW index (a scan would give the same
+    hits, only slower); below it, and with exact=True, it scans."""
+    x = unit(np.random.default_rng(13), 600, 16)
+    with CaseIndex(pg_url, approx_threshold=300) as index:
+        index.add_vectors(x[:200], modality="image", fingerprint="i@1")
+        assert index.stats()["spaces"][0]["index_type"] == "exact"
+        index.add_vectors(x[200:], modality="image")
+        assert index.stats()["spaces"][0]["index_type"].startswith("HNSW")
+        conn = index._db().conn
+
+        def hnsw_scans() -> int:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            return conn.execute("SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes WHERE indexrelname LIKE 'cases_hnsw_%'").fetchone()[0]
+
+        before = hnsw_scans()
+        assert [h.id for h in index.search_vector(x[5], k=10, exact=True)] == brute(pg_url, x[5], 10)
+        assert hnsw_scans() == before
+        hits = index.search_vector(x[5], k=10)
+        assert hnsw_scans() == before + 1
+        assert hits[0].path == "vector:5" and len(hits) == 10
+

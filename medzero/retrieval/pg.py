@@ -635,12 +635,10 @@ class PgStore:
         with self._sql("search") as conn, conn.transaction():
             if approximate:
                 pool = min(MAX_POOL, max(MIN_POOL, POOL_FACTOR * k))
-                # The HNSW index, not a scan the planner misjudges as cheaper (it cannot see what
-                # computing each distance costs); these settings last for this transaction only.
-                conn.execute(
-                    "SELECT set_config('hnsw.ef_search', %s, true), set_config('enable_seqscan', 'off', true),"
-                    " set_config('enable_bitmapscan', 'off', true)", (str(pool),),
-                )
+                # The HNSW index, not a scan and a sort the planner misjudges as cheaper (it cannot
+                # see what computing each distance costs): only the index gives the order without a
+                # sort. Both settings last for this transaction only.
+                conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('enable_sort', 'off', true)", (str(pool),))
             else:
                 pool = 0
             # The space key is written into the statement, not bound: the planner can then prove the
