@@ -178,3 +178,21 @@ def test_an_unknown_timeline_mode_is_a_one_line_error(recordings, classify):
     with pytest.raises(BadInputError) as info:
         classify(recordings["speech"], "fastest")
     assert "MEDZERO_TIMELINE" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_app_timeline_says_what_was_scored_and_draws_only_scored_windows(recordings, classify):
+    """The voice page's timeline heading counts the windows scored and skipped (it said "every 5 s"
+    while only the coarse grid and the refined windows had scores), and the chart draws no point
+    for a window without a score."""
+    from medzero.app import common
+    from medzero.app.voice import timeline_heading
+
+    result = classify(recordings["gap"])
+    tl = result.timeline
+    scored = [k for k in range(len(tl["start"])) if next(iter(tl["scores"].values()))[k] is not None]
+    heading = timeline_heading(tl)
+    assert f"{len(scored)} of {len(tl['start'])} scored" in heading
+    assert f"{len(tl['skipped'])} skipped without speech" in heading
+    rows = common.timeline_chart(result).data
+    assert rows["score"].notna().all()
+    assert len(rows) == len(scored) * len(tl["scores"])

@@ -600,6 +600,7 @@ def timeline_chart(result: medzero.Result) -> alt.Chart:
         {"start": s, "label": name, "score": v}
         for name, values in zip(names, tl["scores"].values())
         for s, v in zip(tl["start"], values)
+        if v is not None  # a window the two-pass timeline did not score, or skipped (no speech)
     ], columns=["start", "label", "score"])
     scale = alt.Scale(domain=names, scheme="tableau20") if len(names) > 10 else alt.Scale(domain=names)
     legend = alt.Legend(orient="bottom", columns=min(3, max(1, len(names))), symbolLimit=0, labelLimit=0, title=None)

@@ -86,6 +86,26 @@ pcm_key = None if pcm is None else (pcm.rate, pcm.sample_format, pcm.channels)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
+
+def timeline_heading(tl: dict) -> str:
+    """What the timeline chart shows: the window grid and, for the two-pass timeline, how many of
+    its windows were scored and how many were skipped for want of speech (points are drawn only
+    where a window was scored)."""
+    total = len(tl["start"])
+    skipped = len(tl.get("skipped") or ())
+    scored = sum(1 for v in zip(*tl["scores"].values()) if v and v[0] is not None) if tl["scores"] else total
+    if tl.get("mode", "full") == "full" and not skipped:
+        return tr(f"**Timeline** ({tl['window_s']:g} s windows every {tl['hop_s']:g} s)",
+                  f"**时间线**（{tl['window_s']:g} 秒窗口，每 {tl['hop_s']:g} 秒一个）")
+    coarse = tl.get("coarse_hop_s", tl["window_s"])
+    en = (f"**Timeline** ({tl['window_s']:g} s windows every {coarse:g} s, refined every {tl['hop_s']:g} s "
+          f"around the top windows: {scored} of {total} scored")
+    zh = f"**时间线**（{tl['window_s']:g} 秒窗口，每 {coarse:g} 秒一个，最高分窗口附近每 {tl['hop_s']:g} 秒细化：{total} 个中评分 {scored} 个"
+    if skipped:
+        en += f", {skipped} skipped without speech"
+        zh += f"，{skipped} 个无人声已跳过"
+    return tr(en + ")", zh + "）")
+
 def _display_audio(file_id: str, _data: bytes, name: str, pcm_key: tuple | None = None) -> tuple[np.ndarray, int]:
     """A mono copy at the display rate, through the library's loader (cached per upload and PCM layout)."""
     clip = medzero.load_audio(common.named_buffer(_data, name), sample_rate=_DISPLAY_RATE, name=name,
@@ -198,6 +218,5 @@ if stored is not None and stored[0] == request and upload is not None:
                       f"梅尔频谱图（0–{rate // 2000} kHz，显示用副本 {rate} Hz）"))
         if result.timeline:
             tl = result.timeline
-            st.markdown(tr(f"**Timeline** ({tl['window_s']:g} s windows every {tl['hop_s']:g} s)",
-                           f"**时间线**（{tl['window_s']:g} 秒窗口，每 {tl['hop_s']:g} 秒一个）"))
+            st.markdown(timeline_heading(tl))
             st.altair_chart(common.timeline_chart(result), width="stretch")
