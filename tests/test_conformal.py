@@ -3,18 +3,16 @@
 not_applicable), and `medzero calibrate --conformal-alpha` -> `medzero eval` coverage."""
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
 import medzero
+from site_manifests import run_cli, write_voice_manifest
 from medzero.core.modality import get_modality
 from medzero.evaluation import read_manifest
 from medzero.evaluation.calibrate import stratified_folds
@@ -138,22 +136,10 @@ VOICE = {
 
 @pytest.fixture()
 def voice_manifest(tmp_path, audio_clips) -> Path:
-    clips = tmp_path / "site" / "clips"
-    clips.mkdir(parents=True)
-    with open(tmp_path / "site" / "voice.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "background_noise", "speech_present", "verdict"])
-        for key, (noise, speech, verdict) in VOICE.items():
-            src = audio_clips[key]
-            shutil.copy(src, clips / f"{key}{src.suffix}")
-            writer.writerow([f"clips/{key}{src.suffix}", noise, speech, verdict])
-    return tmp_path / "site" / "voice.csv"
+    return write_voice_manifest(tmp_path, audio_clips, VOICE)
 
 
-def _cli(args):
-    from medzero.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+_cli = run_cli
 
 
 def test_calibrate_conformal_then_eval_reports_coverage(voice_manifest, tiny_clap_dir, tmp_path):

@@ -3,7 +3,6 @@ against the log-loss it must lower, overlays (format 2) that refuse bad tables, 
 on real recordings scored by the tiny real CLAP checkpoint: calibrate -> overlay -> classify -> eval."""
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -11,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
 import medzero
+from site_manifests import run_cli, write_voice_manifest
 from medzero.evaluation.probability import (
     PLATT_C,
     calibrate_probabilities,
@@ -196,22 +195,10 @@ def test_maps_for_unknown_labels_or_another_model_are_refused(tmp_path):
 
 @pytest.fixture()
 def voice_manifest(tmp_path, audio_clips) -> Path:
-    clips = tmp_path / "site" / "clips"
-    clips.mkdir(parents=True)
-    with open(tmp_path / "site" / "voice.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "background_noise", "speech_present", "verdict"])
-        for key, (noise, speech, verdict) in VOICE.items():
-            src = audio_clips[key]
-            shutil.copy(src, clips / f"{key}{src.suffix}")
-            writer.writerow([f"clips/{key}{src.suffix}", noise, speech, verdict])
-    return tmp_path / "site" / "voice.csv"
+    return write_voice_manifest(tmp_path, audio_clips, VOICE)
 
 
-def _cli(args):
-    from medzero.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+_cli = run_cli
 
 
 def test_calibrate_platt_then_classify_and_eval_show_probabilities(voice_manifest, tiny_clap_dir, tmp_path):
