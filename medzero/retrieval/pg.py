@@ -48,7 +48,7 @@ import numpy as np
 from ..core.errors import CaseIndexError, one_line
 from ..core.results import Hit
 from ..core.version import __version__
-from .fields import COPY_FIELDS
+from .fields import COPY_FIELDS, check_space
 from .spaces import space_key
 from .store import COLUMNS, SpaceRow, utc_now
 
@@ -444,21 +444,12 @@ class PgStore:
 
     def check_fingerprint(self, modality: str, fingerprint: str) -> None:
         """The local store's one-line error when ``modality``'s space holds another model's vectors."""
-        row = self.for_modality(modality)
-        if row is None or row.fingerprint == fingerprint:
-            return
-        flag = f"--{modality}-model {row.model_ref or row.fingerprint}"
-        raise CaseIndexError(
-            f"index {self.name} holds {modality} embeddings from {row.fingerprint}; this session uses {fingerprint}"
-            f" — open it with {flag} or use a new index"
-        )
+        check_space(self.name, self.for_modality(modality), modality, fingerprint)
 
     def row_for(self, modality: str, fingerprint: str, dim: int, model_ref: str | None) -> SpaceRow:
         row = self.for_modality(modality)
         if row is not None:
-            self.check_fingerprint(modality, fingerprint)
-            if row.dim != dim:
-                raise CaseIndexError(f"index {self.name} holds {row.dim}-dimensional {modality} vectors; these have {dim} dimensions")
+            check_space(self.name, row, modality, fingerprint, dim)
             return row
         return SpaceRow(space_key(fingerprint), fingerprint, modality, int(dim), model_ref, utc_now())
 

@@ -44,6 +44,7 @@ import numpy as np
 from ..core.errors import CaseIndexError
 from ..core.results import Hit
 from . import faiss_io
+from .fields import check_space
 from .locking import WriteLock
 from .store import SpaceRow, Store, sha_keys, utc_now
 
@@ -360,23 +361,13 @@ class SpaceSet:
     def check_fingerprint(self, modality: str, fingerprint: str) -> None:
         """A one-line error when ``modality``'s space holds another model's vectors."""
         space = self.for_modality(modality)
-        if space is None or space.row.fingerprint == fingerprint:
-            return
-        flag = f"--{modality}-model {space.row.model_ref or space.row.fingerprint}"
-        raise CaseIndexError(
-            f"index {self.directory} holds {modality} embeddings from {space.row.fingerprint}; this session uses {fingerprint}"
-            f" — open it with {flag} or use a new index"
-        )
+        check_space(str(self.directory), space and space.row, modality, fingerprint)
 
     def row_for(self, modality: str, fingerprint: str, dim: int, model_ref: str | None) -> SpaceRow:
         """The space new vectors of ``modality`` go to (an existing one must match model and dimension)."""
         space = self.for_modality(modality)
         if space is not None:
-            self.check_fingerprint(modality, fingerprint)
-            if space.row.dim != dim:
-                raise CaseIndexError(
-                    f"index {self.directory} holds {space.row.dim}-dimensional {modality} vectors; these have {dim} dimensions"
-                )
+            check_space(str(self.directory), space.row, modality, fingerprint, dim)
             return space.row
         return SpaceRow(space_key(fingerprint), fingerprint, modality, int(dim), model_ref, utc_now())
 
