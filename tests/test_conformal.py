@@ -3,6 +3,8 @@
 not_applicable), and `medzero calibrate --conformal-alpha` -> `medzero eval` coverage."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -140,6 +142,31 @@ def voice_manifest(tmp_path, audio_clips) -> Path:
 
 
 _cli = run_cli
+
+
+def test_positive_and_csv_follow_the_conformal_decision_not_the_threshold(tmp_path, audio_clips, tiny_clap_dir):
+    """Where a conformal rule covers a label, Result.positive() gives its decision (None when not
+    sure), as the verdict does; thresholds of 0 and 1 each disagree with every decided score on
+    one side of 0.5. The CSV lists the uncertain labels."""
+    model = str(tiny_clap_dir)
+    keys = ["speech", "noisy_0db", "clipped"]
+    for threshold in (0.0, 1.0):
+        path = _overlay(tmp_path, 0.5)
+        data = yaml.safe_load(path.read_text())
+        data["labels"]["background_noise"] = {"threshold": threshold}
+        path.write_text(yaml.safe_dump(data))
+        clf = medzero.Classifier("voice_quality", audio_model=model, device="cpu", calibration=path)
+        for r in clf.classify_batch([audio_clips[k] for k in keys]):
+            decision = r.conformal["decisions"]["background_noise"]
+            assert r.positive("background_noise") == (None if decision == "uncertain" else decision == "positive")
+            assert ("background_noise" in {x.id for x in r.reasons}) == (decision == "positive")
+    unsure = medzero.Classifier("voice_quality", audio_model=model, device="cpu", calibration=_overlay(tmp_path, 1.0))
+    assert unsure.classify(audio_clips["speech"]).positive("background_noise") is None
+    res = _cli(["classify", audio_clips["speech"], "--task", "voice_quality", "--audio-model", model, "--device", "cpu",
+                "--calibration", _overlay(tmp_path, 1.0), "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    row = next(csv.DictReader(io.StringIO(res.stdout)))
+    assert row["uncertain"] == "background_noise"
 
 
 def test_calibrate_conformal_then_eval_reports_coverage(voice_manifest, tiny_clap_dir, tmp_path):

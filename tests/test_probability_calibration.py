@@ -3,6 +3,8 @@ against the log-loss it must lower, overlays (format 2) that refuse bad tables, 
 on real recordings scored by the tiny real CLAP checkpoint: calibrate -> overlay -> classify -> eval."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -232,6 +234,12 @@ def test_calibrate_platt_then_classify_and_eval_show_probabilities(voice_manifes
     assert out["probabilities"]["background_noise"] == pytest.approx(ref.predict_proba(s[:1, None])[0, 1], abs=1e-6)
     assert set(out["probabilities"]) == {"background_noise", "speech_present"}
     assert out["uncertain"] == [] and out["conformal"] is None
+    res = _cli(["classify", str(rows[0].file), "--task", "voice_quality", "--audio-model", model, "--device", "cpu",
+                "--calibration", site, "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    row = next(csv.DictReader(io.StringIO(res.stdout)))  # the CSV carries the probability beside the raw score
+    assert float(row["p.background_noise"]) == pytest.approx(out["probabilities"]["background_noise"], abs=1e-6)
+    assert float(row["background_noise"]) == pytest.approx(s[0], abs=1e-6) and "uncertain" not in row
     # the table: the top labels' raw scores, each with its calibrated probability (a map for every label here)
     every = yaml.safe_load(site.read_text())
     every["probability"]["labels"] = {lb.id: {"map": {"a": 1.0, "b": 0.0}} for lb in medzero.load_task("voice_quality").labels}

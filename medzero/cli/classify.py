@@ -170,17 +170,23 @@ def render(results, fmt: str, lang: str) -> str:
     if fmt == "csv":
         labels: list[str] = []
         metrics: list[str] = []
+        calibrated: list[str] = []  # labels with a site overlay's probability: a p.<label> column each
         for r in results:
             labels += [k for k in r.scores if k not in labels]
             metrics += [k for k in r.metrics if k not in metrics]
+            calibrated += [k for k in r.probabilities if k not in calibrated]
+        conformal = any(r.conformal for r in results)
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["path", "modality", "task", "verdict", "applicable", "signal_only", "calibration", "error", *labels, *metrics])
+        writer.writerow(["path", "modality", "task", "verdict", "applicable", "signal_only", "calibration", "error", *labels,
+                         *[f"p.{k}" for k in calibrated], *(["uncertain"] if conformal else []), *metrics])
         for r in results:
             writer.writerow(
                 [r.source, r.modality, r.task, r.verdict or "", "" if r.error else str(r.applicable).lower(),
                  "" if r.error else str(r.signal_only).lower(), (r.calibration or {}).get("status", ""), r.error or ""]
                 + [f"{r.scores[k]:.6f}" if k in r.scores else "" for k in labels]
+                + [f"{r.probabilities[k]:.6f}" if k in r.probabilities else "" for k in calibrated]
+                + ([";".join(r.uncertain)] if conformal else [])
                 + [r.metrics.get(k, "") for k in metrics]
             )
         return buf.getvalue()

@@ -187,11 +187,16 @@ class Result:
         return self.error is None and self.applicable
 
     def positive(self, label: str) -> bool | None:
-        """Whether ``label`` scored at or above its threshold; ``None`` where nothing was judged
-        (an input the task does not judge, a failed or signal-only result, a label without a score)."""
+        """Whether ``label`` is present: the site overlay's conformal decision where its rule covers
+        the label (the decision the verdict used; ``None`` when the rule is not sure), else whether
+        the score reached its threshold; ``None`` where nothing was judged (an input the task does
+        not judge, a failed or signal-only result, a label without a score)."""
         score, threshold = self.scores.get(label), self.thresholds.get(label)
         if not self.judged or score is None or threshold is None:
             return None
+        decision = (self.conformal or {}).get("decisions", {}).get(label)
+        if decision is not None:
+            return None if decision == "uncertain" else decision == "positive"
         return score >= threshold
 
     def top(self, n: int | None = None) -> list[tuple[str, float]]:
