@@ -108,14 +108,25 @@ def listen(samples: np.ndarray, sample_rate: int) -> Ears:
         ears.notes["vad"] = _FALLBACK_NOTES["vad"]
         _listen_mos(ears, at_16k, rate)
         return ears
-    # The VAD is a chain of small sequential calls on one thread (2 s for 10 minutes): DNSMOS runs
-    # beside it, on the cores it leaves idle, instead of after it.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medzero-vad") as pool:
-        segments = pool.submit(vad.speech_segments, at_16k, rate)
+    if len(at_16k) < BESIDE_MIN_SECONDS * rate:
+        ears.segments = vad.speech_segments(at_16k, rate)
         _listen_mos(ears, at_16k, rate)
-        ears.segments = segments.result()
+    else:
+        # The VAD is a chain of small sequential calls on one thread (2 s for 10 minutes): DNSMOS
+        # runs beside it, on the cores it leaves idle, instead of after it.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medzero-vad") as pool:
+            segments = pool.submit(vad.speech_segments, at_16k, rate)
+            _listen_mos(ears, at_16k, rate)
+            ears.segments = segments.result()
     ears.models = {"vad": vad.fingerprint(), **ears.models}
     return ears
+
+
+#: Recordings at least this long run DNSMOS beside the VAD, in a second thread (the 10-minute
+#: case: the VAD's 2 s overlap DNSMOS). Shorter ones run them one after the other: there the VAD
+#: costs tens of milliseconds, and the service, which decodes many uploads at once, would start
+#: and stop a thread per upload for nothing.
+BESIDE_MIN_SECONDS = 120.0
 
 
 def _listen_mos(ears: Ears, at_16k: np.ndarray, rate: int) -> None:
