@@ -33,7 +33,8 @@ SETTINGS = (
     "sampling_rate", "feature_size", "fft_window_size", "hop_length", "max_length_s", "nb_max_samples",
     "padding", "truncation", "frequency_min", "frequency_max", "top_db",
 )
-_BLOCK = 1024  # frames per FFT call: 1024 × 1024 float64 samples = 8 MB
+_BLOCK = 256  # frames per FFT call: 256 × 1024 float64 samples = 2 MB, each of the few temporaries of a block
+# (a 1024-frame block had 30 MB of them, the most a decoding thread of the service held)
 
 
 class MelFeatures:
@@ -88,7 +89,7 @@ class MelFeatures:
             frames = 1 + (x.size - n) // hop
         filters_t = np.ascontiguousarray(np.asarray(mel_filters, dtype=np.float64).T)
         window = self.window()
-        mel = np.empty((frames, filters_t.shape[0]), dtype=np.float64)
+        out = np.empty((frames, filters_t.shape[0]), dtype=np.float32)
         for start in range(0, frames, _BLOCK):
             count = min(_BLOCK, frames - start)
             lo, hi = start * hop, (start + count - 1) * hop + n  # padded-signal samples of these frames
@@ -96,10 +97,11 @@ class MelFeatures:
             view = np.lib.stride_tricks.sliding_window_view(piece, n)[::hop]
             spectrum = np.fft.rfft(view * window, axis=-1).astype(np.complex64)
             power = np.abs(spectrum, dtype=np.float64) ** 2.0
-            mel[start : start + count] = np.maximum(1e-10, np.dot(filters_t, power.T)).T
-        # transformers' power_to_db(mel, reference=1.0, min_value=1e-10, db_range=None)
-        db = 10.0 * (np.log10(np.clip(mel.T, a_min=1e-10, a_max=None)) - np.log10(1.0))
-        return db.astype(np.float32).T
+            mel = np.maximum(1e-10, np.dot(filters_t, power.T)).T
+            # transformers' power_to_db(mel, reference=1.0, min_value=1e-10, db_range=None), block by
+            # block (elementwise, so equal), into float32: no whole float64 spectrogram is ever held
+            out[start : start + count] = 10.0 * (np.log10(np.clip(mel, a_min=1e-10, a_max=None)) - np.log10(1.0))
+        return out
 
 
 def _reflected(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
