@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; n={args.n:,} dim={args.dim} add={args.add:,} "
           f"data={'isotropic' if not args.latent else f'latent {args.latent}-d + noise'}")
     root = Path(args.dir or tempfile.mkdtemp(prefix="medzero-bench-"))
+    root.mkdir(parents=True, exist_ok=True)  # --dir may name a folder not made yet
     path = root / "index"
     shutil.rmtree(path, ignore_errors=True)
     try:
