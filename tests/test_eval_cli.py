@@ -4,7 +4,6 @@ Every number in a report is recomputed here from the Results' own scores with sc
 """
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shutil
@@ -29,6 +28,7 @@ from medzero.evaluation import (
 )
 from medzero.evaluation.calibrate import cross_validate, stratified_folds
 from medzero.cli.evaluate import calibrate_command, eval_command
+from site_manifests import write_voice_manifest
 
 skm = pytest.importorskip("sklearn.metrics")
 
@@ -69,16 +69,9 @@ def run(cli, args):
 
 @pytest.fixture()
 def voice_manifest(tmp_path, audio_clips) -> Path:
-    clips = tmp_path / "site" / "clips"
-    clips.mkdir(parents=True)
-    with open(tmp_path / "site" / "voice.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "background_noise", "speech_present", "verdict"])
-        for key, (noise, speech, verdict) in VOICE.items():
-            src = audio_clips[key]
-            shutil.copy(src, clips / f"{key}{src.suffix}")
-            writer.writerow([f"clips/{key}{src.suffix}", "" if noise is None else ("yes" if noise else "no"), speech, verdict])
-    return tmp_path / "site" / "voice.csv"
+    rows = {key: ("" if noise is None else ("yes" if noise else "no"), speech, verdict)
+            for key, (noise, speech, verdict) in VOICE.items()}
+    return write_voice_manifest(tmp_path, audio_clips, rows)
 
 
 @pytest.fixture()
