@@ -283,3 +283,36 @@ def test_too_few_rows_for_alpha_is_said_not_hidden(voice_manifest, tiny_clap_dir
     assert res.exit_code == 0, res.output
     assert "too few rows for this alpha: every label stays uncertain" in " ".join(res.stdout.split())
     assert yaml.safe_load(site.read_text())["conformal"]["labels"]["background_noise"]["qhat"] == 1.0
+
+
+def test_the_app_shows_probabilities_and_not_sure_and_no_triage_colour_for_uncertain(tmp_path, audio_clips, tiny_clap_dir):
+    """The app's label table and verdict colour for a real result under an overlay with probability
+    maps and a conformal rule that is not sure: a Probability column beside the raw score, "not
+    sure" (not "not judged", which means out of scope) for the undecided label, and violet for the
+    verdict `uncertain` (it read as the worst triage level, red, before)."""
+    from medzero.app import common
+
+    path = _overlay(tmp_path, 1.0)
+    data = yaml.safe_load(path.read_text())
+    data["probability"] = {"method": "platt", "labels": {"background_noise": {"map": {"a": 4.0, "b": -2.0}},
+                                                         "speech_present": {"map": {"a": 2.0, "b": 0.0}}}}
+    path.write_text(yaml.safe_dump(data))
+    clf = medzero.Classifier("voice_quality", audio_model=str(tiny_clap_dir), device="cpu", calibration=path)
+    task = clf.task_for("audio")
+    result = clf.classify(audio_clips["speech"])
+    assert result.verdict == "uncertain" and result.uncertain == ["background_noise"]
+
+    frame = common.label_frame(result, task)
+    table = common.score_table(frame).data
+    row = table.set_index(table.columns[0]).loc[result.label_names["background_noise"]["en"]]
+    assert row["Positive"] == "not sure"
+    p = 1 / (1 + np.exp(-(4.0 * result.scores["background_noise"] - 2.0)))
+    assert row["Probability"] == f"{p:.2f}" and row["Score"] == f"{result.scores['background_noise']:.3f}"
+    others = table[table[table.columns[0]] != result.label_names["background_noise"]["en"]]
+    assert set(others["Positive"]) <= {"yes", "no"}  # decided by threshold: yes or no, never "not sure"
+    assert (others["Probability"] == "–").sum() == len(others) - 1  # only the two labels with a map have one
+
+    assert common.verdict_colour(task, result.verdict, applicable=result.applicable) == "violet"
+    assert common.verdict_colour(task, "re-record") == "red"  # the worst level keeps its colour
+    chart = common.score_chart(frame).to_dict()
+    assert "not sure" in chart["layer"][0]["encoding"]["color"]["scale"]["domain"]

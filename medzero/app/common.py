@@ -21,6 +21,7 @@ import pandas as pd
 import streamlit as st
 
 import medzero
+from medzero.tasks.probability import UNCERTAIN
 
 LANGS = {"en": "English", "zh": "中文"}
 CUSTOM_TASK = "__custom__"
@@ -271,9 +272,13 @@ def task_label(task: medzero.Task) -> str:
 
 def verdict_colour(task: medzero.Task, verdict: str | None, *, applicable: bool = True) -> str:
     """Green, orange or red along the task's verdicts, best to worst; grey for an input the task
-    does not judge (``not_applicable`` is no triage level, so it must not look like one)."""
+    does not judge (``not_applicable`` is no triage level, so it must not look like one); violet
+    for ``uncertain`` (in scope, but a site's conformal rule is not sure: no level either, and
+    not the worst one, which it would read as)."""
     if not applicable:
         return "gray"
+    if verdict == UNCERTAIN.id:
+        return "violet"
     if not task.verdicts or verdict is None:
         return "blue"
     rank = task.verdict_rank(verdict) if verdict in [v.id for v in task.verdicts] else len(task.verdicts) - 1
@@ -304,6 +309,11 @@ def show_verdict(result: medzero.Result, task: medzero.Task, *, heading: str) ->
             st.caption("阈值：本院校准" if calibrated else "阈值：未校准（任务默认值，未在本院数据上拟合）")
         else:
             st.caption(result.calibration.get("summary") or ("thresholds: calibrated" if calibrated else "thresholds: uncalibrated"))
+    if result.verdict == UNCERTAIN.id:
+        st.caption(tr(f"Not sure: the site's conformal rule (error rate {result.conformal['alpha']:g}) leaves "
+                      f"{', '.join(result.uncertain)} undecided. Have a person read this one.",
+                      f"不确定：本院的保形规则（错误率 {result.conformal['alpha']:g}）无法判定 {'、'.join(result.uncertain)}，"
+                      "请由人工判读。") if result.conformal else tr("Not sure.", "不确定。"))
     if result.reasons:
         st.markdown("**Why**" if lg == "en" else "**原因**")
         for reason in result.reasons:
@@ -318,7 +328,9 @@ def show_verdict(result: medzero.Result, task: medzero.Task, *, heading: str) ->
 
 
 def label_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
-    """One row per label, best score first: name, score, threshold, positive, and the verdict it set.
+    """One row per label, best score first: name, score, calibrated probability (nan without the
+    site's probability maps), threshold, positive, whether a conformal rule is not sure about it,
+    and the verdict it set.
 
     For an input the task does not judge (``not_applicable``) the scores are kept as computed, but
     ``judged`` is false and ``positive`` is ``None``: no finding is called present or absent."""
@@ -334,9 +346,11 @@ def label_frame(result: medzero.Result, task: medzero.Task) -> pd.DataFrame:
                 "id": label.id,
                 "label": result.label_names.get(label.id, {}).get(lg) or label.id,
                 "score": score,
+                "probability": float(result.probabilities.get(label.id, float("nan"))),
                 "threshold": threshold,
                 "judged": result.judged,
                 "positive": result.positive(label.id),
+                "uncertain": label.id in result.uncertain,
                 "polarity": label.polarity,
                 "problem": reason is not None,
                 "sets": (task.verdict(reason.verdict).display(lg) if reason is not None and reason.verdict else ""),
@@ -356,8 +370,9 @@ def score_chart(frame: pd.DataFrame) -> alt.LayerChart:
     """Horizontal bars sorted by score, each label's threshold drawn as a black tick (none where
     the scores were not judged: a threshold there would invite a call nobody made)."""
     sets, above, below = tr("sets the verdict", "决定结论"), tr("above threshold", "高于阈值"), tr("below threshold", "低于阈值")
-    unjudged = tr("not judged", "未判读")
-    status = frame.apply(lambda r: unjudged if not r.judged else sets if r.problem else (above if r.positive else below), axis=1)
+    unjudged, unsure = tr("not judged", "未判读"), tr("not sure", "不确定")
+    status = frame.apply(lambda r: unjudged if not r.judged else sets if r.problem else unsure if r.get("uncertain", False)
+                         else (above if r.positive else below), axis=1)
     data = frame.assign(status=status)
     order = list(data["label"])
     y = alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=260, labelOverlap=False))
@@ -366,7 +381,7 @@ def score_chart(frame: pd.DataFrame) -> alt.LayerChart:
         y=y,
         color=alt.Color(
             "status:N",
-            scale=alt.Scale(domain=[sets, above, below, unjudged], range=["#d62728", "#ff9f1c", "#7f9cc6", "#b0b0b0"]),
+            scale=alt.Scale(domain=[sets, above, below, unsure, unjudged], range=["#d62728", "#ff9f1c", "#7f9cc6", "#9467bd", "#b0b0b0"]),
             legend=alt.Legend(orient="bottom", title=None),
         ),
         tooltip=[alt.Tooltip("label:N"), alt.Tooltip("score:Q", format=".3f"), alt.Tooltip("threshold:Q", format=".2f")],
@@ -390,8 +405,10 @@ def score_table(frame: pd.DataFrame, *, title: str | None = None):
 
     Score and threshold are printed with enough digits to show on which side of it the score lies
     (``0.4996`` against ``0.5000``, not ``0.500`` against ``0.50`` with "no"). Rows that were not
-    judged show no threshold and "not judged" instead of yes or no."""
-    yes, no, unjudged = tr("yes", "是"), tr("no", "否"), tr("not judged", "未判读")
+    judged show no threshold and "not judged" instead of yes or no; a label a conformal rule is not
+    sure about shows "not sure". With the site's probability maps, a Probability column follows
+    the raw score."""
+    yes, no, unjudged, unsure = tr("yes", "是"), tr("no", "否"), tr("not judged", "未判读"), tr("not sure", "不确定")
     scores, thresholds = [], []
     for row in frame.itertuples():
         if not row.judged or row.score != row.score:  # not judged, or no score (nan)
@@ -401,15 +418,15 @@ def score_table(frame: pd.DataFrame, *, title: str | None = None):
         score, threshold = _score_and_threshold(row.score, row.threshold)
         scores.append(score)
         thresholds.append(threshold)
-    shown = pd.DataFrame(
-        {
-            title or tr("Label", "标签"): frame["label"],
-            tr("Score", "分数"): scores,
-            tr("Threshold", "阈值"): thresholds,
-            tr("Positive", "阳性"): frame["positive"].map(lambda v: unjudged if v is None else yes if v else no),
-            tr("Sets verdict", "决定结论"): frame["sets"],
-        }
-    )
+    columns = {title or tr("Label", "标签"): frame["label"], tr("Score", "分数"): scores}
+    if "probability" in frame and frame["probability"].notna().any():
+        columns[tr("Probability", "概率")] = frame["probability"].map(lambda p: "–" if p != p else f"{p:.2f}")
+    columns[tr("Threshold", "阈值")] = thresholds
+    uncertain = frame["uncertain"] if "uncertain" in frame else pd.Series(False, index=frame.index)
+    columns[tr("Positive", "阳性")] = [unsure if u else unjudged if v is None else yes if v else no
+                                       for v, u in zip(frame["positive"], uncertain)]
+    columns[tr("Sets verdict", "决定结论")] = frame["sets"]
+    shown = pd.DataFrame(columns)
 
     def colour(row: pd.Series) -> list[str]:
         f = frame.loc[row.name]
