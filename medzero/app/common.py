@@ -21,10 +21,12 @@ import pandas as pd
 import streamlit as st
 
 import medzero
-from medzero.tasks.probability import UNCERTAIN
 
 LANGS = {"en": "English", "zh": "中文"}
 CUSTOM_TASK = "__custom__"
+#: The verdict of a result a site's conformal rule is not sure about (a public id of the result
+#: contract, like ``not_applicable``; the app imports only medzero's public names).
+UNCERTAIN = "uncertain"
 #: Colours of a task's verdicts, best to worst (Streamlit's named markdown colours).
 _VERDICT_COLOURS = ("green", "orange", "red")
 
@@ -277,7 +279,7 @@ def verdict_colour(task: medzero.Task, verdict: str | None, *, applicable: bool 
     not the worst one, which it would read as)."""
     if not applicable:
         return "gray"
-    if verdict == UNCERTAIN.id:
+    if verdict == UNCERTAIN:
         return "violet"
     if not task.verdicts or verdict is None:
         return "blue"
@@ -309,7 +311,7 @@ def show_verdict(result: medzero.Result, task: medzero.Task, *, heading: str) ->
             st.caption("阈值：本院校准" if calibrated else "阈值：未校准（任务默认值，未在本院数据上拟合）")
         else:
             st.caption(result.calibration.get("summary") or ("thresholds: calibrated" if calibrated else "thresholds: uncalibrated"))
-    if result.verdict == UNCERTAIN.id:
+    if result.verdict == UNCERTAIN:
         st.caption(tr(f"Not sure: the site's conformal rule (error rate {result.conformal['alpha']:g}) leaves "
                       f"{', '.join(result.uncertain)} undecided. Have a person read this one.",
                       f"不确定：本院的保形规则（错误率 {result.conformal['alpha']:g}）无法判定 {'、'.join(result.uncertain)}，"
