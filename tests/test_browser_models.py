@@ -115,6 +115,8 @@ def test_the_whole_page_follows_the_language_switch_and_keeps_it_in_the_address(
 
     page.locator('[data-testid="stSidebarNav"]').get_by_text("胸部 X 光").click()  # another page keeps it too
     page.get_by_role("heading", name="胸部 X 光").wait_for()
+    # the uploader can render after the heading on a loaded machine (CI once read the page between them)
+    page.get_by_text("上传 DICOM、PNG 或 JPEG 图像").first.wait_for()
     wait_idle(page)
     expect(page).to_have_url(re.compile(r"/xray\?(.*&)?lang=zh\b"))
     text = main_text(page)
