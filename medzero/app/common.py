@@ -373,7 +373,7 @@ def score_chart(frame: pd.DataFrame) -> alt.LayerChart:
     the scores were not judged: a threshold there would invite a call nobody made)."""
     sets, above, below = tr("sets the verdict", "决定结论"), tr("above threshold", "高于阈值"), tr("below threshold", "低于阈值")
     unjudged, unsure = tr("not judged", "未判读"), tr("not sure", "不确定")
-    status = frame.apply(lambda r: unjudged if not r.judged else sets if r.problem else unsure if r.get("uncertain", False)
+    status = frame.apply(lambda r: unjudged if not r.judged else sets if r.problem else unsure if r.uncertain
                          else (above if r.positive else below), axis=1)
     data = frame.assign(status=status)
     order = list(data["label"])
@@ -421,12 +421,11 @@ def score_table(frame: pd.DataFrame, *, title: str | None = None):
         scores.append(score)
         thresholds.append(threshold)
     columns = {title or tr("Label", "标签"): frame["label"], tr("Score", "分数"): scores}
-    if "probability" in frame and frame["probability"].notna().any():
+    if frame["probability"].notna().any():
         columns[tr("Probability", "概率")] = frame["probability"].map(lambda p: "–" if p != p else f"{p:.2f}")
     columns[tr("Threshold", "阈值")] = thresholds
-    uncertain = frame["uncertain"] if "uncertain" in frame else pd.Series(False, index=frame.index)
     columns[tr("Positive", "阳性")] = [unsure if u else unjudged if v is None else yes if v else no
-                                       for v, u in zip(frame["positive"], uncertain)]
+                                       for v, u in zip(frame["positive"], frame["uncertain"])]
     columns[tr("Sets verdict", "决定结论")] = frame["sets"]
     shown = pd.DataFrame(columns)
 
