@@ -112,7 +112,8 @@ def test_a_refused_export_is_remembered_and_auto_uses_torch_at_once(tiny_clap_di
     (marker,) = _markers(cache)
     record = json.loads(marker.read_text())
     assert "UnsupportedOperatorError" in record["reason"] and "opset 9" in record["reason"]
-    assert set(record["versions"]) == {"medzero", "torch", "onnx", "onnxruntime"} and all(record["versions"].values())
+    first_tried = backends.runtime(backends.choose("auto", "clap", "cpu"))  # openvino where installed, else onnxruntime
+    assert set(record["versions"]) == {"medzero", "torch", "onnx", first_tried} and all(record["versions"].values())
     assert _exports(cache) == [] and _leftovers(cache) == []
     print(f"first process {first_s:.1f} s (export refused), second {second_s:.1f} s")
 
@@ -236,3 +237,107 @@ def test_one_ctrl_c_during_model_loading_stops_classify_at_once(slow_clap_dir, t
     assert out == ""
     assert _leftovers(cache) == [] and _exports(cache) == []  # the unfinished export removed, none half-made
     print(f"stopped {took:.2f} s after SIGINT")
+
+
+# -- OpenVINO's cache of compiled models --------------------------------------------------------------
+
+openvino_only = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("openvino") is None, reason="openvino is not installed"
+)
+
+
+def _compiled(cache: Path) -> dict[Path, tuple[int, int, int]]:
+    """The compiled models OpenVINO keeps beside the exports: path -> (inode, size, mtime)."""
+    found = {}
+    for blob in sorted((cache / "onnx").glob(f"*/{backends.OPENVINO_CACHE}/*.blob")):
+        info = blob.stat()
+        found[blob] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    return found
+
+
+def _openvino_scores(tiny_clap_dir: Path, tone: Path) -> tuple[subprocess.CompletedProcess, dict | None]:
+    run, _ = _cli(["classify", "--format", "json", "--backend", "openvino", "--labels", "speech,noise",
+                   "--audio-model", str(tiny_clap_dir), str(tone)])
+    return run, (json.loads(run.stdout)[0]["scores"] if run.returncode == 0 else None)
+
+
+def _cache_leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "onnx").glob(f"*/{backends.OPENVINO_CACHE}/.*"))
+
+
+@openvino_only
+def test_openvino_keeps_its_compiled_model_for_the_next_process(tiny_clap_dir, tone, cache):
+    """The first process compiles both towers and keeps them; the next imports them (nothing
+    compiled or written again) and scores the same."""
+    first, scores = _openvino_scores(tiny_clap_dir, tone)
+    assert first.returncode == 0, first.stderr
+    compiled = _compiled(cache)
+    assert len(compiled) == 2, compiled  # the audio tower and the text tower
+    again, scores_again = _openvino_scores(tiny_clap_dir, tone)
+    assert again.returncode == 0, again.stderr
+    assert _compiled(cache) == compiled  # the same files, untouched
+    assert scores_again == pytest.approx(scores, abs=1e-7)
+    assert _cache_leftovers(cache) == []
+
+
+@openvino_only
+def test_a_truncated_compiled_model_is_compiled_again(tiny_clap_dir, tone, cache):
+    """A compiled model cut short (a full disk, a killed copy) is not trusted: the next process
+    compiles again, scores the same, and leaves complete files behind (a later process imports
+    them and writes nothing). The label cache is emptied so the text tower is loaded too."""
+    _, scores = _openvino_scores(tiny_clap_dir, tone)
+    compiled = _compiled(cache)
+    assert len(compiled) == 2, compiled
+    for blob, (_, size, _) in compiled.items():
+        os.chmod(blob, 0o600)
+        os.truncate(blob, size // 3)
+    (cache / "text_embeddings.sqlite").unlink()
+    run, scores_again = _openvino_scores(tiny_clap_dir, tone)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert scores_again == pytest.approx(scores, abs=1e-7)
+    repaired = _compiled(cache)
+    assert repaired.keys() == compiled.keys()
+    assert all(repaired[blob][1] > size // 3 for blob, (_, size, _) in compiled.items()), (compiled, repaired)
+    (cache / "text_embeddings.sqlite").unlink()
+    run, scores_again = _openvino_scores(tiny_clap_dir, tone)
+    assert run.returncode == 0 and scores_again == pytest.approx(scores, abs=1e-7)
+    assert _compiled(cache) == repaired  # complete: imported, not compiled and written again
+    assert _cache_leftovers(cache) == []
+
+
+@openvino_only
+def test_openvino_without_a_writable_cache_still_runs(tiny_clap_dir, tone, cache):
+    """Where the compiled models cannot be kept (here a file stands where their folder goes), the
+    model is compiled each time, with the same scores and no error."""
+    export, _ = _cli(["classify", "--backend", "onnx", "--labels", "speech,noise", "--audio-model", str(tiny_clap_dir), str(tone)])
+    assert export.returncode == 0, export.stderr
+    (directory,) = _exports(cache)
+    (directory / backends.OPENVINO_CACHE).write_text("not a folder")
+    run, scores = _openvino_scores(tiny_clap_dir, tone)
+    assert run.returncode == 0 and "Traceback" not in run.stderr and "WARNING" not in run.stderr, run.stderr
+    reference, _ = _cli(["classify", "--format", "json", "--backend", "torch", "--labels", "speech,noise",
+                         "--audio-model", str(tiny_clap_dir), str(tone)])
+    assert scores == pytest.approx(json.loads(reference.stdout)[0]["scores"], abs=1e-5)
+    assert (directory / backends.OPENVINO_CACHE).read_text() == "not a folder"
+
+
+@openvino_only
+def test_processes_compiling_at_once_share_one_complete_cache(tiny_clap_dir, tone, cache):
+    """Three processes compile the same model at once into an empty cache: each compiles in a
+    folder of its own and renames the finished files in, so none reads a half-written one; all
+    score the same, and a fourth process finds complete files (it writes nothing)."""
+    export, _ = _cli(["classify", "--backend", "onnx", "--labels", "speech,noise", "--audio-model", str(tiny_clap_dir), str(tone)])
+    assert export.returncode == 0, export.stderr
+    (cache / "text_embeddings.sqlite").unlink()  # so that the text tower is compiled too
+    command = [*_medzero(), "classify", "--format", "json", "--backend", "openvino", "--labels", "speech,noise",
+               "--audio-model", str(tiny_clap_dir), str(tone)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(3)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert all(p.returncode == 0 for p in processes), [err for _, err in outputs]
+    scores = [json.loads(out)[0]["scores"] for out, _ in outputs]
+    assert all(s == pytest.approx(scores[0], abs=1e-7) for s in scores)
+    compiled = _compiled(cache)
+    assert len(compiled) == 2 and _cache_leftovers(cache) == []
+    run, fourth = _openvino_scores(tiny_clap_dir, tone)
+    assert run.returncode == 0 and fourth == pytest.approx(scores[0], abs=1e-7)
+    assert _compiled(cache) == compiled

@@ -303,28 +303,65 @@ def test_case_index_takes_the_backend(tiny_clap_dir, audio_clips, tmp_path, fres
 # -- auto: the default ------------------------------------------------------------------------------
 
 
-def test_auto_runs_clap_on_onnx_and_open_clip_on_torch_on_the_cpu(tiny_clap_dir, tiny_hf_clip_dir, audio_clips, fresh_cache):
-    """The default backend is the one measured best per model family on the CPU (bench/)."""
+HAS_OPENVINO = __import__("importlib.util").util.find_spec("openvino") is not None
+
+
+def _hide_runtimes(monkeypatch, *names: str) -> None:
+    """Make ``names`` look uninstalled to ``auto`` (importlib.util.find_spec returns None for them)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a))
+
+
+def test_auto_runs_clap_on_openvino_or_onnx_and_open_clip_on_torch_on_the_cpu(tiny_clap_dir, tiny_hf_clip_dir, audio_clips, fresh_cache):
+    """The default backend is the one measured best per model family on the CPU (bench/): for CLAP
+    openvino where medzero[openvino] is installed, else onnx."""
     from medzero.audio.clap_onnx import ClapOnnxEncoder
 
     assert backends.resolve() == "auto"
     clf = medzero.Classifier(labels="speech,noise", audio_model=str(tiny_clap_dir), image_model=f"local-dir:{tiny_hf_clip_dir}", device="cpu")
-    assert isinstance(clf.encoder("audio"), ClapOnnxEncoder)
+    audio = clf.encoder("audio")
+    assert isinstance(audio, ClapOnnxEncoder) and audio.backend == ("openvino" if HAS_OPENVINO else "onnx")
     assert type(clf.encoder("image")).__name__ == "OpenClipEncoder"
     reference = medzero.Classifier(labels="speech,noise", audio_model=str(tiny_clap_dir), device="cpu", backend="torch")
     tolerance = score_tolerance("audio", [audio_clips["speech"]], labels="speech,noise", audio_model=str(tiny_clap_dir), device="cpu")
     assert clf.classify(audio_clips["speech"]).scores == pytest.approx(reference.classify(audio_clips["speech"]).scores, abs=tolerance)
     assert backends.choose("auto", "clap", "cuda") == "torch"  # GPUs run torch
-    assert backends.choose("auto", "clap", "cpu") == "onnx" and backends.choose("auto", "open_clip", "cpu") == "torch"
+    assert backends.choose("auto", "clap", "cpu") == ("openvino" if HAS_OPENVINO else "onnx")
+    assert backends.choose("auto", "open_clip", "cpu") == "torch"
 
 
-def test_auto_without_onnxruntime_is_torch(tiny_clap_dir, fresh_cache, monkeypatch):
-    import importlib.util
+def test_auto_without_openvino_is_onnx(tiny_clap_dir, fresh_cache, monkeypatch):
+    _hide_runtimes(monkeypatch, "openvino")
+    assert backends.candidates("auto", "clap", "cpu") == ("onnx", "torch")
+    assert encoders.create(str(tiny_clap_dir), modality="audio", device="cpu").backend == "onnx"
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+
+def test_auto_without_either_runtime_is_torch(tiny_clap_dir, fresh_cache, monkeypatch):
+    _hide_runtimes(monkeypatch, "openvino", "onnxruntime")
     assert type(encoders.create(str(tiny_clap_dir), modality="audio", device="cpu")).__name__ == "ClapEncoder"
     assert not _exports(fresh_cache)
+
+
+def test_auto_goes_on_to_onnx_when_openvino_fails(tiny_clap_dir, audio_clips, fresh_cache, monkeypatch, caplog):
+    """A failure of the runtime alone (here OpenVINO's loader raising) moves auto to the next
+    backend it prefers, with one warning naming both; the export stays, used by onnx."""
+    if not HAS_OPENVINO:
+        pytest.skip("openvino is not installed")
+    real = encoders._load
+
+    def openvino_broken(target, backend, device, offline_because):
+        if backend == "openvino":
+            raise backends.BackendError("openvino cannot load audio.onnx (RuntimeError)")
+        return real(target, backend, device, offline_because)
+
+    monkeypatch.setattr(encoders, "_load", openvino_broken)
+    with caplog.at_level("WARNING", logger="medzero.encoders.factory"):
+        encoder = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu")
+    assert encoder.backend == "onnx"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "the openvino backend cannot load" in warnings[0] and warnings[0].endswith("; using onnx")
 
 
 def test_auto_falls_back_to_torch_when_the_export_is_refused(tiny_clap_dir, audio_clips, fresh_cache, monkeypatch, caplog):
@@ -341,7 +378,9 @@ def test_auto_falls_back_to_torch_when_the_export_is_refused(tiny_clap_dir, audi
     with caplog.at_level("WARNING", logger="medzero.encoders.factory"):
         encoder = encoders.create(str(tiny_clap_dir), modality="audio", device="cpu")
     assert type(encoder).__name__ == "ClapEncoder"
-    assert [r.getMessage() for r in caplog.records if "using torch" in r.getMessage()], caplog.text
+    # one warning: the export failed every exported backend alike, so onnx was not tried after openvino
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].endswith("; using torch"), caplog.text
     assert not _exports(fresh_cache) and not list((fresh_cache / "onnx").glob(".*.tmp"))
     assert len(list((fresh_cache / "onnx").glob("*.refused.json"))) == 1  # auto did not try again (tests/test_backend_faults.py)
 

@@ -345,11 +345,13 @@ CLAP = register_family(
         locate=locate_clap,
         recognise=recognise_clap,
         stage=stage_clap,
-        # What --backend auto uses for CLAP on the CPU. Measured (bench/bench_audio.py, full-size
-        # CLAP, 2 cores): onnx beat torch everywhere (a one-file classify 0.96 s against 5.4 s, as it
-        # imports neither torch nor transformers; 16 clips in a fresh process 3.0 s against 7.6 s;
-        # 7.2 against 7.1 clips/s in a warm process), with scores equal to 3e-8. openvino is faster
-        # still on batches but slower to start (1.4 s for one file) and an extra package.
-        prefer_on_cpu="onnx",
+        # What --backend auto uses for CLAP on the CPU, best first. Measured (bench/bench_audio.py,
+        # full-size CLAP, 2 cores): onnx beat torch everywhere (a one-file classify 0.96 s against
+        # 5.4 s, as it imports neither torch nor transformers; 16 clips in a fresh process 3.0 s
+        # against 7.6 s), with scores equal to 3e-8. openvino (the extra medzero[openvino]) runs the
+        # audio tower twice as fast as onnx (0.066 against 0.13 s a window), which takes a 10-minute
+        # recording under 10 s; since it keeps its compiled model in the export cache, it also
+        # starts as fast. Without it, onnx.
+        prefer_on_cpu=("openvino", "onnx"),
     )
 )

@@ -1,10 +1,12 @@
 """Inference backends: the model's own torch modules, or graphs exported from them to ONNX.
 
-- ``auto`` (the default): on a GPU, ``torch``; on the CPU, the backend the model's family declared
-  as measured best there (``prefer_on_cpu`` of its :class:`~medzero.encoders.registry.Family`
-  row; CLAP: ``onnx``, open_clip: ``torch``), when its runtime is installed. If that backend
-  cannot load the model (an export refused, a runtime error), ``auto`` logs one warning and loads
-  ``torch``: it never fails where ``torch`` works.
+- ``auto`` (the default): on a GPU, ``torch``; on the CPU, the backends the model's family declared
+  as measured best there, best first (``prefer_on_cpu`` of its
+  :class:`~medzero.encoders.registry.Family` row; CLAP: ``openvino`` then ``onnx``, open_clip:
+  ``torch``), the first whose runtime is installed. If it cannot load the model (a runtime error),
+  ``auto`` tries the next, and ``torch`` last; an export that cannot be had (refused, or its cache
+  unwritable) fails every exported backend alike, so it goes straight to ``torch``. One warning
+  names what failed and what was used: ``auto`` never fails where ``torch`` works.
 - ``torch``: the towers run as the model library built them.
 - ``onnx``: each tower (audio or image, and text) is exported once per model fingerprint with
   torch's TorchScript ONNX exporter, checked against torch on a probe batch (largest difference at
@@ -13,7 +15,9 @@
   the CLAP path imports neither torch nor transformers.
 - ``openvino``: the same export, compiled by OpenVINO's CPU plug-in in float32 (it fuses the
   attention blocks of CLAP's Swin audio tower, which ONNX Runtime does not: about twice as fast
-  there). Scores equal torch's to :data:`TOLERANCE`, as with ``onnx``.
+  there). Scores equal torch's to :data:`TOLERANCE`, as with ``onnx``. The compiled model is kept
+  in ``<export>/openvino-cache/`` (as large again as the export), so later processes start as
+  fast as ``onnx`` (:func:`_load_openvino`).
 - ``onnx-int8``: as ``onnx``, with the audio or image tower's matrix products quantised to int8
   (dynamic quantisation: int8 weights, activations quantised per batch). It is a different
   numerical model: its fingerprint ends in ``+int8``, so it never shares a case-index space or a
@@ -66,6 +70,7 @@ __all__ = [
     "TOLERANCE",
     "resolve",
     "choose",
+    "candidates",
     "checked",
     "use",
     "use_in_processes",
@@ -88,6 +93,7 @@ __all__ = [
     "quantise",
     "Session",
     "BackendError",
+    "ExportUnavailable",
     "Exported",
     "check_close",
     "package_versions",
@@ -100,6 +106,11 @@ class BackendError(ModelUnavailableError):
     """An exported backend cannot run a model (its runtime missing, an export refused or broken),
     as opposed to the model itself being unavailable: ``auto`` falls back to torch on it."""
 
+
+class ExportUnavailable(BackendError):
+    """The ONNX export itself cannot be had (refused, or its cache cannot be written): every
+    exported backend would fail alike, so ``auto`` goes straight to torch."""
+
 BACKENDS = ("auto", "torch", "onnx", "openvino", "onnx-int8")
 #: The runtime that runs each exported backend, and the pip extra that installs it.
 _RUNTIMES = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "openvino": "openvino"}
@@ -108,7 +119,7 @@ DEFAULT_BACKEND = "auto"
 ENV = "MEDZERO_BACKEND"
 #: The help of every command's ``--backend`` option.
 OPTION_HELP = (
-    "auto [default]: the measured best for each model (CPU: onnx for CLAP, torch for open_clip; GPU: torch); "
+    "auto [default]: the measured best for each model (CPU: openvino if installed, else onnx, for CLAP; torch for open_clip; GPU: torch); "
     "onnx or openvino: ONNX Runtime or OpenVINO on the CPU, the model exported once (openvino needs "
     "medzero[openvino]); onnx-int8: int8 audio/image tower, faster, scores move slightly."
 )
@@ -137,13 +148,21 @@ def resolve(backend: str | None = None) -> str:
 def choose(backend: str, family: str, device: str) -> str:
     """The backend ``backend`` stands for with a ``family`` model on ``device`` (a resolved device:
     ``cpu``, ``cuda``, ...): itself, unless it is ``auto``."""
+    return candidates(backend, family, device)[0]
+
+
+def candidates(backend: str, family: str, device: str) -> tuple[str, ...]:
+    """The backends to try, in order, for ``backend`` with a ``family`` model on ``device``:
+    ``backend`` alone unless it is ``auto``; for ``auto`` on a CPU, those of the family's
+    ``prefer_on_cpu`` whose runtime is installed, then ``torch`` (on a GPU, ``torch``)."""
     if backend != "auto":
-        return backend
+        return (backend,)
     row = registry.family(family)
-    preferred = (row.prefer_on_cpu if row is not None else None) or "torch"
-    if device != "cpu" or preferred == "torch" or importlib.util.find_spec(runtime(preferred)) is None:
-        return "torch"
-    return preferred
+    preferred = row.preferred_on_cpu() if row is not None else ()
+    if device != "cpu":
+        return ("torch",)
+    installed = tuple(name for name in preferred if name != "torch" and importlib.util.find_spec(runtime(name)) is not None)
+    return (*installed, "torch")
 
 
 def checked(backend: str | None, device: str | None = "auto") -> str:
@@ -333,7 +352,7 @@ def refused(directory: Path, runtime_module: str = "onnxruntime") -> BackendErro
         return None
     if not isinstance(record, dict) or record.get("versions") != _refusal_versions(runtime_module):
         return None
-    return BackendError(
+    return ExportUnavailable(
         f"its ONNX export was refused on {str(record.get('created', ''))[:10]}, remembered in {marker} (delete it, or "
         f"upgrade medzero, torch, onnx or {runtime_module}, to try again): {record.get('reason', '')}"
     )
@@ -390,16 +409,16 @@ def exported(
         _remove_stale_temporaries(root)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{HOST}-{os.getpid()}-", suffix=".tmp", dir=root))
     except OSError as exc:
-        raise BackendError(f"cannot write the onnx export cache in {root}: {exc.strerror or exc}; set MEDZERO_CACHE_DIR") from None
+        raise ExportUnavailable(f"cannot write the onnx export cache in {root}: {exc.strerror or exc}; set MEDZERO_CACHE_DIR") from None
     with _UNFINISHED_LOCK:
         _UNFINISHED.add(tmp)
     try:
         try:
             meta = dict(build(tmp))
         except (OSError, MemoryError) as exc:  # the machine, not the model: the next process tries again
-            raise BackendError(f"the ONNX export of {what or directory.name} failed ({type(exc).__name__}: {_one_line(exc)})") from None
+            raise ExportUnavailable(f"the ONNX export of {what or directory.name} failed ({type(exc).__name__}: {_one_line(exc)})") from None
         except Exception as exc:  # noqa: BLE001 - the exporter and the runtimes raise many types
-            error = _refusal(exc, what or directory.name)
+            error = ExportUnavailable(str(_refusal(exc, what or directory.name)))
             _remember_refusal(directory, runtime_module, str(error))
             _logger.info("the ONNX export of %s was refused; remembered in %s", what or directory.name, _refusal_path(directory))
             raise error from None
@@ -489,9 +508,10 @@ class Session:
     infer request per calling thread.
     """
 
-    def __init__(self, path: Path, runtime: str = "onnxruntime"):
+    def __init__(self, path: Path, runtime: str = "onnxruntime", *, keep_compiled: bool = True):
         self.path = Path(path)
         self.runtime = runtime
+        self.keep_compiled = keep_compiled  # OpenVINO: through the cache of compiled models (not for an export's check)
         self._model: Any = None
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -504,7 +524,7 @@ class Session:
                 with _BUILDING_LOCK:
                     _BUILDING += 1
                 try:
-                    self._model = _load_openvino(module, self.path) if self.runtime == "openvino" else _load_onnxruntime(module, self.path)
+                    self._model = _load_openvino(module, self.path, keep=self.keep_compiled) if self.runtime == "openvino" else _load_onnxruntime(module, self.path)
                 except MedzeroError:
                     raise
                 except Exception as exc:  # the runtimes raise their own exception types
@@ -602,12 +622,65 @@ def _load_onnxruntime(ort: Any, path: Path) -> Any:
 _OV_CORE: Any = None
 
 
-def _load_openvino(ov: Any, path: Path) -> Any:
+#: The folder, beside an exported graph, of OpenVINO's compiled models (see :func:`_load_openvino`).
+OPENVINO_CACHE = "openvino-cache"
+
+
+def _load_openvino(ov: Any, path: Path, *, keep: bool = True) -> Any:
+    """``path`` compiled by OpenVINO's CPU plug-in, through a cache of compiled models beside it.
+
+    Compiling the full CLAP audio tower takes about 1 s; importing the compiled model from the
+    cache about 0.1 s. OpenVINO names a cached model by a hash of the graph, the settings and the
+    device, and checks it when importing (a truncated one is compiled again). OpenVINO writes its
+    cache files in place, so two processes compiling at once could read each other's half-written
+    file: each process compiles into a private folder holding hard links to the finished files,
+    and new files are renamed into the shared folder when complete. Where the cache cannot be
+    written (a read-only cache), the model is compiled without it. ``keep=False`` (the check of a
+    new export, in its temporary folder) compiles without it too: OpenVINO keys a model read from
+    a file by its path, so what it kept there would never be found again.
+    """
     global _OV_CORE
     if _OV_CORE is None:
         _OV_CORE = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": cpu_threads(), "PERFORMANCE_HINT": "LATENCY"}
-    return _OV_CORE.compile_model(_OV_CORE.read_model(str(path)), "CPU", config)
+    if not keep:
+        return _OV_CORE.compile_model(str(path), "CPU", config)
+    shared = path.parent / OPENVINO_CACHE
+    try:
+        shared.mkdir(exist_ok=True)
+        _remove_stale_temporaries(shared)
+        private = Path(tempfile.mkdtemp(prefix=f".compile.tmp-{HOST}-{os.getpid()}-", suffix=".tmp", dir=shared))
+    except OSError as exc:
+        _logger.debug("compiling %s without OpenVINO's cache (%s)", path, exc)
+        return _OV_CORE.compile_model(str(path), "CPU", config)
+    try:
+        cache = private
+        for blob in shared.glob("*.blob"):
+            try:
+                os.link(blob, private / blob.name)
+            except FileNotFoundError:  # replaced by another process just now
+                pass
+            except OSError:  # no hard links here: OpenVINO's own way
+                cache = shared
+                break
+        try:
+            compiled = _OV_CORE.compile_model(str(path), "CPU", {**config, "CACHE_DIR": str(cache)})
+        except RuntimeError as exc:  # a cache it cannot write: compile as if there were none
+            _logger.debug("compiling %s without OpenVINO's cache (%s)", path, _one_line(exc))
+            return _OV_CORE.compile_model(str(path), "CPU", config)
+        for blob in private.glob("*.blob"):
+            target = shared / blob.name
+            try:
+                if target.exists() and os.path.samefile(blob, target):
+                    continue
+                fsync_file(blob)
+                os.replace(blob, target)
+            except OSError as exc:  # the cache is only a cache
+                _logger.debug("cannot keep OpenVINO's compiled %s (%s)", path, exc)
+        fsync_dir(shared)
+        return compiled
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def check_close(what: str, got: np.ndarray, expected: np.ndarray, tolerance: float = TOLERANCE) -> float:

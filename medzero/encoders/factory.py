@@ -230,26 +230,33 @@ def create(ref: str | None = None, *, modality: str, device: str | None = "auto"
             raise missing_error(target, offline_because, location)
         if asked in ("auto", "torch"):
             device = resolve_device(wanted)
-            backend = backends.choose(asked, target.family, device)
+            tries = backends.candidates(asked, target.family, device)
         else:
-            device, backend = backends.cpu_device(asked, wanted), asked
-        key = (modality, ref, device, backend)
-        if key not in _LOADED:
+            device, tries = backends.cpu_device(asked, wanted), (asked,)
+        failed: list[tuple[str, str]] = []  # (backend, why) of those auto tried first
+        while True:
+            backend = tries[0]
+            key = (modality, ref, device, backend)
+            if key in _LOADED:
+                break
             hub.quiet_logging()
             try:
                 _LOADED[key] = _load(target, backend, device, offline_because)
+                break
             except Exception as exc:
-                # auto falls back when the backend failed, not when the model is unavailable
+                # auto goes on to its next backend when this one failed, not when the model is unavailable
                 backend_failed = isinstance(exc, backends.BackendError) or not isinstance(exc, MedzeroError)
-                if asked != "auto" or backend == "torch" or not backend_failed:
+                if len(tries) == 1 or not backend_failed:
                     raise
-                _logger.warning(
-                    "the %s backend cannot load %s (%s); using torch", backend, target.display, short_reason(exc)
-                )
-                backend = "torch"
-                key = (modality, ref, device, backend)
-                if key not in _LOADED:
-                    _LOADED[key] = _load(target, backend, device, offline_because)
+                failed.append((backend, short_reason(exc)))
+                # an export that cannot be had fails every exported backend alike
+                tries = ("torch",) if isinstance(exc, backends.ExportUnavailable) else tries[1:]
+        if failed:
+            names = " and ".join(name for name, _ in failed)
+            _logger.warning(
+                "the %s backend%s cannot load %s (%s); using %s", names, "s" if len(failed) > 1 else "",
+                target.display, "; ".join(why for _, why in failed), backend,
+            )
         _LOADED[(modality, ref, wanted, asked)] = _LOADED[key]
         return _LOADED[key]
 

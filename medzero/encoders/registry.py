@@ -53,7 +53,8 @@ class Family:
     - ``stage(encoder, target, dest) -> dict[str, Path]``: the files of a model pack's folder,
       loadable as ``local-dir:`` (safetensors weights, configs, tokenizer, preprocessing, licence);
     - ``prefer_on_cpu``: the backend ``--backend auto`` uses on a CPU, from the family's benchmarks
-      (``bench/``); ``None``: torch.
+      (``bench/``), or several in order of preference (the first whose runtime is installed and
+      which loads the model); ``None``: torch.
     """
 
     name: str
@@ -63,13 +64,19 @@ class Family:
     locate: Callable[..., Any] | None = None
     recognise: Callable[..., bool] | None = None
     stage: Callable[..., Any] | None = None
-    prefer_on_cpu: str | None = None
+    prefer_on_cpu: str | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.onnx is not None and ":" not in self.onnx:
             raise ValueError(f"{self.name}: onnx must be 'module:function', not {self.onnx!r}")
-        if self.prefer_on_cpu == "auto":
+        if "auto" in self.preferred_on_cpu():
             raise ValueError(f"{self.name}: not a backend to prefer: 'auto'")
+
+    def preferred_on_cpu(self) -> tuple[str, ...]:
+        """``prefer_on_cpu`` as a tuple, best first (empty: torch)."""
+        if self.prefer_on_cpu is None:
+            return ()
+        return (self.prefer_on_cpu,) if isinstance(self.prefer_on_cpu, str) else tuple(self.prefer_on_cpu)
 
 
 @dataclass(frozen=True)
