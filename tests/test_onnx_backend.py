@@ -332,6 +332,35 @@ def test_auto_runs_clap_on_openvino_or_onnx_and_open_clip_on_torch_on_the_cpu(ti
     assert backends.choose("auto", "open_clip", "cpu") == "torch"
 
 
+def test_auto_on_a_machine_without_a_gpu_never_imports_torch(tiny_clap_dir, audio_clips, fresh_cache):
+    """The default (backend auto, device auto) on a CPU-only machine: the exported model runs and
+    torch is never imported, not even to ask whether CUDA is there (1-1.5 s and 300 MB a start)."""
+    if not encoders.no_gpu_driver():
+        pytest.skip("this machine has a GPU driver: auto asks torch, as it should")
+    medzero.Classifier(labels="speech,noise", audio_model=str(tiny_clap_dir)).classify(audio_clips["speech"])  # the export
+    code = (
+        "import json, sys, medzero\n"
+        f"r = medzero.classify({str(audio_clips['speech'])!r}, labels='speech,noise', audio_model={str(tiny_clap_dir)!r})\n"
+        "print(json.dumps({'error': r.error, 'torch': 'torch' in sys.modules}))\n"
+    )
+    env = {**os.environ, "MEDZERO_CACHE_DIR": str(fresh_cache), "HF_HUB_OFFLINE": "1"}
+    env.pop("MEDZERO_BACKEND", None)
+    out = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env,
+                                    cwd=fresh_cache).stdout)
+    assert out == {"error": None, "torch": False}
+
+
+def test_a_gpu_driver_or_hidden_devices_decide_whether_torch_is_asked(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert encoders.no_gpu_driver()  # every device hidden: no GPU, whatever is installed
+    assert encoders.resolve_device("auto") == "cpu"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    driver = tmp_path / "nvidiactl"
+    driver.write_text("")
+    monkeypatch.setattr(encoders, "_GPU_DRIVER_FILES", (str(driver),))
+    assert not encoders.no_gpu_driver()  # a driver is there: torch is asked
+
+
 def test_auto_without_openvino_is_onnx(tiny_clap_dir, fresh_cache, monkeypatch):
     _hide_runtimes(monkeypatch, "openvino")
     assert backends.candidates("auto", "clap", "cpu") == ("onnx", "torch")

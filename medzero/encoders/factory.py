@@ -26,9 +26,11 @@ import importlib
 import json
 import logging
 import os
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -49,6 +51,7 @@ __all__ = [
     "availability",
     "default_model",
     "resolve_device",
+    "no_gpu_driver",
     "weights_fingerprint",
     "local_dir",
     "advice",
@@ -156,9 +159,16 @@ def default_model(modality: str) -> str:
 
 
 def resolve_device(device: str | None = "auto") -> str:
+    """``cpu``, ``cuda`` (``auto``: CUDA when torch can use it) or ``mps``; a one-line error for
+    CUDA asked for where there is none, or an unknown name.
+
+    ``auto`` and ``cpu`` on a machine without a GPU driver are answered without importing torch
+    (1-1.5 s and 300 MB that the exported backends never need, on every start)."""
+    device = (device or "auto").lower()
+    if device == "cpu" or (device == "auto" and no_gpu_driver()):
+        return "cpu"
     import torch
 
-    device = (device or "auto").lower()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -166,6 +176,33 @@ def resolve_device(device: str | None = "auto") -> str:
     if device not in ("cpu", "mps") and not device.startswith("cuda"):
         raise ModelUnavailableError(f"unknown device {device!r}; expected auto, cpu or cuda")
     return device
+
+
+#: What a machine torch could run CUDA (or ROCm) on has: the NVIDIA driver's files, AMD's
+#: compute device, or WSL's GPU device.
+_GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def no_gpu_driver() -> bool:
+    """Whether this process certainly has no GPU torch could use, decided without importing torch
+    or initialising CUDA: ``CUDA_VISIBLE_DEVICES`` hides every device, or (on Linux) none of the
+    GPU drivers' device files and no CUDA driver library exist. Anything else (another system, a
+    driver present) is ``False``: torch is asked."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    if any(os.path.exists(path) for path in _GPU_DRIVER_FILES):
+        return False
+    return not _cuda_library_found()
+
+
+@lru_cache(maxsize=1)
+def _cuda_library_found() -> bool:
+    import ctypes.util
+
+    return ctypes.util.find_library("cuda") is not None
 
 
 def _family_for(modality: str, directory: Path | None = None) -> str:
