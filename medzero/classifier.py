@@ -58,8 +58,8 @@ class Classifier:
             ``MEDZERO_AUDIO_MODEL`` / ``MEDZERO_IMAGE_MODEL`` variables, else the registered default).
         models: the same for any modality, ``{modality: reference}``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        backend: ``auto`` (the measured best per model: on a CPU, ONNX Runtime for CLAP and torch
-            for open_clip; torch on a GPU), ``torch``, ``onnx`` (ONNX Runtime on the CPU),
+        backend: ``auto`` (the measured best per model: on a CPU, OpenVINO where installed, else
+            ONNX Runtime, for CLAP and torch for open_clip; torch on a GPU), ``torch``, ``onnx`` (ONNX Runtime on the CPU),
             ``openvino`` (OpenVINO on the CPU; needs ``medzero[openvino]``) or ``onnx-int8`` (ONNX
             Runtime with an int8-quantised audio/image tower); ``None``: ``MEDZERO_BACKEND``, else ``auto``.
         batch_size: items per forward pass.
@@ -69,6 +69,11 @@ class Classifier:
         workers: decoding threads (the next batch decodes while this one embeds).
         calibration: a site overlay from ``medzero calibrate`` (a path or a loaded ``Calibration``):
             its thresholds replace the task's. Without one, every Result says it is uncalibrated.
+        mos: measure speech quality with DNSMOS P.835 (the ``mos_sig``, ``mos_bak`` and
+            ``mos_ovrl`` metrics of audio results): ``None`` (default) when the task's rules use
+            one of them (``voice_quality`` does; ad-hoc labels do not), ``True`` always, ``False``
+            never. It costs about 0.24 s of CPU per 9 s of audio (at most 12 windows a recording),
+            more than CLAP itself, so it runs only where it is used.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class Classifier:
         limits: Mapping[str, Any] | None = None,
         workers: int = 2,
         calibration: Any = None,
+        mos: bool | None = None,
     ):
         if task is not None and labels is not None:
             raise TaskError("give either a task or labels, not both")
@@ -122,7 +128,19 @@ class Classifier:
             workers=workers,
             array_modality=self._task.modality if self._task is not None else None,
             check=lambda source: self.task_for(source.modality),  # a task of the other modality fails before decoding
+            settings={"audio": {"mos": self._uses_mos() if mos is None else bool(mos)}},
         )
+
+    def _uses_mos(self) -> bool:
+        """Whether the task this classifier applies to audio (its own, or the audio default when it
+        names neither a task nor labels) has a rule on a DNSMOS metric (``mos_*``)."""
+        if self._labels is not None or (self._task is not None and self._task.modality != "audio"):
+            return False
+        try:
+            task = self.task_for("audio")
+        except MedzeroError:
+            return False
+        return any(name.startswith("mos_") for name in task.metrics)
 
     # -- resolution -------------------------------------------------------------------------
     def task_for(self, modality: str) -> Task:
@@ -296,8 +314,7 @@ class Classifier:
         """The verdict of the measurement rules alone (no scores), marked ``signal_only``."""
         modality = get_modality(p.modality)
         if not p.metrics:  # the encoder failed before decoding: decode for the measurements alone
-            limits = self.pipeline.limits.get(modality.name) or modality.limits()
-            p = modality.prepare(p.source, None, limits)
+            p = modality.prepare(p.source, None, self.pipeline.limits_for(modality))
         task = self.task_for(p.modality)
         result = self._judged(p, task, {}, applicability(task, p.metadata, p.metrics), model="")
         line = one_line(str(error).split("; ")[0], limit=160)  # what failed; the how-to stays in the error

@@ -307,6 +307,25 @@ def test_classify_multipart_and_raw_body_equal_the_library(server, direct, audio
     assert PHI_NAME not in multipart.text
 
 
+def test_dnsmos_is_measured_where_the_task_uses_it_or_the_client_asks(server, audio_clips):
+    """As the library: ad-hoc labels go without DNSMOS's mos_* metrics unless ``mos=true`` (query or
+    form field), voice_quality measures them, and ``mos=false`` declines."""
+    mos = {"mos_sig", "mos_bak", "mos_ovrl"}
+    body = audio_clips["speech"].read_bytes()
+    with server.client() as client:
+        def metrics(params=None, data=None) -> set[str]:
+            if data is not None:
+                response = client.post("/v1/classify", files={"file": ("a.wav", body, "audio/wav")}, data=data)
+            else:
+                response = client.post("/v1/classify", params=params, content=body)
+            assert response.status_code == 200, response.text
+            return set(response.json()["result"]["metrics"])
+
+        assert not mos & metrics({"labels": LABELS})
+        assert mos <= metrics({"labels": LABELS, "mos": "true"}) and mos <= metrics(data={"labels": LABELS, "mos": "true"})
+        assert mos <= metrics({"task": "voice_quality"}) and not mos & metrics({"task": "voice_quality", "mos": "false"})
+
+
 def test_a_shipped_task_and_a_dicom_keep_phi_out(server, direct, dicom_files, audio_clips):
     with server.client() as client:
         image = client.post("/v1/classify", content=dicom_files["phi"].read_bytes())

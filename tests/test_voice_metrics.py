@@ -192,3 +192,48 @@ def test_without_silero_the_result_says_it_fell_back(clips, tmp_path):
     samples, _ = _read(clips["speech"])
     assert result["metrics"]["snr_db"] == pytest.approx(wada_snr(samples), abs=1e-6)
     assert result["metrics"]["speech_ratio"] > 0.05  # the heuristic still hears this voice
+
+
+# -- DNSMOS where it is used ------------------------------------------------------------------------
+
+MOS = {"mos_sig", "mos_bak", "mos_ovrl"}
+
+
+@needs_vad
+@pytest.mark.skipif(not mos.available(), reason="speechmos is not installed (pip install 'medzero[voice]')")
+def test_dnsmos_measures_a_recording_only_where_it_is_used(clips, tiny_clap_dir):
+    """DNSMOS costs more CPU than CLAP itself (bench/bench_audio.py: 16 clips of 8 s took 4.3 s with
+    it and 1.9 s without), so it runs when the task's rules use a mos_* metric (voice_quality's, also
+    as the audio default task) or when asked, and not for ad-hoc labels; the VAD-based metrics stay."""
+    import medzero
+
+    kw = dict(audio_model=str(tiny_clap_dir), device="cpu")
+    speech = clips["pink_20"]
+    task = medzero.classify(speech, task="voice_quality", **kw)
+    default = medzero.Classifier(**kw).classify(speech)  # no task, no labels: the audio default task
+    labels = medzero.classify(speech, labels="speech,noise", **kw)
+    asked = medzero.classify(speech, labels="speech,noise", mos=True, **kw)
+    declined = medzero.classify(speech, task="voice_quality", mos=False, **kw)
+    for result in (task, default, asked):
+        assert MOS <= set(result.metrics) and "mos" in result.metadata["quality_models"], result.metrics
+        assert {k: result.metrics[k] for k in MOS} == {k: task.metrics[k] for k in MOS}  # one measurement
+    for result in (labels, declined):
+        assert not MOS & set(result.metrics) and "mos" not in result.metadata["quality_models"], result.metrics
+        assert "mos" not in result.metadata.get("quality_notes", {})  # not asked is not "not installed"
+        assert result.metrics["speech_ratio"] == task.metrics["speech_ratio"] and result.speech_segments == task.speech_segments
+
+
+@needs_vad
+@pytest.mark.skipif(not mos.available(), reason="speechmos is not installed (pip install 'medzero[voice]')")
+def test_the_cli_mos_flag(clips, tiny_clap_dir):
+    from click.testing import CliRunner
+
+    from medzero.cli import cli
+
+    def metrics(*flags: str) -> set[str]:
+        run = CliRunner().invoke(cli, ["classify", "--format", "json", "--labels", "speech,noise", "--audio-model",
+                                        str(tiny_clap_dir), *flags, str(clips["speech"])])
+        assert run.exit_code == 0, run.output
+        return set(json.loads(run.output)[0]["metrics"])
+
+    assert MOS <= metrics("--mos") and not MOS & metrics() and not MOS & metrics("--no-mos")

@@ -175,19 +175,20 @@ def model_status() -> dict[str, dict[str, Any]]:
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _classifier(task: str | None, labels: str | None, template: str | None, multilabel: bool,
-                audio_ref: str, image_ref: str, calibration: str | None) -> medzero.Classifier:
+                audio_ref: str, image_ref: str, calibration: str | None, mos: bool | None) -> medzero.Classifier:
     # The models are left to the library (MEDZERO_*_MODEL, else the default) rather than named here:
     # a named model that cannot be loaded is an error, while a missing *default* audio model still
     # gives a signal-only verdict, as in the CLI. The refs are only the cache key.
-    return medzero.Classifier(task, labels=labels, template=template, multilabel=multilabel, calibration=calibration)
+    return medzero.Classifier(task, labels=labels, template=template, multilabel=multilabel, calibration=calibration, mos=mos)
 
 
 def classifier(task: str | None = None, *, labels: str | None = None, template: str | None = None,
-               multilabel: bool = False, calibration: str | None = None) -> medzero.Classifier:
+               multilabel: bool = False, calibration: str | None = None, mos: bool | None = None) -> medzero.Classifier:
     """A Classifier kept for the process, so task heads (label embeddings) are built once per model.
 
-    ``calibration``: the path of a site overlay (see :func:`calibration_control`)."""
-    return _classifier(task, labels, template, multilabel, model_ref("audio"), model_ref("image"), calibration)
+    ``calibration``: the path of a site overlay (see :func:`calibration_control`); ``mos``: as
+    ``medzero.Classifier``'s (the voice page measures DNSMOS for every task)."""
+    return _classifier(task, labels, template, multilabel, model_ref("audio"), model_ref("image"), calibration, mos)
 
 
 # -- site calibration -----------------------------------------------------------------------------

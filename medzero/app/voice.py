@@ -119,7 +119,7 @@ def _pcm_classifier(task, labels, template, multilabel, calibration, pcm_key, au
     keeps the others; the model refs are only the cache key)."""
     limits = dataclasses.replace(AUDIO.limits(), pcm=medzero.PcmFormat(*pcm_key))
     return medzero.Classifier(task, labels=labels, template=template, multilabel=multilabel, calibration=calibration,
-                              limits={"audio": limits})
+                              limits={"audio": limits}, mos=True)
 
 
 if upload is not None:
@@ -143,7 +143,8 @@ if clicked and upload is not None:
     try:
         task_name = None if choice == common.CUSTOM_TASK else choice
         if pcm_key is None:
-            clf = common.classifier(task_name, labels=labels, template=template, multilabel=multilabel, calibration=calibration)
+            clf = common.classifier(task_name, labels=labels, template=template, multilabel=multilabel, calibration=calibration,
+                                    mos=True)  # this page shows speech quality whatever the task
         else:
             clf = _pcm_classifier(task_name, labels, template, multilabel, calibration, pcm_key,
                                   common.model_ref("audio"), common.model_ref("image"))

@@ -103,6 +103,12 @@ class AudioLimits:
             already hands each modality's decoder (``Classifier(limits=...)``, the service's
             per-request limits, ``Modality.limits()`` from the environment): no front end needs a
             path of its own to declare a layout.
+        mos: whether to measure speech quality with DNSMOS (the ``mos_*`` metrics), a setting of
+            decoding that travels here for the same reason. DNSMOS costs about 0.24 s of CPU per
+            9 s window, twice CLAP's forward pass on OpenVINO, so ``None`` (the default) leaves the
+            choice to the :class:`~medzero.Classifier`: measured when its task's rules use a
+            ``mos_*`` metric, or when asked (``Classifier(mos=True)``, ``--mos``); anything else
+            that decodes audio (a case index) does not measure it.
     """
 
     max_bytes: int = 200 * 1024 * 1024
@@ -110,6 +116,7 @@ class AudioLimits:
     min_duration_s: float = 0.1
     max_samples: int = 3 * 3600 * 48_000
     pcm: PcmFormat = PcmFormat()
+    mos: Optional[bool] = None
 
     def __post_init__(self):
         if self.max_bytes <= 0 or self.max_duration_s <= 0 or self.min_duration_s < 0 or self.max_samples <= 0:

@@ -39,7 +39,7 @@ def _prepare(source: Source, encoder, limits) -> Prepared:
 
     # encoder None: decoded for the measurements alone (a signal-only verdict, the model missing).
     clip = load_audio(source.data, limits=limits, name=source.name, fmt=source.format)
-    ears = listen(clip.samples, clip.sample_rate)
+    ears = listen(clip.samples, clip.sample_rate, mos=bool(getattr(limits, "mos", None)))
     metrics = compute_metrics(clip.samples, clip.sample_rate, channels=clip.channels, speech_segments=ears.segments)
     metrics.update(ears.mos)
     metadata = {
@@ -95,10 +95,10 @@ _FALLBACK_NOTES = {
 }
 
 
-def listen(samples: np.ndarray, sample_rate: int) -> Ears:
-    """Run the speech models that are installed on a mono recording: Silero VAD (segments) and
-    DNSMOS P.835 (MOS), both on ONNX Runtime from their wheels, on one 16 kHz copy of it. A model
-    that is not installed is left out with a note; one too short for DNSMOS gives no MOS."""
+def listen(samples: np.ndarray, sample_rate: int, *, mos: bool = True) -> Ears:
+    """Run the speech models that are installed on a mono recording: Silero VAD (segments) and,
+    with ``mos``, DNSMOS P.835 (MOS), both on ONNX Runtime from their wheels, on one 16 kHz copy of
+    it. A model that is not installed is left out with a note; one too short for DNSMOS gives no MOS."""
     from . import vad
 
     ears = Ears()
@@ -106,11 +106,13 @@ def listen(samples: np.ndarray, sample_rate: int) -> Ears:
     at_16k = _at_16k(samples, sample_rate)
     if not vad.available():
         ears.notes["vad"] = _FALLBACK_NOTES["vad"]
-        _listen_mos(ears, at_16k, rate)
+        if mos:
+            _listen_mos(ears, at_16k, rate)
         return ears
-    if len(at_16k) < BESIDE_MIN_SECONDS * rate:
+    if not mos or len(at_16k) < BESIDE_MIN_SECONDS * rate:
         ears.segments = vad.speech_segments(at_16k, rate)
-        _listen_mos(ears, at_16k, rate)
+        if mos:
+            _listen_mos(ears, at_16k, rate)
     else:
         # The VAD is a chain of small sequential calls on one thread (2 s for 10 minutes): DNSMOS
         # runs beside it, on the cores it leaves idle, instead of after it.

@@ -50,11 +50,16 @@ NOT_JUDGED = {"en": "not judged (raw scores: --format json or csv)", "zh": "æœªå
     "--explain-method", type=click.Choice(["auto", "occlusion", "gradient"]), default="auto", show_default=True,
     help="How --explain maps the evidence: occlusion (any backend; auto) or gradient (torch backend only).",
 )
+@click.option(
+    "--mos/--no-mos", default=None,
+    help="Measure speech quality with DNSMOS (mos_sig, mos_bak, mos_ovrl) [default: when the task's rules use it, "
+    "as voice_quality's do; it costs more CPU than the audio model].",
+)
 @dicomweb_options
 @engine_options
 def classify(
     paths, task, prompts_file, labels, template, multilabel, models, device, limits, batch_size, window_s, hop_s, fmt, lang,
-    output, calibration, explain_dir, explain_method, query, credentials, engine,
+    output, calibration, explain_dir, explain_method, mos, query, credentials, engine,
 ):
     """Classify recordings and images (files or folders, sniffed by content)."""
     from ..classifier import Classifier, expand_sources
@@ -78,6 +83,7 @@ def classify(
         classifier = Classifier(
             task or prompts_file, labels=labels, template=template, multilabel=multilabel, models=models,
             device=device, batch_size=batch_size, window_s=window_s, hop_s=hop_s, calibration=calibration, limits=limits,
+            mos=mos,
         )
         if engine is not None:
             errors = _classify_on_ray(classifier, paths, engine, output)

@@ -338,6 +338,8 @@ class Pipeline:
             whose ``accepts_array`` says yes.
         check: called with each source before it is decoded; a :class:`MedzeroError` it raises
             becomes that source's error (e.g. a task of the other modality).
+        settings: per-modality fields filled into its limits where they are ``None`` (left to the
+            caller), e.g. ``{"audio": {"mos": True}}`` from a classifier whose task uses DNSMOS.
     """
 
     def __init__(
@@ -349,13 +351,22 @@ class Pipeline:
         workers: int = 2,
         array_modality: str | None = None,
         check: Callable[[Source], None] | None = None,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         self.encoder = encoder
         self.limits = dict(limits or {})
+        self.settings = {name: dict(values) for name, values in (settings or {}).items()}
         self.batch_size = max(1, int(batch_size))
         self.workers = max(1, int(workers))
         self.array_modality = array_modality
         self.check = check
+
+    def limits_for(self, modality: Any) -> Any:
+        """``modality``'s limits (given, else its own from the environment, read now), with this
+        pipeline's settings filled in where the limits leave them ``None``."""
+        limits = self.limits.get(modality.name) or modality.limits()
+        fill = {name: value for name, value in self.settings.get(modality.name, {}).items() if getattr(limits, name, 0) is None}
+        return replace(limits, **fill) if fill else limits
 
     def resolve(self, source: Source) -> Source:
         """Give an in-memory array its modality."""
@@ -377,7 +388,7 @@ class Pipeline:
             if self.check is not None:
                 self.check(source)
             modality = get_modality(source.modality)
-            limits = self.limits.get(modality.name) or modality.limits()
+            limits = self.limits_for(modality)
             encoder = self.encoder(modality.name)
             prepared = modality.prepare(source, encoder, limits)
             prepare_input = getattr(encoder, "prepare_input", None)

@@ -316,7 +316,8 @@ def _decode_for_classifier(batch: "pa.Table", *, classifier: "Classifier", facts
     import pyarrow as pa
 
     base = classifier.pipeline
-    pipeline = Pipeline(_Described(facts), limits=base.limits, array_modality=base.array_modality, check=base.check)
+    pipeline = Pipeline(_Described(facts), limits=base.limits, array_modality=base.array_modality, check=base.check,
+                        settings=base.settings)
     out: dict[str, list[Any]] = {"order": [], "path": [], "prepared": []}
     for row in batch.to_pylist():
         source = _source(row)

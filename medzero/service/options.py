@@ -1,4 +1,4 @@
-"""The options of a classification: task or labels (template, multilabel), lang, calibration, and
+"""The options of a classification: task or labels (template, multilabel), lang, calibration, mos, and
 the layout of a raw PCM upload (``pcm_rate``, ``pcm_format``, ``pcm_channels``).
 
 They come from the query string (:func:`option_query`, FastAPI's dependency, which also documents
@@ -25,6 +25,7 @@ _MAX_LABELS, _MAX_LABEL_CHARS = 64, 200
 FORM_FIELDS = {
     "task": {"type": "string"}, "labels": {"type": "string"}, "template": {"type": "string"},
     "multilabel": {"type": "boolean"}, "lang": {"type": "string", "enum": ["en", "zh"]}, "calibration": {"type": "string"},
+    "mos": {"type": "boolean"},
     "pcm_rate": {"type": "integer", "minimum": SAMPLE_RATE_RANGE[0], "maximum": SAMPLE_RATE_RANGE[1]},
     "pcm_format": {"type": "string", "enum": list(PCM_SAMPLE_FORMATS)},
     "pcm_channels": {"type": "integer", "minimum": 1, "maximum": 64},
@@ -44,6 +45,7 @@ class ClassifyOptions(BaseModel):
     multilabel: bool = False
     lang: Literal["en", "zh"] = "en"
     calibration: Optional[str] = Field(default=None, max_length=_MAX_LABEL_CHARS)  # an overlay's name, looked up
+    mos: Optional[bool] = None  # DNSMOS: None = when the task's rules use it (medzero.Classifier's mos)
     pcm_rate: Optional[int] = Field(default=None, ge=SAMPLE_RATE_RANGE[0], le=SAMPLE_RATE_RANGE[1])
     pcm_format: Optional[Literal[PCM_SAMPLE_FORMATS]] = None  # type: ignore[valid-type]
     pcm_channels: Optional[int] = Field(default=None, ge=1, le=64)
@@ -71,7 +73,7 @@ class ClassifyOptions(BaseModel):
         return self
 
     def key(self) -> tuple:
-        return (self.task, self.labels, self.template, self.multilabel, self.calibration, self.pcm)
+        return (self.task, self.labels, self.template, self.multilabel, self.calibration, self.mos, self.pcm)
 
     @property
     def pcm(self) -> Optional[PcmFormat]:
@@ -104,6 +106,8 @@ async def option_query(
     lang: Optional[Literal["en", "zh"]] = Query(None, description="Language of `summary` (default en)"),
     calibration: Optional[str] = Query(
         None, description="A site calibration overlay on this server (see `calibrations` in /v1/tasks); goes with `task`"),
+    mos: Optional[bool] = Query(
+        None, description="Measure speech quality with DNSMOS (mos_* metrics); default: when the task's rules use it"),
     pcm_rate: Optional[int] = Query(None, description=f"Sample rate of a raw PCM upload in Hz; {_PCM_HELP}"),
     pcm_format: Optional[str] = Query(
         None, description=f"Sample format of a raw PCM upload ({', '.join(PCM_SAMPLE_FORMATS)}); {_PCM_HELP}"),
@@ -111,7 +115,7 @@ async def option_query(
 ) -> dict[str, Any]:
     """The options given in the query string (``None`` where not given), for :func:`parse_options`."""
     return {"task": task, "labels": labels, "template": template, "multilabel": multilabel, "lang": lang,
-            "calibration": calibration, "pcm_rate": pcm_rate, "pcm_format": pcm_format, "pcm_channels": pcm_channels}
+            "calibration": calibration, "mos": mos, "pcm_rate": pcm_rate, "pcm_format": pcm_format, "pcm_channels": pcm_channels}
 
 
 def parse_options(query: dict[str, Any], upload: Upload | None = None) -> ClassifyOptions:

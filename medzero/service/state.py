@@ -183,6 +183,7 @@ class ServiceState:
                 batch_size=self.config.max_batch,
                 calibration=calibration,
                 limits=options.limits(self.limits),
+                mos=options.mos,
             )
         except medzero.MedzeroError as exc:
             raise error_for(exc) from None
