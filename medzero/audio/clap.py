@@ -346,12 +346,12 @@ CLAP = register_family(
         recognise=recognise_clap,
         stage=stage_clap,
         # What --backend auto uses for CLAP on the CPU, best first. Measured (bench/bench_audio.py,
-        # full-size CLAP, 2 cores): onnx beat torch everywhere (a one-file classify 0.96 s against
-        # 5.4 s, as it imports neither torch nor transformers; 16 clips in a fresh process 3.0 s
-        # against 7.6 s), with scores equal to 3e-8. openvino (the extra medzero[openvino]) runs the
-        # audio tower twice as fast as onnx (0.066 against 0.13 s a window), which takes a 10-minute
-        # recording under 10 s; since it keeps its compiled model in the export cache, it also
-        # starts as fast. Without it, onnx.
+        # full-size CLAP, 2 cores): onnx beat torch everywhere (a one-file classify 1.0 s against
+        # 5.5 s, as it imports neither torch nor transformers; 16 clips in a fresh process 3.4 s
+        # against 8.2 s), with scores equal to 3e-8. openvino (the extra medzero[openvino]) runs the
+        # audio tower twice as fast as onnx (50 against 107 ms a clip; 16 clips 2.6 s), which takes
+        # a 10-minute recording under 10 s; since it keeps its compiled model beside the export, it
+        # starts as fast (1.0 s for one file). Without it, onnx.
         prefer_on_cpu=("openvino", "onnx"),
     )
 )

@@ -104,12 +104,13 @@ _logger = logging.getLogger(__name__)
 
 class BackendError(ModelUnavailableError):
     """An exported backend cannot run a model (its runtime missing, an export refused or broken),
-    as opposed to the model itself being unavailable: ``auto`` falls back to torch on it."""
+    as opposed to the model itself being unavailable: ``auto`` goes on to its next backend on it."""
 
 
 class ExportUnavailable(BackendError):
     """The ONNX export itself cannot be had (refused, or its cache cannot be written): every
     exported backend would fail alike, so ``auto`` goes straight to torch."""
+
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "onnx-int8")
 #: The runtime that runs each exported backend, and the pip extra that installs it.
