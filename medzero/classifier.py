@@ -128,7 +128,8 @@ class Classifier:
             workers=workers,
             array_modality=self._task.modality if self._task is not None else None,
             check=lambda source: self.task_for(source.modality),  # a task of the other modality fails before decoding
-            settings={"audio": {"mos": self._uses_mos() if mos is None else bool(mos)}},
+            # asked when audio is prepared, not here: an image run need not load the audio task
+            settings={"audio": {"mos": self._uses_mos if mos is None else bool(mos)}},
         )
 
     def _uses_mos(self) -> bool:

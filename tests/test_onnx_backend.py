@@ -28,8 +28,16 @@ pytest.importorskip("onnx")
 #: tiny models). An export is accepted only when every element is within this of torch's on a probe
 #: batch, so this is the library's own promise (medzero.encoders.backends.TOLERANCE).
 TOL = backends.TOLERANCE
-RUNTIMES = ["onnx", pytest.param("openvino", marks=pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("openvino") is None, reason="openvino is not installed"))]
+HAS_OPENVINO = __import__("importlib.util").util.find_spec("openvino") is not None
+RUNTIMES = ["onnx", pytest.param("openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed"))]
+
+
+def _hide_runtimes(monkeypatch, *names: str) -> None:
+    """Make ``names`` look uninstalled (importlib.util.find_spec returns None for them)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a))
 
 
 @pytest.fixture
@@ -242,10 +250,7 @@ def test_open_clip_classify_and_reuse(tiny_hf_clip_dir, image_files, dicom_files
 
 
 def test_missing_onnxruntime_is_one_line(tiny_clap_dir, audio_clips, fresh_cache, monkeypatch, capsys):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    _hide_runtimes(monkeypatch, "onnxruntime")
     with pytest.raises(ModelUnavailableError) as caught:
         medzero.Classifier(labels="a,b", audio_model=str(tiny_clap_dir), backend="onnx")
     message = str(caught.value)
@@ -301,17 +306,6 @@ def test_case_index_takes_the_backend(tiny_clap_dir, audio_clips, tmp_path, fres
 
 
 # -- auto: the default ------------------------------------------------------------------------------
-
-
-HAS_OPENVINO = __import__("importlib.util").util.find_spec("openvino") is not None
-
-
-def _hide_runtimes(monkeypatch, *names: str) -> None:
-    """Make ``names`` look uninstalled to ``auto`` (importlib.util.find_spec returns None for them)."""
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a))
 
 
 def test_auto_runs_clap_on_openvino_or_onnx_and_open_clip_on_torch_on_the_cpu(tiny_clap_dir, tiny_hf_clip_dir, audio_clips, fresh_cache):

@@ -339,7 +339,8 @@ class Pipeline:
         check: called with each source before it is decoded; a :class:`MedzeroError` it raises
             becomes that source's error (e.g. a task of the other modality).
         settings: per-modality fields filled into its limits where they are ``None`` (left to the
-            caller), e.g. ``{"audio": {"mos": True}}`` from a classifier whose task uses DNSMOS.
+            caller), each a value or a function of no arguments asked when an input is prepared,
+            e.g. ``{"audio": {"mos": classifier_uses_dnsmos}}``.
     """
 
     def __init__(
@@ -365,7 +366,8 @@ class Pipeline:
         """``modality``'s limits (given, else its own from the environment, read now), with this
         pipeline's settings filled in where the limits leave them ``None``."""
         limits = self.limits.get(modality.name) or modality.limits()
-        fill = {name: value for name, value in self.settings.get(modality.name, {}).items() if getattr(limits, name, 0) is None}
+        fill = {name: value() if callable(value) else value
+                for name, value in self.settings.get(modality.name, {}).items() if getattr(limits, name, 0) is None}
         return replace(limits, **fill) if fill else limits
 
     def resolve(self, source: Source) -> Source:

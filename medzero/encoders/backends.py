@@ -669,16 +669,19 @@ def _load_openvino(ov: Any, path: Path, *, keep: bool = True) -> Any:
         except RuntimeError as exc:  # a cache it cannot write: compile as if there were none
             _logger.debug("compiling %s without OpenVINO's cache (%s)", path, _one_line(exc))
             return _OV_CORE.compile_model(str(path), "CPU", config)
+        kept = False
         for blob in private.glob("*.blob"):
             target = shared / blob.name
             try:
                 if target.exists() and os.path.samefile(blob, target):
-                    continue
+                    continue  # imported from the cache: nothing new
                 fsync_file(blob)
                 os.replace(blob, target)
+                kept = True
             except OSError as exc:  # the cache is only a cache
                 _logger.debug("cannot keep OpenVINO's compiled %s (%s)", path, exc)
-        fsync_dir(shared)
+        if kept:
+            fsync_dir(shared)
         return compiled
     finally:
         shutil.rmtree(private, ignore_errors=True)
